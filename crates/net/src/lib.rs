@@ -1,0 +1,4 @@
+//! Pure data-plane planning: address sets, routes, rules and nexthop groups as
+//! data, and the diffs that turn one desired state into another. No I/O.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
