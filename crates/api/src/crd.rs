@@ -145,3 +145,30 @@ mod drift {
         assert_eq!(present, expected, "deploy/crds holds files that are not generated");
     }
 }
+
+/// The example manifests under `deploy/examples/` must parse as the types.
+#[cfg(test)]
+mod examples {
+    use std::path::Path;
+
+    use crate::{Mask, MaskProvider};
+
+    fn documents(file: &str) -> Vec<serde_json::Value> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples").join(file);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    #[test]
+    fn example_provider_and_mask_parse() {
+        let provider_docs = documents("provider.yaml");
+        let provider: MaskProvider = serde_json::from_value(
+            provider_docs.into_iter().find(|d| d["kind"] == "MaskProvider").expect("a MaskProvider"),
+        )
+        .unwrap();
+        assert_eq!(provider.spec.max_slots, 5);
+        assert_eq!(provider.spec.secret, "mullvad-credentials");
+        let mask: Mask = serde_json::from_value(documents("mask.yaml").remove(0)).unwrap();
+        assert!(provider.admits(mask.metadata.namespace.as_deref().unwrap(), mask.spec.providers.as_deref()));
+    }
+}
