@@ -1,0 +1,152 @@
+//! Finding the control-plane binaries: `etcd` on `PATH`, and
+//! `kube-apiserver` / `kube-controller-manager` from `$VPNO_K8S_BIN_DIR` or
+//! unpacked (and checksum-verified) from the shared `.xz` files.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::TestEnvError;
+
+/// Environment variable naming a directory that holds `kube-apiserver` and
+/// `kube-controller-manager` (unpacked, executable).
+pub const BIN_DIR_ENV: &str = "VPNO_K8S_BIN_DIR";
+
+/// How to obtain the binaries when none are found (mirrors `shared/k8s/README.md`).
+pub const BUILD_HINT: &str = "\
+set VPNO_K8S_BIN_DIR to a directory holding kube-apiserver and kube-controller-manager v1.20.2, \
+or put kube-apiserver-v1.20.2-linux-amd64.xz and kube-controller-manager-v1.20.2-linux-amd64.xz in ../shared/k8s/ \
+next to the checkout. To build them (~15 min on 2 cores): \
+apt-get install -y golang-go rsync jq etcd-server golang-github-modern-go-reflect2-dev; \
+apt-get source kubernetes (bookworm, 1.20.5+really1.20.2; enable deb-src); cd kubernetes-1.20.5+really1.20.2; \
+replace vendor/github.com/modern-go/reflect2/*.go and *.s with /usr/share/gocode/src/github.com/modern-go/reflect2/*; \
+mkdir -p .go/src/k8s.io && ln -s ../../.. .go/src/k8s.io/kubernetes; \
+GOPATH=$PWD/.go CGO_ENABLED=0 HOME=/tmp/h make WHAT=\"cmd/kube-apiserver cmd/kube-controller-manager\"; \
+the binaries land in _output/bin/ (point VPNO_K8S_BIN_DIR there). etcd comes from Debian's etcd-server package.";
+
+/// A Kubernetes binary shipped compressed, with the sha256 of the unpacked file.
+struct Shipped {
+    name: &'static str,
+    xz: &'static str,
+    sha256: &'static str,
+}
+
+const SHIPPED: [Shipped; 2] = [
+    Shipped {
+        name: "kube-apiserver",
+        xz: "kube-apiserver-v1.20.2-linux-amd64.xz",
+        sha256: "0ff1d771b3c7e91ce536ecae948f1b4898268bfd8373fb29b474eb4a92b3c123",
+    },
+    Shipped {
+        name: "kube-controller-manager",
+        xz: "kube-controller-manager-v1.20.2-linux-amd64.xz",
+        sha256: "3e9fe9acfa54e143e6b5e9448702213477612593d53a817e43ff1dae9d624059",
+    },
+];
+
+/// Paths of the three binaries.
+#[derive(Debug, Clone)]
+pub(crate) struct Binaries {
+    pub etcd: PathBuf,
+    pub apiserver: PathBuf,
+    pub controller_manager: PathBuf,
+}
+
+/// Locates (and if needed unpacks) the binaries.
+pub(crate) fn locate() -> Result<Binaries, TestEnvError> {
+    let etcd = find_on_path("etcd").ok_or_else(|| {
+        TestEnvError::MissingPrerequisite("etcd is not on PATH (install Debian's etcd-server package)".into())
+    })?;
+    if let Some(dir) = std::env::var_os(BIN_DIR_ENV).filter(|v| !v.is_empty()) {
+        let dir = PathBuf::from(dir);
+        let apiserver = dir.join("kube-apiserver");
+        let controller_manager = dir.join("kube-controller-manager");
+        for p in [&apiserver, &controller_manager] {
+            if !p.is_file() {
+                return Err(TestEnvError::MissingPrerequisite(format!(
+                    "{BIN_DIR_ENV}={} does not contain {}",
+                    dir.display(),
+                    p.file_name().unwrap_or_default().to_string_lossy()
+                )));
+            }
+        }
+        return Ok(Binaries { etcd, apiserver, controller_manager });
+    }
+    let source = shipped_dirs()
+        .into_iter()
+        .find(|d| SHIPPED.iter().all(|s| d.join(s.xz).is_file()))
+        .ok_or_else(|| {
+            TestEnvError::MissingPrerequisite(format!("kube-apiserver/kube-controller-manager not found; {BUILD_HINT}"))
+        })?;
+    let apiserver = unpack_cached(&source, &SHIPPED[0])?;
+    let controller_manager = unpack_cached(&source, &SHIPPED[1])?;
+    Ok(Binaries { etcd, apiserver, controller_manager })
+}
+
+/// Directories that may hold the shipped `.xz` files, in order of preference.
+fn shipped_dirs() -> Vec<PathBuf> {
+    vec![
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/k8s")),
+        PathBuf::from("/work/shared/k8s"),
+    ]
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// Unpacks `shipped` into `$TMPDIR/vpno-k8s-bin-<sha8>/` unless already
+/// there. The file is moved into place only after its checksum matched, so an
+/// existing file is trusted.
+fn unpack_cached(source: &Path, shipped: &Shipped) -> Result<PathBuf, TestEnvError> {
+    let cache = std::env::temp_dir().join(format!("vpno-k8s-bin-{}", &shipped.sha256[..12]));
+    let dest = cache.join(shipped.name);
+    if dest.is_file() {
+        return Ok(dest);
+    }
+    fs::create_dir_all(&cache).map_err(|e| TestEnvError::io(format!("creating {}", cache.display()), e))?;
+    let partial = cache.join(format!(".{}.{}.partial", shipped.name, std::process::id()));
+    let out = fs::File::create(&partial).map_err(|e| TestEnvError::io(format!("creating {}", partial.display()), e))?;
+    let xz = source.join(shipped.xz);
+    let status = Command::new("xz")
+        .arg("-dc")
+        .arg(&xz)
+        .stdout(out)
+        .stderr(Stdio::inherit())
+        .status()
+        .map_err(|e| TestEnvError::io("running xz (install Debian's xz-utils)".to_string(), e))?;
+    if !status.success() {
+        let _ = fs::remove_file(&partial);
+        return Err(TestEnvError::Unpack(format!("xz -dc {} failed: {status}", xz.display())));
+    }
+    let actual = sha256_file(&partial)?;
+    if actual != shipped.sha256 {
+        let _ = fs::remove_file(&partial);
+        return Err(TestEnvError::Unpack(format!(
+            "{} unpacked to sha256 {actual}, expected {}",
+            xz.display(),
+            shipped.sha256
+        )));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&partial, fs::Permissions::from_mode(0o755))
+        .map_err(|e| TestEnvError::io(format!("chmod {}", partial.display()), e))?;
+    fs::rename(&partial, &dest).map_err(|e| TestEnvError::io(format!("moving {} into place", dest.display()), e))?;
+    Ok(dest)
+}
+
+fn sha256_file(path: &Path) -> Result<String, TestEnvError> {
+    let mut file = fs::File::open(path).map_err(|e| TestEnvError::io(format!("opening {}", path.display()), e))?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| TestEnvError::io(format!("reading {}", path.display()), e))?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+    }
+    Ok(ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect())
+}
