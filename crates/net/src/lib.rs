@@ -2,3 +2,8 @@
 //! data, and the diffs that turn one desired state into another. No I/O.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
+#![warn(missing_docs)]
+
+pub mod egress;
+pub mod election;
+pub mod health;

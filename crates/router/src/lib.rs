@@ -1,19 +1,618 @@
-//! The router agent: health-checks gateways and keeps a resilient ECMP default route over the healthy ones.
+//! The router agent: health-checks gateways and keeps a resilient ECMP
+//! default route over the healthy ones; two routers share a VIP
+//! active/standby.
+//!
+//! Design:
+//! - Desired kernel state is computed by [`vpno_net::egress::plan`] from
+//!   (configuration, gateway health, role) and applied as a diff against
+//!   the observed state ([`vpno_net::egress::diff`]) every interval — only
+//!   the difference, with replace semantics, so re-applying is a no-op. A
+//!   clean shutdown applies the diff to the empty state (everything the router
+//!   created goes) and restores the sysctls it changed.
+//! - Client traffic: policy rule `from <client-subnet> iif <vip-interface>
+//!   lookup <table>`; the table holds `default nhid <group>` on a kernel
+//!   resilient nexthop group (fixed bucket count) over one nexthop object per
+//!   healthy gateway, or `unreachable default` when none is healthy. Multipath
+//!   hashing uses the L4 5-tuple (`fib_multipath_hash_policy=1`) with a fixed
+//!   seed (`fib_multipath_hash_seed`, kernel ≥ 6.11; skipped with a warning
+//!   where the kernel lacks it).
+//! - VIP: a macvlan on the gateway-network interface with a fixed virtual MAC
+//!   and `arp_notify=1`, created while active (bringing it up sends a
+//!   gratuitous ARP). Active/standby by the heartbeat protocol described in
+//!   [`vpno_net::election`].
 #![deny(rust_2018_idioms)]
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
-/// Command-line arguments of this component.
-#[derive(Debug, Clone, clap::Args)]
-pub struct RouterArgs {}
+pub mod args;
+pub mod http;
+pub mod kernel;
+pub mod nexthop;
+pub mod probe;
+pub mod sysctl;
 
-/// Errors of this component.
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+use vpno_net::egress::{self, DefaultRoute, EgressConfig, EgressState, Gateway, Role};
+use vpno_net::election::{HEARTBEAT_LEN, Heartbeat, VipElection};
+use vpno_net::health::GatewayHealth;
+
+pub use args::RouterArgs;
+use http::{GatewayStatus, GroupStatus, LastProbe, PeerStatus, ResultLabel, RouterMetrics, RouterStatus, Shared};
+use kernel::{Dataplane, KernelError, NetlinkDataplane};
+use probe::{HealthProber, ProbeResult};
+use sysctl::SysctlGuard;
+
+/// Errors of the router agent.
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
-    /// Not built yet.
-    #[error("not implemented yet")]
-    NotImplemented,
+    /// The arguments do not make sense.
+    #[error("invalid router configuration: {0}")]
+    Config(String),
+    /// Setting up or tearing down kernel state failed.
+    #[error("kernel: {0}")]
+    Kernel(#[from] KernelError),
+    /// A sysctl could not be set.
+    #[error(transparent)]
+    Sysctl(#[from] sysctl::SysctlError),
+    /// A socket could not be bound.
+    #[error("binding {what} on {addr}: {source}")]
+    Bind {
+        /// Which socket.
+        what: &'static str,
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Clean shutdown could not remove everything.
+    #[error("shutdown left state behind: {0}")]
+    Teardown(String),
 }
 
-/// Runs the component until it is stopped.
-pub async fn run(_args: RouterArgs) -> Result<(), RouterError> {
-    Err(RouterError::NotImplemented)
+/// Runs the router until SIGTERM or ctrl-c, then removes what it created.
+pub async fn run(args: RouterArgs) -> Result<(), RouterError> {
+    run_until(args, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGTERM; only ctrl-c stops the router cleanly");
+            let _ = ctrl_c.await;
+        }
+    }
+}
+
+/// Builds the planner's configuration from the arguments.
+pub fn egress_config(args: &RouterArgs) -> Result<EgressConfig, RouterError> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut addresses = std::collections::BTreeSet::new();
+    for g in &args.gateways {
+        if !names.insert(&g.name) {
+            return Err(RouterError::Config(format!("gateway name {:?} given twice", g.name)));
+        }
+        if !addresses.insert(g.address) {
+            return Err(RouterError::Config(format!("gateway address {} given twice", g.address)));
+        }
+    }
+    if args.gateways.is_empty() {
+        return Err(RouterError::Config("at least one --gateway NAME=IP is required".into()));
+    }
+    if args.buckets == 0 {
+        return Err(RouterError::Config("--buckets must be at least 1".into()));
+    }
+    if args.interval.is_zero() || args.timeout.is_zero() {
+        return Err(RouterError::Config("--interval and --timeout must be positive".into()));
+    }
+    if args.interface.len() > 15 || args.vip_interface.len() > 15 {
+        return Err(RouterError::Config("interface names are at most 15 bytes".into()));
+    }
+    if args.nexthop_id == 0 || args.nexthop_id.checked_add(1 + args.gateways.len() as u32).is_none() {
+        return Err(RouterError::Config("--nexthop-id must be >= 1 and leave room for one id per gateway".into()));
+    }
+    Ok(EgressConfig {
+        gateways: args.gateways.iter().map(|g| Gateway { name: g.name.clone(), address: g.address }).collect(),
+        interface: args.interface.clone(),
+        client_subnet: args.client_subnet.trunc(),
+        vip: args.vip,
+        vip_interface: args.vip_interface.clone(),
+        vip_mac: args.vip_mac,
+        table: args.table,
+        rule_priority: args.rule_priority,
+        nexthop_id_base: args.nexthop_id,
+        buckets: args.buckets,
+        idle_timer_secs: args.idle_timer.as_secs().min(u64::from(u32::MAX / 100)) as u32,
+    })
+}
+
+/// Sets the namespace-wide sysctls the router relies on.
+fn set_sysctls(guard: &mut SysctlGuard, args: &RouterArgs) -> Result<(), RouterError> {
+    guard.set(sysctl::ipv4("ip_forward"), "1")?;
+    guard.set(sysctl::ipv4("fib_multipath_hash_policy"), "1")?;
+    let seed = sysctl::ipv4("fib_multipath_hash_seed");
+    if seed.exists() {
+        guard.set(seed, &args.hash_seed.to_string())?;
+    } else {
+        warn!("this kernel has no net.ipv4.fib_multipath_hash_seed (< 6.11): flow hashing uses a per-boot random seed");
+    }
+    // Clients and gateways share the L2 network: a redirect would send clients
+    // straight to one gateway, around the router and its failover.
+    guard.set(sysctl::conf("all", "send_redirects"), "0")?;
+    guard.set(sysctl::conf(&args.interface, "send_redirects"), "0")?;
+    // Only the VIP interface answers ARP for the VIP.
+    guard.set(sysctl::conf(&args.interface, "arp_ignore"), "1")?;
+    guard.set(sysctl::conf(&args.interface, "arp_announce"), "2")?;
+    Ok(())
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Per-gateway runtime state.
+struct GatewayRuntime {
+    health: GatewayHealth,
+    last: Option<(ProbeResult, Instant, u64)>,
+}
+
+/// Runs the router until `shutdown` completes, then tears down. The lab and
+/// tests use this directly (in a thread that entered the router's netns).
+pub async fn run_until(args: RouterArgs, shutdown: impl Future<Output = ()>) -> Result<(), RouterError> {
+    let config = egress_config(&args)?;
+    let dataplane = NetlinkDataplane::connect()?;
+    let if_index = dataplane
+        .link_index(&args.interface)
+        .await?
+        .ok_or_else(|| RouterError::Config(format!("interface {:?} does not exist in this namespace", args.interface)))?;
+    let own_address = dataplane.ipv4_addresses(if_index).await?.first().map(|n| n.addr());
+    let own_address = match (own_address, args.peer) {
+        (Some(a), _) => a,
+        (None, None) => Ipv4Addr::UNSPECIFIED,
+        (None, Some(_)) => {
+            return Err(RouterError::Config(format!(
+                "interface {} has no IPv4 address to send heartbeats from",
+                args.interface
+            )));
+        }
+    };
+
+    if args.peer == Some(own_address) {
+        return Err(RouterError::Config(format!(
+            "--peer {own_address} is this router's own address on {}; give the other router's address",
+            args.interface
+        )));
+    }
+
+    let mut sysctls = SysctlGuard::default();
+    if let Err(e) = set_sysctls(&mut sysctls, &args) {
+        sysctls.restore();
+        return Err(e);
+    }
+
+    let result = serve(&args, &config, &dataplane, own_address, shutdown).await;
+
+    // Clean shutdown: remove everything we own, keep going on errors.
+    let mut failures = Vec::new();
+    match dataplane.observe(&config).await {
+        Ok(observed) => {
+            for change in egress::diff(&EgressState::default(), &observed, config.table) {
+                if let Err(e) = dataplane.apply(&change).await {
+                    failures.push(format!("{change:?}: {e}"));
+                }
+            }
+        }
+        Err(e) => failures.push(format!("observing state for teardown: {e}")),
+    }
+    failures.extend(sysctls.restore().into_iter().map(|e| e.to_string()));
+    info!(failures = failures.len(), "router state removed");
+    result?;
+    if failures.is_empty() { Ok(()) } else { Err(RouterError::Teardown(failures.join("; "))) }
+}
+
+/// The running part: HTTP server, heartbeats, probe/reconcile loop.
+async fn serve(
+    args: &RouterArgs,
+    config: &EgressConfig,
+    dataplane: &NetlinkDataplane,
+    own_address: Ipv4Addr,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RouterError> {
+    let metrics = RouterMetrics::default();
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    metrics.gateways_configured.set(config.gateways.len() as i64);
+    let shared = Arc::new(Shared {
+        status: Mutex::new(RouterStatus {
+            role: Role::Standby,
+            priority: args.priority,
+            vip: args.vip.to_string(),
+            peer: None,
+            gateways: Vec::new(),
+            nexthop_group: None,
+            default_route: "absent",
+            last_apply_error: None,
+        }),
+        metrics,
+        registry,
+    });
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| RouterError::Bind { what: "HTTP listener", addr: args.listen, source })?;
+    let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let http = tokio::spawn(
+        axum::serve(listener, http::app(shared.clone()))
+            .with_graceful_shutdown(async {
+                let _ = http_stop_rx.await;
+            })
+            .into_future(),
+    );
+
+    // Heartbeats.
+    let heartbeat_socket = match args.peer {
+        Some(_) => {
+            let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, args.heartbeat_port));
+            let sock = UdpSocket::bind(addr)
+                .await
+                .map_err(|source| RouterError::Bind { what: "heartbeat socket", addr, source })?;
+            Some(Arc::new(sock))
+        }
+        None => None,
+    };
+    let (hb_tx, mut hb_rx) = mpsc::channel::<(Ipv4Addr, Heartbeat, Instant)>(64);
+    let receiver = heartbeat_socket.clone().map(|sock| {
+        let vip = args.vip.addr();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            loop {
+                match sock.recv_from(&mut buf).await {
+                    Ok((n, SocketAddr::V4(from))) => match Heartbeat::decode(&buf[..n.min(HEARTBEAT_LEN + 1)]) {
+                        Ok(hb) if hb.vip == vip => {
+                            if hb_tx.send((*from.ip(), hb, Instant::now())).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(hb) => warn!(from = %from, vip = %hb.vip, "heartbeat for another VIP ignored"),
+                        Err(e) => warn!(from = %from, error = %e, "malformed heartbeat ignored"),
+                    },
+                    Ok(_) => {}
+                    Err(e) => {
+                        warn!(error = %e, "heartbeat receive failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        })
+    });
+
+    let dead_interval = args.interval * 3;
+    let mut election = VipElection::new(args.priority, own_address, args.peer, dead_interval, Instant::now());
+    if let Some(role) = election.tick(Instant::now()) {
+        role_changed(role, &shared);
+    }
+    let prober = HealthProber::new(args.health_port, &args.health_path, args.timeout);
+    let mut gateways: Vec<GatewayRuntime> = config
+        .gateways
+        .iter()
+        .map(|_| GatewayRuntime { health: GatewayHealth::new(args.fall, args.rise), last: None })
+        .collect();
+    info!(
+        gateways = config.gateways.len(),
+        interface = %config.interface,
+        vip = %config.vip,
+        peer = ?args.peer,
+        priority = args.priority,
+        "router starting"
+    );
+
+    // Probes run in their own task so a slow round never delays heartbeats or
+    // a takeover; each round's results arrive together.
+    let (probe_tx, mut probe_rx) = mpsc::channel::<Vec<(ProbeResult, Instant, u64)>>(4);
+    let probe_task = {
+        let addresses: Vec<Ipv4Addr> = config.gateways.iter().map(|g| g.address).collect();
+        let interval = args.interval;
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let round = futures::future::join_all(addresses.iter().map(|a| async {
+                    let r = prober.probe(*a).await;
+                    (r, Instant::now(), unix_ms())
+                }))
+                .await;
+                if probe_tx.send(round).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+
+    let mut ticker = tokio::time::interval(args.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    // Reconcile once before the first probe: rules in place, table unreachable.
+    let mut observed_after = reconcile(config, dataplane, &gateways, election.role(), &shared).await;
+    loop {
+        let deadline = election.next_deadline();
+        let mut dirty = false;
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            Some((from, hb, at)) = hb_rx.recv() => {
+                election.on_heartbeat(from, hb, at);
+            }
+            _ = sleep_until_opt(deadline) => {}
+            Some(round) = probe_rx.recv() => {
+                for ((gw, rt), (result, at, unix)) in config.gateways.iter().zip(gateways.iter_mut()).zip(round) {
+                    let label = ResultLabel { result: if result.ok { "ok" } else { "error" } };
+                    shared.metrics.probes.get_or_create(&label).inc();
+                    if let Some(state) = rt.health.record(result.ok) {
+                        shared.metrics.health_changes.inc();
+                        info!(gateway = %gw.name, address = %gw.address, ?state, error = ?result.error, "gateway health changed");
+                        dirty = true;
+                    }
+                    rt.last = Some((result, at, unix));
+                }
+            }
+            _ = ticker.tick() => {
+                if let (Some(sock), Some(peer)) = (&heartbeat_socket, args.peer) {
+                    let hb = election.heartbeat(args.vip.addr());
+                    if let Err(e) = sock.send_to(&hb.encode(), (peer, args.heartbeat_port)).await {
+                        warn!(peer = %peer, error = %e, "sending heartbeat failed");
+                    }
+                }
+                // Periodic reconcile also repairs state changed behind our back.
+                dirty = true;
+            }
+        }
+        if let Some(role) = election.tick(Instant::now()) {
+            role_changed(role, &shared);
+            dirty = true;
+            // Tell the peer at once (resolves a double-active quickly).
+            if let (Some(sock), Some(peer)) = (&heartbeat_socket, args.peer) {
+                let _ = sock.send_to(&election.heartbeat(args.vip.addr()).encode(), (peer, args.heartbeat_port)).await;
+            }
+        }
+        if dirty {
+            observed_after = reconcile(config, dataplane, &gateways, election.role(), &shared).await;
+        }
+        update_status(config, &gateways, &election, &observed_after, &shared, args.peer);
+    }
+    probe_task.abort();
+
+    info!("router stopping");
+    // Give up the VIP before telling the peer to take it, so the two never hold it together.
+    if let Err(e) = dataplane.apply(&egress::Change::DeleteVip { interface: config.vip_interface.clone() }).await {
+        warn!(error = %e, "removing the VIP interface failed");
+    }
+    if let (Some(sock), Some(peer)) = (&heartbeat_socket, args.peer) {
+        let hb = VipElection::resign_heartbeat(args.vip.addr());
+        let _ = sock.send_to(&hb.encode(), (peer, args.heartbeat_port)).await;
+    }
+    if let Some(r) = receiver {
+        r.abort();
+    }
+    let _ = http_stop_tx.send(());
+    let _ = http.await;
+    Ok(())
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn role_changed(role: Role, shared: &Shared) {
+    shared.metrics.role_changes.inc();
+    shared.metrics.role_active.set(i64::from(role == Role::Active));
+    info!(?role, "router role changed");
+}
+
+/// Observes, plans, applies the diff. Returns the state the kernel should now
+/// hold (the desired state on success, the observed one otherwise).
+async fn reconcile(
+    config: &EgressConfig,
+    dataplane: &impl Dataplane,
+    gateways: &[GatewayRuntime],
+    role: Role,
+    shared: &Shared,
+) -> Option<EgressState> {
+    let desired = egress::plan(config, |i| gateways[i].health.is_healthy(), role);
+    // Every change is attempted even after one fails (each is idempotent and
+    // the next interval starts again from a fresh observation), so e.g. giving
+    // up the VIP never waits on a nexthop the kernel refuses.
+    let outcome = match dataplane.observe(config).await {
+        Err(e) => Err(e.to_string()),
+        Ok(observed) => {
+            let mut errors = Vec::new();
+            for change in egress::diff(&desired, &observed, config.table) {
+                info!(?change, "applying");
+                if let Err(e) = dataplane.apply(&change).await {
+                    errors.push(e.to_string());
+                }
+            }
+            if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+        }
+    };
+    let label = ResultLabel { result: if outcome.is_ok() { "ok" } else { "error" } };
+    shared.metrics.reconciles.get_or_create(&label).inc();
+    let mut status = shared.status.lock().expect("status lock");
+    match outcome {
+        Ok(()) => {
+            status.last_apply_error = None;
+            Some(desired)
+        }
+        Err(e) => {
+            error!(error = %e, "reconcile failed; retrying next interval");
+            status.last_apply_error = Some(e);
+            None
+        }
+    }
+}
+
+fn update_status(
+    config: &EgressConfig,
+    gateways: &[GatewayRuntime],
+    election: &VipElection,
+    state: &Option<EgressState>,
+    shared: &Shared,
+    peer: Option<Ipv4Addr>,
+) {
+    let now = Instant::now();
+    let members = state.as_ref().map(kernel::group_members).unwrap_or_default();
+    let healthy = gateways.iter().filter(|g| g.health.is_healthy()).count();
+    shared.metrics.gateways_healthy.set(healthy as i64);
+    shared.metrics.group_members.set(members.len() as i64);
+    shared.metrics.role_active.set(i64::from(election.role() == Role::Active));
+    let mut status = shared.status.lock().expect("status lock");
+    status.role = election.role();
+    status.peer = peer.map(|address| {
+        let view = election.peer();
+        PeerStatus {
+            address: address.to_string(),
+            role: view.map(|v| v.heartbeat.role),
+            priority: view.map(|v| v.heartbeat.priority),
+            last_heard_ms_ago: view.map(|v| now.saturating_duration_since(v.heard_at).as_millis() as u64),
+        }
+    });
+    status.gateways = config
+        .gateways
+        .iter()
+        .enumerate()
+        .zip(gateways)
+        .map(|((i, gw), rt)| GatewayStatus {
+            name: gw.name.clone(),
+            address: gw.address.to_string(),
+            state: rt.health.state(),
+            in_group: members.contains(&config.nexthop_id(i)),
+            consecutive_failures: rt.health.consecutive_failures(),
+            consecutive_successes: rt.health.consecutive_successes(),
+            last_probe: rt.last.as_ref().map(|(result, at, unix)| LastProbe {
+                result: result.clone(),
+                age_ms: now.saturating_duration_since(*at).as_millis() as u64,
+                at_unix_ms: *unix,
+            }),
+        })
+        .collect();
+    if let Some(state) = state {
+        status.nexthop_group = state.group.as_ref().map(|g| GroupStatus {
+            id: g.id,
+            kind: "resilient",
+            buckets: g.buckets,
+            members: g.members.iter().filter_map(|id| config.gateway_of(*id)).map(|gw| gw.name.clone()).collect(),
+        });
+        status.default_route = match state.default_route {
+            Some(DefaultRoute::ViaGroup(_)) => "nexthop-group",
+            Some(DefaultRoute::Unreachable) => "unreachable",
+            None => "absent",
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vpno_net::egress::{Change, RuleAction};
+
+    /// In-memory kernel: applies changes like the kernel would, optionally
+    /// refusing nexthop creation (as for an interface that is down).
+    struct FakeKernel {
+        state: Mutex<EgressState>,
+        refuse_nexthops: bool,
+    }
+
+    impl Dataplane for FakeKernel {
+        async fn observe(&self, _: &EgressConfig) -> Result<EgressState, KernelError> {
+            Ok(self.state.lock().unwrap().clone())
+        }
+        async fn apply(&self, change: &Change) -> Result<(), KernelError> {
+            if self.refuse_nexthops && matches!(change, Change::ReplaceNexthop { .. } | Change::ReplaceGroup(_)) {
+                return Err(KernelError::NoSuchInterface("eth0".into()));
+            }
+            egress::apply(&mut self.state.lock().unwrap(), std::slice::from_ref(change));
+            Ok(())
+        }
+    }
+
+    fn setup() -> (EgressConfig, Vec<GatewayRuntime>, Shared) {
+        let args = {
+            use clap::Parser;
+            #[derive(Parser)]
+            struct Cli {
+                #[command(flatten)]
+                args: RouterArgs,
+            }
+            Cli::parse_from([
+                "router", "--interface=eth0", "--gateway=a=10.0.0.11", "--gateway=b=10.0.0.12",
+                "--client-subnet=10.0.0.0/24", "--vip=10.0.0.1/24",
+            ])
+            .args
+        };
+        let config = egress_config(&args).unwrap();
+        let gateways = (0..2).map(|_| GatewayRuntime { health: GatewayHealth::new(1, 1), last: None }).collect();
+        let shared = Shared {
+            status: Mutex::new(RouterStatus {
+                role: Role::Standby,
+                priority: 1,
+                vip: String::new(),
+                peer: None,
+                gateways: vec![],
+                nexthop_group: None,
+                default_route: "absent",
+                last_apply_error: None,
+            }),
+            metrics: RouterMetrics::default(),
+            registry: Default::default(),
+        };
+        (config, gateways, shared)
+    }
+
+    #[tokio::test]
+    async fn reconcile_converges_and_is_idempotent() {
+        let (config, mut gateways, shared) = setup();
+        gateways[0].health.record(true);
+        gateways[1].health.record(false);
+        let kernel = FakeKernel { state: Mutex::new(EgressState::default()), refuse_nexthops: false };
+        let after = reconcile(&config, &kernel, &gateways, Role::Active, &shared).await.unwrap();
+        assert_eq!(*kernel.state.lock().unwrap(), after);
+        assert_eq!(after.group.unwrap().members.into_iter().collect::<Vec<_>>(), vec![7701]);
+        assert!(shared.status.lock().unwrap().last_apply_error.is_none());
+        let again = kernel.state.lock().unwrap().clone();
+        assert!(egress::diff(&again, &again, config.table).is_empty());
+    }
+
+    #[tokio::test]
+    async fn standing_down_still_drops_the_vip_when_nexthops_fail() {
+        let (config, mut gateways, shared) = setup();
+        gateways[0].health.record(true);
+        let mut start = egress::plan(&config, |_| true, Role::Active);
+        start.nexthops.clear();
+        start.group = None;
+        start.default_route = None;
+        let kernel = FakeKernel { state: Mutex::new(start), refuse_nexthops: true };
+        assert!(reconcile(&config, &kernel, &gateways, Role::Standby, &shared).await.is_none());
+        let state = kernel.state.lock().unwrap().clone();
+        assert!(state.vip.is_none(), "VIP kept although the router is standby");
+        // The kill-switch rule is in place regardless.
+        assert!(state.rules.iter().any(|r| r.action == RuleAction::Unreachable));
+        assert!(shared.status.lock().unwrap().last_apply_error.is_some());
+    }
 }

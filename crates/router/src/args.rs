@@ -1,0 +1,204 @@
+//! Command-line arguments of `vpn-operator router`.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+
+/// `NAME=IP`: one gateway on the gateway network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayArg {
+    /// Name shown in logs and `/status`.
+    pub name: String,
+    /// Address on the gateway network.
+    pub address: Ipv4Addr,
+}
+
+impl std::str::FromStr for GatewayArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, ip) = s.split_once('=').ok_or_else(|| format!("expected NAME=IP, got {s:?}"))?;
+        if name.is_empty() {
+            return Err(format!("empty gateway name in {s:?}"));
+        }
+        let address = ip.parse().map_err(|e| format!("bad IPv4 address {ip:?} for gateway {name}: {e}"))?;
+        Ok(Self { name: name.to_string(), address })
+    }
+}
+
+/// Parses a duration such as `1s`, `750ms` or `1.5s`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d: jiff::SignedDuration = s.parse().map_err(|e| format!("bad duration {s:?}: {e}"))?;
+    Duration::try_from(d).map_err(|_| format!("duration {s:?} must not be negative"))
+}
+
+/// Parses a MAC address `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(format!("bad MAC address {s:?}: expected six hex bytes separated by ':'"));
+    }
+    let mut mac = [0u8; 6];
+    for (byte, part) in mac.iter_mut().zip(parts) {
+        *byte = u8::from_str_radix(part, 16).map_err(|_| format!("bad MAC address {s:?}"))?;
+    }
+    if mac[0] & 1 == 1 {
+        return Err(format!("MAC address {s:?} is a multicast address"));
+    }
+    Ok(mac)
+}
+
+/// Command-line arguments of the router agent.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RouterArgs {
+    /// A gateway as NAME=IP (repeat for each gateway). Its health URL is
+    /// http://IP:<health-port><health-path>.
+    #[arg(long = "gateway", value_name = "NAME=IP", required = true)]
+    pub gateways: Vec<GatewayArg>,
+    /// The gateway-network interface (nexthops leave through it; the VIP macvlan sits on it).
+    #[arg(long, value_name = "IF")]
+    pub interface: String,
+    /// Source subnet of the clients whose default route this router keeps.
+    #[arg(long, value_name = "CIDR")]
+    pub client_subnet: Ipv4Net,
+    /// The address clients use as next hop, with its prefix length (e.g. 10.77.0.1/24).
+    #[arg(long, value_name = "CIDR")]
+    pub vip: Ipv4Net,
+    /// Name of the macvlan interface that carries the VIP while this router is active.
+    #[arg(long, value_name = "NAME", default_value = "vpno-vip")]
+    pub vip_interface: String,
+    /// MAC address of the VIP interface; the same on both routers (like VRRP's virtual MAC).
+    #[arg(long, value_name = "MAC", default_value = "02:56:50:4e:4f:01", value_parser = parse_mac)]
+    pub vip_mac: [u8; 6],
+    /// Priority for the active/standby election, 1-255 (higher wins ties; no
+    /// preemption; 0 is reserved for the shutdown heartbeat).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u8).range(1..))]
+    pub priority: u8,
+    /// Address of the peer router; without it this router is always active.
+    #[arg(long, value_name = "IP")]
+    pub peer: Option<Ipv4Addr>,
+    /// UDP port of the heartbeat exchanged with the peer.
+    #[arg(long, default_value_t = 9096)]
+    pub heartbeat_port: u16,
+    /// Port of the gateways' health endpoint.
+    #[arg(long, default_value_t = 9090)]
+    pub health_port: u16,
+    /// Path of the gateways' health endpoint.
+    #[arg(long, default_value = "/healthz")]
+    pub health_path: String,
+    /// Probe (and heartbeat) interval.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Timeout of one health probe.
+    #[arg(long, default_value = "750ms", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Consecutive failed probes before a gateway leaves the nexthop group.
+    #[arg(long, default_value_t = 1)]
+    pub fall: u32,
+    /// Consecutive successful probes before a gateway rejoins the nexthop group.
+    #[arg(long, default_value_t = 2)]
+    pub rise: u32,
+    /// Routing table of the client default route.
+    #[arg(long, default_value_t = 7700)]
+    pub table: u32,
+    /// Priority of the policy rule `from <client-subnet> iif <vip-interface> lookup <table>`.
+    #[arg(long, default_value_t = 7700)]
+    pub rule_priority: u32,
+    /// Nexthop id of the resilient group; gateway i (in --gateway order, from 0) gets id+1+i.
+    #[arg(long, default_value_t = 7700)]
+    pub nexthop_id: u32,
+    /// Bucket count of the resilient nexthop group.
+    #[arg(long, default_value_t = 128)]
+    pub buckets: u16,
+    /// Idle time after which a bucket may move to a rejoined (underweight) gateway.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub idle_timer: Duration,
+    /// Seed of the kernel multipath hash (net.ipv4.fib_multipath_hash_seed), the
+    /// same on both routers so a takeover keeps the flow→gateway mapping.
+    #[arg(long, default_value_t = 0x7670_6e6f)]
+    pub hash_seed: u32,
+    /// Address of the HTTP server with /healthz, /status and /metrics.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:9095")]
+    pub listen: SocketAddr,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: RouterArgs,
+    }
+
+    fn parse(extra: &[&str]) -> Result<RouterArgs, clap::Error> {
+        let mut argv = vec![
+            "router",
+            "--interface",
+            "eth0",
+            "--gateway",
+            "gw1=10.0.0.11",
+            "--gateway",
+            "gw2=10.0.0.12",
+            "--client-subnet",
+            "10.0.0.0/24",
+            "--vip",
+            "10.0.0.1/24",
+        ];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).map(|c| c.args)
+    }
+
+    #[test]
+    fn defaults_match_the_documented_contract() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(a.gateways.len(), 2);
+        assert_eq!(a.gateways[1], GatewayArg { name: "gw2".into(), address: Ipv4Addr::new(10, 0, 0, 12) });
+        assert_eq!((a.interval, a.timeout), (Duration::from_secs(1), Duration::from_millis(750)));
+        assert_eq!((a.fall, a.rise, a.health_port, a.health_path.as_str()), (1, 2, 9090, "/healthz"));
+        assert_eq!((a.table, a.rule_priority, a.nexthop_id, a.buckets), (7700, 7700, 7700, 128));
+        assert_eq!(a.vip_interface, "vpno-vip");
+        assert_eq!(a.vip_mac, [0x02, 0x56, 0x50, 0x4e, 0x4f, 0x01]);
+        assert_eq!((a.priority, a.peer, a.heartbeat_port), (100, None, 9096));
+        assert_eq!(a.listen, "0.0.0.0:9095".parse().unwrap());
+    }
+
+    #[test]
+    fn bad_values_are_clear_errors() {
+        let err = parse(&["--gateway", "nonsense"]).unwrap_err().to_string();
+        assert!(err.contains("expected NAME=IP"), "{err}");
+        let err = parse(&["--gateway", "g=10.0.0.999"]).unwrap_err().to_string();
+        assert!(err.contains("bad IPv4 address"), "{err}");
+        assert!(parse(&["--gateway", "=10.0.0.3"]).unwrap_err().to_string().contains("empty gateway name"));
+        assert!(parse(&["--interval", "soon"]).unwrap_err().to_string().contains("bad duration"));
+        assert!(parse(&["--priority", "0"]).is_err());
+        assert!(parse(&["--vip-mac", "01:00:00:00:00:01"]).unwrap_err().to_string().contains("multicast"));
+        assert!(parse(&["--vip-mac", "02:00:00"]).is_err());
+    }
+
+    #[test]
+    fn durations_parse_in_friendly_units() {
+        assert_eq!(parse_duration("750ms").unwrap(), Duration::from_millis(750));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn config_rejects_duplicates_and_bad_sizes() {
+        let ok = parse(&[]).unwrap();
+        let cfg = crate::egress_config(&ok).unwrap();
+        assert_eq!(cfg.nexthop_id(1), 7702);
+        assert_eq!(cfg.client_subnet, "10.0.0.0/24".parse().unwrap());
+        let dup = parse(&["--gateway", "gw1=10.0.0.13"]).unwrap();
+        assert!(crate::egress_config(&dup).unwrap_err().to_string().contains("given twice"));
+        let dup_ip = parse(&["--gateway", "gw3=10.0.0.11"]).unwrap();
+        assert!(crate::egress_config(&dup_ip).unwrap_err().to_string().contains("given twice"));
+        let zero = parse(&["--buckets", "0"]).unwrap();
+        assert!(crate::egress_config(&zero).is_err());
+        let long = parse(&["--vip-interface", "a-very-long-interface-name"]).unwrap();
+        assert!(crate::egress_config(&long).is_err());
+    }
+}
