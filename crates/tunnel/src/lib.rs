@@ -1,3 +1,35 @@
 //! Userspace WireGuard tunnels (boringtun), configured from gluetun's
-//! custom-provider variables or from explicit peer lists (lab servers).
+//! custom-provider variables (gateway clients) or from explicit peer lists
+//! (lab provider servers).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), vpno_tunnel::TunnelError> {
+//! use vpno_tunnel::{Keypair, PeerConfig, Tunnel, TunnelConfig};
+//! let server = Keypair::generate();
+//! let client = Keypair::generate();
+//! let mut config = TunnelConfig::new("wg-srv", server.private.clone());
+//! config.listen_port = Some(51820);
+//! config.addresses = vec!["10.64.0.1/24".parse().unwrap()];
+//! let mut peer = PeerConfig::new(client.public);
+//! peer.allowed_ips = vec!["10.64.0.2/32".parse().unwrap()];
+//! config.peers.push(peer);
+//! let tunnel = Tunnel::start(config).await?; // runs until dropped
+//! println!("{:?}", tunnel.stats());
+//! # Ok(()) }
+//! ```
 #![deny(rust_2018_idioms)]
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+mod config;
+mod device;
+mod keys;
+pub mod netns;
+mod tun;
+
+pub use config::{
+    DEFAULT_CLIENT_KEEPALIVE_SECS, DEFAULT_MTU, GluetunEnvError, GluetunWireguard, PeerConfig,
+    TunnelConfig,
+};
+pub use device::{PeerStats, Tunnel, TunnelError, TunnelStats, run_tunnel_until};
+pub use keys::{KeyError, Keypair, PresharedKey, PrivateKey, PublicKey};
