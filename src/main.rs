@@ -45,6 +45,8 @@ enum Command {
 enum Bench {
     /// Slot assignment: 1,000 Masks over 20 providers on a local control plane.
     Slots(vpno_bench::SlotsArgs),
+    /// Data plane: veth vs. routed path, 1 vs. N WireGuard gateways, failover.
+    Dataplane(vpno_lab::bench::DataplaneArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -93,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Lab(args) => vpno_lab::run(args).await.context("lab")?,
         Command::Api(args) => vpno_server::run(args).await.context("api")?,
         Command::Bench(Bench::Slots(args)) => vpno_bench::run_slots(args).await.context("bench slots")?,
+        Command::Bench(Bench::Dataplane(args)) => vpno_lab::bench::run(args).await.context("bench dataplane")?,
     }
     Ok(())
 }

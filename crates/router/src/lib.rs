@@ -13,7 +13,9 @@
 //!   lookup <table>`; the table holds `default nhid <group>` on a kernel
 //!   resilient nexthop group (fixed bucket count) over one nexthop object per
 //!   healthy gateway, or `unreachable default` when none is healthy. Multipath
-//!   hashing uses the L4 5-tuple (`fib_multipath_hash_policy=1`) with a fixed
+//!   hashing uses the packet's L4 5-tuple (`fib_multipath_hash_policy=3`,
+//!   `fib_multipath_hash_fields=0x0037`; policy 1 would reuse the socket hash
+//!   TCP changes on retransmission) with a fixed
 //!   seed (`fib_multipath_hash_seed`, kernel ≥ 6.11; skipped with a warning
 //!   where the kernel lacks it).
 //! - VIP: a macvlan on the gateway-network interface with a fixed virtual MAC
@@ -143,7 +145,18 @@ pub fn egress_config(args: &RouterArgs) -> Result<EgressConfig, RouterError> {
 /// Sets the namespace-wide sysctls the router relies on.
 fn set_sysctls(guard: &mut SysctlGuard, args: &RouterArgs) -> Result<(), RouterError> {
     guard.set(sysctl::ipv4("ip_forward"), "1")?;
-    guard.set(sysctl::ipv4("fib_multipath_hash_policy"), "1")?;
+    // Policy 1 would hash forwarded packets by the skb hash a client's socket
+    // set, which TCP re-randomises on every retransmission: flows would hop
+    // between gateways (and be reset). Policy 3 hashes the packet's own fields:
+    // 0x0037 = source IP, destination IP, protocol, source port, destination port.
+    let fields = sysctl::ipv4("fib_multipath_hash_fields");
+    if fields.exists() {
+        guard.set(fields, "55")?; // 0x37
+        guard.set(sysctl::ipv4("fib_multipath_hash_policy"), "3")?;
+    } else {
+        warn!("this kernel has no net.ipv4.fib_multipath_hash_fields (< 5.12): using L4 policy 1, flows may move on TCP retransmission");
+        guard.set(sysctl::ipv4("fib_multipath_hash_policy"), "1")?;
+    }
     let seed = sysctl::ipv4("fib_multipath_hash_seed");
     if seed.exists() {
         guard.set(seed, &args.hash_seed.to_string())?;

@@ -472,7 +472,9 @@ fn spreads_flows_fails_over_goes_unreachable_and_cleans_up() {
     let group = lab.routers[0].ip_out("-j nexthop show id 7700");
     assert!(group.contains("\"type\":\"resilient\""), "resilient group: {group}");
     assert!(group.contains("\"buckets\":128"), "128 buckets: {group}");
-    assert_eq!(lab.routers[0].sysctl("net/ipv4/fib_multipath_hash_policy"), "1", "L4 hash policy");
+    // Policy 3 over the packet's 5-tuple (0x37), not the socket hash policy 1 would reuse.
+    assert_eq!(lab.routers[0].sysctl("net/ipv4/fib_multipath_hash_policy"), "3", "custom hash policy");
+    assert_eq!(lab.routers[0].sysctl("net/ipv4/fib_multipath_hash_fields"), "55", "5-tuple hash fields (0x37)");
     assert_eq!(lab.routers[0].sysctl("net/ipv4/conf/eth0/send_redirects"), "0", "no ICMP redirects");
     let rules = lab.routers[0].ip_out("rule show");
     assert!(rules.contains("7700:\tfrom 10.77.0.0/24 iif vpno-vip lookup 7700"), "lookup rule: {rules}");
