@@ -47,6 +47,8 @@ enum Bench {
     Slots(vpno_bench::SlotsArgs),
     /// Data plane: veth vs. routed path, 1 vs. N WireGuard gateways, failover.
     Dataplane(vpno_lab::bench::DataplaneArgs),
+    /// Proxy API: latency and throughput of filtered `GET /servers` over a real catalog.
+    Servers(vpno_server::bench::ServersArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -96,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Api(args) => vpno_server::run(args).await.context("api")?,
         Command::Bench(Bench::Slots(args)) => vpno_bench::run_slots(args).await.context("bench slots")?,
         Command::Bench(Bench::Dataplane(args)) => vpno_lab::bench::run(args).await.context("bench dataplane")?,
+        Command::Bench(Bench::Servers(args)) => vpno_server::bench::run(args).await.context("bench servers")?,
     }
     Ok(())
 }

@@ -1,19 +1,211 @@
-//! Reconcilers for the vpn.beebs.dev/v1 Mask API.
+//! Reconcilers for the `vpn.beebs.dev/v1` Mask API: `MaskProvider`, `Mask`,
+//! `MaskConsumer` and `MaskReservation`.
+//!
+//! How the guarantees are kept:
+//! - A slot is taken only by *creating* the MaskReservation `<provider>-<slot>`
+//!   (slot < maxSlots); a 409 means someone holds it, so any number of
+//!   controller replicas can never over-assign.
+//! - Every MaskConsumer carries the finalizer `vpn.beebs.dev/release-slot`.
+//!   When it is deleted, the controller deletes the Pods it owns (directly,
+//!   through ownerReferences), waits until they are gone, deletes the
+//!   credentials Secret, and only then deletes the reservation and lets the
+//!   consumer go. Workloads using the credentials must be owned by the consumer.
+//! - A reservation's deletion wakes the unassigned consumers that provider
+//!   could serve (watch event, no polling), so a waiting Mask gets the slot at once.
+//! - A consumer that lost its slot (provider deleted, reservation removed,
+//!   slot at or above a lowered maxSlots) is deleted, with its Pods; its Mask
+//!   gets a fresh consumer, assigned wherever a slot is free.
+//! - Providers carry `vpn.beebs.dev/unassign-consumers`: deleting one deletes
+//!   its consumers and waits until none of its reservations is left.
+//! - Reservations whose consumer is gone or is another object (uid) are reclaimed
+//!   after a check against the API server; reservations made before a crash
+//!   are adopted by their consumer.
+//!
+//! The decisions (which provider and slot a consumer gets, which consumers a
+//! shrunk provider evicts, which phase a provider shows, what the
+//! verification Pod looks like) are pure functions in [`plan`]; the
+//! reconcilers in this crate only read state, call them, and write results.
 #![deny(rust_2018_idioms)]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
-/// Command-line arguments of this component.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ControllerArgs {}
+mod consumer;
+mod context;
+mod error;
+mod mask;
+pub mod metrics;
+pub mod plan;
+mod provider;
+mod reservation;
+mod runtime;
+mod server;
+mod view;
 
-/// Errors of this component.
-#[derive(Debug, thiserror::Error)]
-pub enum ControllerError {
-    /// Not built yet.
-    #[error("not implemented yet")]
-    NotImplemented,
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use error::ControllerError;
+pub use metrics::Metrics;
+use tokio_util::sync::CancellationToken;
+
+/// Container images used by provider verification Pods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyImages {
+    /// The gluetun image that runs the VPN client (container `vpn`).
+    pub gluetun: String,
+    /// An image with `curl` and a POSIX shell (containers `init` and `probe`).
+    pub curl: String,
 }
 
-/// Runs the component until it is stopped.
-pub async fn run(_args: ControllerArgs) -> Result<(), ControllerError> {
-    Err(ControllerError::NotImplemented)
+impl Default for VerifyImages {
+    fn default() -> Self {
+        VerifyImages {
+            gluetun: "qmcgaw/gluetun:latest".into(),
+            curl: "curlimages/curl:8.11.1".into(),
+        }
+    }
+}
+
+/// Command-line arguments of `vpn-operator controller`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControllerArgs {
+    /// Namespaces to watch (comma-separated); absent means all namespaces.
+    #[arg(long = "namespace", env = "VPNO_NAMESPACE", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+    /// Address of the HTTP server for `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, env = "VPNO_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Path of a kubeconfig file; absent means `$KUBECONFIG`, `~/.kube/config` or in-cluster config.
+    #[arg(long)]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// Image of the VPN container of verification Pods.
+    #[arg(
+        long,
+        env = "VPNO_VERIFY_GLUETUN_IMAGE",
+        default_value = "qmcgaw/gluetun:latest"
+    )]
+    pub verify_gluetun_image: String,
+    /// Image (with curl and sh) of the `init` and `probe` containers of verification Pods.
+    #[arg(
+        long,
+        env = "VPNO_VERIFY_CURL_IMAGE",
+        default_value = "curlimages/curl:8.11.1"
+    )]
+    pub verify_curl_image: String,
+    /// URL that answers with the caller's public IP, used by verification Pods.
+    #[arg(
+        long,
+        env = "VPNO_VERIFY_IP_URL",
+        default_value = "https://api.ipify.org"
+    )]
+    pub verify_ip_url: String,
+    /// Verification timeout for providers whose `verify.timeout` is unset (Go duration).
+    #[arg(long, env = "VPNO_VERIFY_TIMEOUT", default_value = "1m", value_parser = parse_timeout)]
+    pub verify_timeout: Duration,
+    /// Name under which Events are reported (the `reportingController`).
+    #[arg(long, env = "VPNO_REPORTER", default_value = "vpn-operator")]
+    pub reporter: String,
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    vpno_api::duration::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Everything [`run_with_client`] needs besides a client.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// Namespaces watched; empty means all namespaces. Masks and providers may
+    /// be in different namespaces of this set.
+    pub namespaces: Vec<String>,
+    /// Images of the verification Pods.
+    pub verify_images: VerifyImages,
+    /// URL answering with the caller's public IP (used by `init` and `probe`).
+    pub verify_ip_url: String,
+    /// Verification timeout used when a provider sets none.
+    pub default_verify_timeout: Duration,
+    /// Reporter name of Events.
+    pub reporter: String,
+    /// Metric families the controllers record into.
+    pub metrics: Arc<Metrics>,
+    /// Set to `true` once every watch has listed its objects and the
+    /// controllers run (drives `/readyz`).
+    pub synced: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            namespaces: Vec::new(),
+            verify_images: VerifyImages::default(),
+            verify_ip_url: "https://api.ipify.org".into(),
+            default_verify_timeout: Duration::from_secs(60),
+            reporter: "vpn-operator".into(),
+            metrics: Arc::new(Metrics::default()),
+            synced: Arc::default(),
+        }
+    }
+}
+
+impl ControllerConfig {
+    /// A configuration watching only `namespaces` (empty = all), defaults otherwise.
+    pub fn for_namespaces<I: IntoIterator<Item = S>, S: Into<String>>(namespaces: I) -> Self {
+        ControllerConfig {
+            namespaces: namespaces.into_iter().map(Into::into).collect(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Runs the four controllers and the metrics server until SIGTERM or ctrl-c.
+pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
+    let client = runtime::client_from(args.kubeconfig.as_deref()).await?;
+    let metrics = Arc::new(Metrics::default());
+    let config = ControllerConfig {
+        namespaces: args.namespaces.clone(),
+        verify_images: VerifyImages {
+            gluetun: args.verify_gluetun_image.clone(),
+            curl: args.verify_curl_image.clone(),
+        },
+        verify_ip_url: args.verify_ip_url.clone(),
+        default_verify_timeout: args.verify_timeout,
+        reporter: args.reporter.clone(),
+        metrics: metrics.clone(),
+        synced: Arc::default(),
+    };
+    let shutdown = CancellationToken::new();
+    let ready = server::Readiness(config.synced.clone());
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .map_err(|source| ControllerError::Bind {
+            addr: args.metrics_addr,
+            source,
+        })?;
+    tracing::info!(addr = %args.metrics_addr, "serving /metrics, /healthz, /readyz");
+    let srv = tokio::spawn(server::serve(
+        listener,
+        metrics.clone(),
+        ready.clone(),
+        shutdown.clone(),
+    ));
+    let signal_token = shutdown.clone();
+    tokio::spawn(async move {
+        runtime::wait_for_signal().await;
+        tracing::info!("shutdown signal received");
+        signal_token.cancel();
+    });
+    let result = run_with_client(client, config, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = srv.await;
+    result
+}
+
+/// Runs the four controllers with `client` until `shutdown` is cancelled.
+/// Used by `run`, by tests, benchmarks and other components that embed the controller.
+pub async fn run_with_client(
+    client: kube::Client,
+    config: ControllerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), ControllerError> {
+    runtime::run_controllers(client, config, shutdown).await
 }

@@ -55,10 +55,17 @@ pub(crate) struct Binaries {
 
 /// Locates (and if needed unpacks) the binaries.
 pub(crate) fn locate() -> Result<Binaries, TestEnvError> {
+    locate_with(std::env::var_os(BIN_DIR_ENV))
+}
+
+/// [`locate`] with the value of `$VPNO_K8S_BIN_DIR` passed in.
+fn locate_with(bin_dir: Option<std::ffi::OsString>) -> Result<Binaries, TestEnvError> {
     let etcd = find_on_path("etcd").ok_or_else(|| {
-        TestEnvError::MissingPrerequisite("etcd is not on PATH (install Debian's etcd-server package)".into())
+        TestEnvError::MissingPrerequisite(
+            "etcd is not on PATH (install Debian's etcd-server package)".into(),
+        )
     })?;
-    if let Some(dir) = std::env::var_os(BIN_DIR_ENV).filter(|v| !v.is_empty()) {
+    if let Some(dir) = bin_dir.filter(|v| !v.is_empty()) {
         let dir = PathBuf::from(dir);
         let apiserver = dir.join("kube-apiserver");
         let controller_manager = dir.join("kube-controller-manager");
@@ -71,17 +78,27 @@ pub(crate) fn locate() -> Result<Binaries, TestEnvError> {
                 )));
             }
         }
-        return Ok(Binaries { etcd, apiserver, controller_manager });
+        return Ok(Binaries {
+            etcd,
+            apiserver,
+            controller_manager,
+        });
     }
     let source = shipped_dirs()
         .into_iter()
         .find(|d| SHIPPED.iter().all(|s| d.join(s.xz).is_file()))
         .ok_or_else(|| {
-            TestEnvError::MissingPrerequisite(format!("kube-apiserver/kube-controller-manager not found; {BUILD_HINT}"))
+            TestEnvError::MissingPrerequisite(format!(
+                "kube-apiserver/kube-controller-manager not found; {BUILD_HINT}"
+            ))
         })?;
     let apiserver = unpack_cached(&source, &SHIPPED[0])?;
     let controller_manager = unpack_cached(&source, &SHIPPED[1])?;
-    Ok(Binaries { etcd, apiserver, controller_manager })
+    Ok(Binaries {
+        etcd,
+        apiserver,
+        controller_manager,
+    })
 }
 
 /// Directories that may hold the shipped `.xz` files, in order of preference.
@@ -94,7 +111,9 @@ fn shipped_dirs() -> Vec<PathBuf> {
 
 fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 /// Unpacks `shipped` into `$TMPDIR/vpno-k8s-bin-<sha8>/` unless already
@@ -106,9 +125,17 @@ fn unpack_cached(source: &Path, shipped: &Shipped) -> Result<PathBuf, TestEnvErr
     if dest.is_file() {
         return Ok(dest);
     }
-    fs::create_dir_all(&cache).map_err(|e| TestEnvError::io(format!("creating {}", cache.display()), e))?;
-    let partial = cache.join(format!(".{}.{}.partial", shipped.name, std::process::id()));
-    let out = fs::File::create(&partial).map_err(|e| TestEnvError::io(format!("creating {}", partial.display()), e))?;
+    fs::create_dir_all(&cache)
+        .map_err(|e| TestEnvError::io(format!("creating {}", cache.display()), e))?;
+    static UNPACKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = UNPACKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let partial = cache.join(format!(
+        ".{}.{}-{n}.partial",
+        shipped.name,
+        std::process::id()
+    ));
+    let out = fs::File::create(&partial)
+        .map_err(|e| TestEnvError::io(format!("creating {}", partial.display()), e))?;
     let xz = source.join(shipped.xz);
     let status = Command::new("xz")
         .arg("-dc")
@@ -119,7 +146,10 @@ fn unpack_cached(source: &Path, shipped: &Shipped) -> Result<PathBuf, TestEnvErr
         .map_err(|e| TestEnvError::io("running xz (install Debian's xz-utils)".to_string(), e))?;
     if !status.success() {
         let _ = fs::remove_file(&partial);
-        return Err(TestEnvError::Unpack(format!("xz -dc {} failed: {status}", xz.display())));
+        return Err(TestEnvError::Unpack(format!(
+            "xz -dc {} failed: {status}",
+            xz.display()
+        )));
     }
     let actual = sha256_file(&partial)?;
     if actual != shipped.sha256 {
@@ -133,20 +163,60 @@ fn unpack_cached(source: &Path, shipped: &Shipped) -> Result<PathBuf, TestEnvErr
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(&partial, fs::Permissions::from_mode(0o755))
         .map_err(|e| TestEnvError::io(format!("chmod {}", partial.display()), e))?;
-    fs::rename(&partial, &dest).map_err(|e| TestEnvError::io(format!("moving {} into place", dest.display()), e))?;
+    fs::rename(&partial, &dest)
+        .map_err(|e| TestEnvError::io(format!("moving {} into place", dest.display()), e))?;
     Ok(dest)
 }
 
 fn sha256_file(path: &Path) -> Result<String, TestEnvError> {
-    let mut file = fs::File::open(path).map_err(|e| TestEnvError::io(format!("opening {}", path.display()), e))?;
+    let mut file = fs::File::open(path)
+        .map_err(|e| TestEnvError::io(format!("opening {}", path.display()), e))?;
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buf).map_err(|e| TestEnvError::io(format!("reading {}", path.display()), e))?;
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| TestEnvError::io(format!("reading {}", path.display()), e))?;
         if n == 0 {
             break;
         }
         ctx.update(&buf[..n]);
     }
-    Ok(ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(ctx
+        .finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_of_a_file_matches_the_standard_vector() {
+        let path = std::env::temp_dir().join(format!("vpno-testenv-sha-{}", std::process::id()));
+        fs::write(&path, b"abc").unwrap();
+        let digest = sha256_file(&path).unwrap();
+        let _ = fs::remove_file(&path);
+        assert_eq!(
+            digest,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn bin_dir_without_binaries_is_a_missing_prerequisite() {
+        // Only meaningful where etcd is installed (the error names what is missing first).
+        if find_on_path("etcd").is_none() {
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("vpno-testenv-empty-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let err = locate_with(Some(dir.clone().into_os_string())).unwrap_err();
+        let _ = fs::remove_dir_all(&dir);
+        assert!(err.is_missing_prerequisite(), "{err}");
+        assert!(err.to_string().contains("kube-apiserver"), "{err}");
+    }
 }

@@ -149,7 +149,10 @@ impl TestEnvError {
     }
 
     fn kube(context: impl Into<String>, source: kube::Error) -> Self {
-        TestEnvError::Kube { context: context.into(), source }
+        TestEnvError::Kube {
+            context: context.into(),
+            source,
+        }
     }
 
     /// Whether the error means "binaries or etcd are not installed" (tests skip
@@ -217,7 +220,10 @@ impl TestEnv {
             Err(e) if e.is_missing_prerequisite() && !ci() => {
                 // Straight to fd 2: the test harness captures `eprintln!`.
                 use std::io::Write as _;
-                let _ = writeln!(std::io::stderr(), "SKIPPED: no Kubernetes control plane for this test: {e}");
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED: no Kubernetes control plane for this test: {e}"
+                );
                 None
             }
             Err(e) => panic!("starting the shared test control plane failed: {e}"),
@@ -229,19 +235,17 @@ impl TestEnv {
     /// prefer `tokio::task::spawn_blocking` there).
     pub fn start() -> Result<TestEnv, TestEnvError> {
         install_crypto_provider();
-        let mut last = None;
-        for attempt in 1..=3 {
+        let mut attempt = 1;
+        loop {
             match Self::start_once() {
-                Ok(env) => return Ok(env),
                 // A port taken between choosing and binding makes a process exit: retry.
                 Err(e @ TestEnvError::ProcessExited { .. }) if attempt < 3 => {
                     tracing::warn!(attempt, error = %e, "control plane failed to start; retrying with new ports");
-                    last = Some(e);
+                    attempt += 1;
                 }
-                Err(e) => return Err(e),
+                other => return other,
             }
         }
-        Err(last.expect("loop returns on the last attempt"))
     }
 
     fn start_once() -> Result<TestEnv, TestEnvError> {
@@ -250,9 +254,13 @@ impl TestEnv {
         let tmp = std::env::temp_dir();
         process::remove_stale_dirs(&tmp);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
         let dir = tmp.join(format!("{DIR_PREFIX}{}-{id}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| TestEnvError::io(format!("creating {}", dir.display()), e))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| TestEnvError::io(format!("creating {}", dir.display()), e))?;
         process::register(id, &dir);
 
         let mut env = TestEnv {
@@ -276,7 +284,8 @@ impl TestEnv {
         env.ca_pem = pki.ca_cert_pem.clone();
         let write = |name: &str, text: &str| -> Result<PathBuf, TestEnvError> {
             let p = dir.join(name);
-            std::fs::write(&p, text).map_err(|e| TestEnvError::io(format!("writing {}", p.display()), e))?;
+            std::fs::write(&p, text)
+                .map_err(|e| TestEnvError::io(format!("writing {}", p.display()), e))?;
             Ok(p)
         };
         let ca_crt = write("ca.crt", &pki.ca_cert_pem)?;
@@ -284,8 +293,17 @@ impl TestEnv {
         let serving_key = write("serving.key", &pki.serving_key_pem)?;
         let sa_key = write("sa.key", &pki.sa_key_pem)?;
         let sa_pub = write("sa.pub", &pki.sa_pub_pem)?;
-        let tokens = write("tokens.csv", &format!("{},vpno-testenv-admin,vpno-testenv-admin,system:masters\n", env.token))?;
-        write("kubeconfig", &kubeconfig_text(&env.server_url, &pki.ca_cert_pem, &env.token))?;
+        let tokens = write(
+            "tokens.csv",
+            &format!(
+                "{},vpno-testenv-admin,vpno-testenv-admin,system:masters\n",
+                env.token
+            ),
+        )?;
+        write(
+            "kubeconfig",
+            &kubeconfig_text(&env.server_url, &pki.ca_cert_pem, &env.token),
+        )?;
 
         let etcd_url = format!("http://127.0.0.1:{etcd_client}");
         let p = |s: &Path| s.as_os_str().to_owned();
@@ -367,7 +385,8 @@ impl TestEnv {
             s.spawn(|| {
                 // kube logs every failed readiness poll at ERROR level; the
                 // outcome is returned as our error anyway, so keep this thread quiet.
-                let _quiet = tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
+                let _quiet =
+                    tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -376,7 +395,10 @@ impl TestEnv {
             })
             .join()
             .unwrap_or_else(|_| {
-                Err(TestEnvError::io("start-up thread panicked".into(), std::io::Error::other("panic")))
+                Err(TestEnvError::io(
+                    "start-up thread panicked".into(),
+                    std::io::Error::other("panic"),
+                ))
             })
         });
         env.config = result?;
@@ -388,7 +410,10 @@ impl TestEnv {
     fn spawn(&self, spec: SpawnSpec) -> Result<(), TestEnvError> {
         let child = process::spawn(spec)?;
         process::register_pid(self.id, child.pid());
-        self.processes.lock().unwrap_or_else(|p| p.into_inner()).push(child);
+        self.processes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(child);
         Ok(())
     }
 
@@ -415,7 +440,10 @@ impl TestEnv {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(TestEnvError::Timeout { what: what.into(), after: Duration::from_secs(60) });
+                return Err(TestEnvError::Timeout {
+                    what: what.into(),
+                    after: Duration::from_secs(60),
+                });
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -426,17 +454,24 @@ impl TestEnv {
     async fn bring_up(&self, begun: Instant) -> Result<kube::Config, TestEnvError> {
         let deadline = begun + START_TIMEOUT;
         let config = load_config(&self.kubeconfig_path).await?;
-        let client = kube::Client::try_from(config.clone()).map_err(|e| TestEnvError::kube("building a client", e))?;
+        let client = kube::Client::try_from(config.clone())
+            .map_err(|e| TestEnvError::kube("building a client", e))?;
 
         // 1. API server ready (etcd reachable, post-start hooks done).
         self.poll(deadline, "kube-apiserver /readyz", || async {
-            let req = http::Request::get("/readyz").body(Vec::new()).expect("static request");
+            let req = http::Request::get("/readyz")
+                .body(Vec::new())
+                .expect("static request");
             matches!(client.request_text(req).await.as_deref(), Ok("ok"))
         })
         .await?;
 
         // 2. Controller-manager.
-        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some(spec) = pending {
             self.spawn(spec)?;
         }
@@ -463,15 +498,22 @@ impl TestEnv {
         // 4. Controller-manager works: the token controller gave the default
         //    ServiceAccount a token Secret (Pods can be created from now on).
         let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
-        self.poll(deadline, "the default ServiceAccount's token (kube-controller-manager)", || async {
-            sa_has_token(&sas.get_opt("default").await)
-        })
+        self.poll(
+            deadline,
+            "the default ServiceAccount's token (kube-controller-manager)",
+            || async { sa_has_token(&sas.get_opt("default").await) },
+        )
         .await?;
         Ok(config)
     }
 
     /// Polls `check` every 100 ms until it holds, failing early when a process dies.
-    async fn poll<F, Fut>(&self, deadline: Instant, what: &str, mut check: F) -> Result<(), TestEnvError>
+    async fn poll<F, Fut>(
+        &self,
+        deadline: Instant,
+        what: &str,
+        mut check: F,
+    ) -> Result<(), TestEnvError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = bool>,
@@ -483,7 +525,10 @@ impl TestEnv {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(TestEnvError::Timeout { what: what.into(), after: started.elapsed() });
+                return Err(TestEnvError::Timeout {
+                    what: what.into(),
+                    after: started.elapsed(),
+                });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -493,13 +538,16 @@ impl TestEnv {
     /// own runtime; a client from a finished runtime no longer works).
     /// Authenticates as a `system:masters` user.
     pub async fn client(&self) -> kube::Client {
-        self.try_client().await.expect("building a kube client for the test control plane")
+        self.try_client()
+            .await
+            .expect("building a kube client for the test control plane")
     }
 
     /// Like [`TestEnv::client`], returning the error instead of panicking.
     pub async fn try_client(&self) -> Result<kube::Client, TestEnvError> {
         install_crypto_provider();
-        kube::Client::try_from(self.config.clone()).map_err(|e| TestEnvError::kube("building a client", e))
+        kube::Client::try_from(self.config.clone())
+            .map_err(|e| TestEnvError::kube("building a client", e))
     }
 
     /// Client configuration (admin token, CA) for building clients yourself.
@@ -543,7 +591,9 @@ impl TestEnv {
     /// its `default` ServiceAccount has a token, so Pods can be created in it.
     /// Panics on failure (test helper); see [`TestEnv::try_new_namespace`].
     pub async fn new_namespace(&self, prefix: &str) -> String {
-        self.try_new_namespace(prefix).await.unwrap_or_else(|e| panic!("creating a test namespace: {e}"))
+        self.try_new_namespace(prefix)
+            .await
+            .unwrap_or_else(|e| panic!("creating a test namespace: {e}"))
     }
 
     /// Like [`TestEnv::new_namespace`], returning the error instead of panicking.
@@ -559,9 +609,11 @@ impl TestEnv {
             .map_err(|e| TestEnvError::kube(format!("creating namespace {name}"), e))?;
         let sas: Api<ServiceAccount> = Api::namespaced(client, &name);
         let deadline = Instant::now() + Duration::from_secs(30);
-        self.poll(deadline, &format!("ServiceAccount default in namespace {name}"), || async {
-            sa_has_token(&sas.get_opt("default").await)
-        })
+        self.poll(
+            deadline,
+            &format!("ServiceAccount default in namespace {name}"),
+            || async { sa_has_token(&sas.get_opt("default").await) },
+        )
         .await?;
         Ok(name)
     }
@@ -572,7 +624,8 @@ impl TestEnv {
     }
 
     fn shutdown(&mut self) {
-        let mut procs = std::mem::take(&mut *self.processes.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut procs =
+            std::mem::take(&mut *self.processes.lock().unwrap_or_else(|p| p.into_inner()));
         // Newest first: controller-manager, apiserver, etcd.
         while let Some(mut proc) = procs.pop() {
             proc.stop(Duration::from_secs(5));
@@ -593,7 +646,10 @@ fn sa_has_token(sa: &Result<Option<ServiceAccount>, kube::Error>) -> bool {
 }
 
 async fn load_config(path: &Path) -> Result<kube::Config, TestEnvError> {
-    let err = |message: String| TestEnvError::Kubeconfig { path: path.to_path_buf(), message };
+    let err = |message: String| TestEnvError::Kubeconfig {
+        path: path.to_path_buf(),
+        message,
+    };
     let kubeconfig = Kubeconfig::read_from(path).map_err(|e| err(e.to_string()))?;
     kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
@@ -622,14 +678,18 @@ fn free_ports<const N: usize>() -> Result<[u16; N], TestEnvError> {
         .map_err(|e| TestEnvError::io("binding a free loopback port".into(), e))?;
     let mut ports = [0u16; N];
     for (port, l) in ports.iter_mut().zip(&listeners) {
-        *port = l.local_addr().map_err(|e| TestEnvError::io("reading a bound port".into(), e))?.port();
+        *port = l
+            .local_addr()
+            .map_err(|e| TestEnvError::io("reading a bound port".into(), e))?
+            .port();
     }
     Ok(ports)
 }
 
 fn random_token() -> String {
     let mut bytes = [0u8; 24];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).expect("system randomness");
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .expect("system randomness");
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -647,7 +707,10 @@ pub fn unique_name(prefix: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut bytes = [0u8; 3];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
-    format!("{clean}-{:02x}{:02x}{:02x}-{n}", bytes[0], bytes[1], bytes[2])
+    format!(
+        "{clean}-{:02x}{:02x}{:02x}-{n}",
+        bytes[0], bytes[1], bytes[2]
+    )
 }
 
 #[cfg(test)]
@@ -661,7 +724,11 @@ mod tests {
         assert_ne!(a, b);
         for n in [&a, &b, &unique_name(""), &unique_name(&"x".repeat(100))] {
             assert!(n.len() <= 63, "{n}");
-            assert!(n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'), "{n}");
+            assert!(
+                n.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+                "{n}"
+            );
             assert!(!n.starts_with('-') && !n.ends_with('-'), "{n}");
         }
         assert!(a.starts_with("my-test-prefix-"), "{a}");

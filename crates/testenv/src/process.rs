@@ -48,16 +48,29 @@ fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
 }
 
 fn spawn_here(spec: SpawnSpec) -> std::io::Result<Child> {
-    let log = fs::OpenOptions::new().create(true).append(true).open(&spec.log)?;
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.log)?;
     let log2 = log.try_clone()?;
     let parent = std::process::id();
     let mut cmd = Command::new(&spec.program);
-    cmd.args(&spec.args).stdin(Stdio::null()).stdout(log).stderr(log2);
+    cmd.args(&spec.args)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2);
     // SAFETY: the closure runs between fork and exec and only calls the
     // async-signal-safe functions prctl, getppid and returns an error value.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             // The parent may have died between fork and prctl.
@@ -80,10 +93,20 @@ pub(crate) fn spawn(spec: SpawnSpec) -> Result<ManagedProcess, TestEnvError> {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .send((spec, reply_tx))
-        .map_err(|_| TestEnvError::io("spawner thread is gone".into(), std::io::Error::other("channel closed")))?;
+        .map_err(|_| {
+            TestEnvError::io(
+                "spawner thread is gone".into(),
+                std::io::Error::other("channel closed"),
+            )
+        })?;
     let child = reply_rx
         .recv()
-        .map_err(|_| TestEnvError::io("spawner thread is gone".into(), std::io::Error::other("channel closed")))?
+        .map_err(|_| {
+            TestEnvError::io(
+                "spawner thread is gone".into(),
+                std::io::Error::other("channel closed"),
+            )
+        })?
         .map_err(|e| TestEnvError::io(format!("starting {}", program.display()), e))?;
     Ok(ManagedProcess { name, child, log })
 }
@@ -129,7 +152,10 @@ impl ManagedProcess {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
-        tracing::debug!(process = self.name, "did not stop on SIGTERM; sending SIGKILL");
+        tracing::debug!(
+            process = self.name,
+            "did not stop on SIGTERM; sending SIGKILL"
+        );
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -140,7 +166,11 @@ pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     let start = all.len().saturating_sub(lines);
-    format!("--- last lines of {} ---\n{}", path.display(), all[start..].join("\n"))
+    format!(
+        "--- last lines of {} ---\n{}",
+        path.display(),
+        all[start..].join("\n")
+    )
 }
 
 /// A control plane as seen by the exit hook: pids (oldest first) and its directory.
@@ -162,7 +192,11 @@ pub(crate) fn register(id: u64, dir: &Path) {
         }
     });
     let mut reg = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
-    reg.push(Registered { id, pids: Vec::new(), dir: dir.to_path_buf() });
+    reg.push(Registered {
+        id,
+        pids: Vec::new(),
+        dir: dir.to_path_buf(),
+    });
 }
 
 /// Records a started process of control plane `id`.
@@ -218,11 +252,20 @@ fn stop_pid(pid: i32, grace: Duration) {
 /// Removes `vpno-testenv-<pid>-*` directories left in `tmp` by processes that
 /// no longer exist (e.g. a test binary killed by a signal, where no exit hook runs).
 pub(crate) fn remove_stale_dirs(tmp: &Path) {
-    let Ok(entries) = fs::read_dir(tmp) else { return };
+    let Ok(entries) = fs::read_dir(tmp) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(crate::DIR_PREFIX)) else { continue };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let Some(rest) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(crate::DIR_PREFIX))
+        else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
         if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = fs::remove_dir_all(entry.path());
         }

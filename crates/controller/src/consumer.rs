@@ -1,0 +1,597 @@
+//! MaskConsumer controller: takes a slot for the consumer, copies the
+//! credentials, and releases the slot only once the consumer and its Pods
+//! are gone.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use vpno_api::names::{credentials_secret_name, reservation_name, slot_of_reservation};
+use vpno_api::{
+    AssignedProvider, MaskConsumer, MaskPhase, MaskProvider, MaskReservation, MaskReservationSpec,
+};
+
+use crate::context::{Ctx, controller_ref, ns_of, uid_of};
+use crate::error::{ControllerError, is_status};
+use crate::plan::assign::{AssignmentPlan, SlotRequest, plan_assignment};
+use crate::plan::status::now_rfc3339;
+use crate::plan::{CONSUMER_FINALIZER, PIN_ANNOTATION};
+
+const KIND: &str = "MaskConsumer";
+
+/// Reconciles one MaskConsumer.
+pub(crate) async fn reconcile(
+    consumer: Arc<MaskConsumer>,
+    ctx: Arc<Ctx>,
+) -> Result<Action, ControllerError> {
+    let ns = ns_of(consumer.as_ref(), KIND)?;
+    let api: Api<MaskConsumer> = Api::namespaced(ctx.client.clone(), &ns);
+    if consumer.meta().deletion_timestamp.is_some() {
+        return release(&consumer, &ns, &api, &ctx).await;
+    }
+    if owner_mask_gone(&consumer, &ns, &ctx).await? {
+        // Do not wait for the garbage collector: release the slot now.
+        ctx.metrics().action("delete_orphan");
+        ctx.delete_if(&api, KIND, &consumer.name_any(), consumer.uid().as_deref())
+            .await?;
+        return Ok(Action::await_change());
+    }
+    ctx.ensure_finalizer(&api, KIND, consumer.as_ref(), CONSUMER_FINALIZER)
+        .await?;
+    match consumer.assignment() {
+        Some(a) => keep_assignment(&consumer, &ns, a, &api, &ctx).await,
+        None => assign(&consumer, &ns, &api, &ctx).await,
+    }
+}
+
+/// Whether the consumer's controlling Mask has been deleted (checked against
+/// the API server, never on the cache alone).
+async fn owner_mask_gone(
+    consumer: &MaskConsumer,
+    ns: &str,
+    ctx: &Ctx,
+) -> Result<bool, ControllerError> {
+    let Some(owner) = consumer
+        .owner_references()
+        .iter()
+        .find(|o| o.kind == "Mask" && o.controller == Some(true))
+    else {
+        return Ok(false);
+    };
+    let cached = ctx
+        .masks
+        .get(&kube::runtime::reflector::ObjectRef::new(&owner.name).within(ns));
+    if cached.is_some_and(|m| {
+        m.uid().as_deref() == Some(owner.uid.as_str()) && m.meta().deletion_timestamp.is_none()
+    }) {
+        return Ok(false);
+    }
+    let api: Api<vpno_api::Mask> = Api::namespaced(ctx.client.clone(), ns);
+    let fresh = ctx.get_opt(&api, "Mask", &owner.name).await?;
+    Ok(!fresh.is_some_and(|m| {
+        m.uid().as_deref() == Some(owner.uid.as_str()) && m.meta().deletion_timestamp.is_none()
+    }))
+}
+
+/// Why a held assignment is no longer valid.
+enum Lost {
+    Provider(String),
+    Reservation(String),
+}
+
+async fn validate(
+    consumer: &MaskConsumer,
+    a: &AssignedProvider,
+    ctx: &Ctx,
+) -> Result<Option<Lost>, ControllerError> {
+    let uid = uid_of(consumer, KIND)?;
+    let res_name = reservation_name(&a.name, a.slot);
+    let store_ok = ctx
+        .provider(&a.namespace, &a.name)
+        .is_some_and(|p| p.uid().as_deref() == Some(a.uid.as_str()))
+        && ctx
+            .reservations
+            .get(&kube::runtime::reflector::ObjectRef::new(&res_name).within(&a.namespace))
+            .is_some_and(|r| {
+                r.uid().as_deref() == Some(a.reservation.as_str()) && r.spec.uid == uid
+            });
+    if store_ok {
+        return Ok(None);
+    }
+    // The store may lag behind our own writes: confirm with the API server before acting.
+    let papi: Api<MaskProvider> = Api::namespaced(ctx.client.clone(), &a.namespace);
+    match ctx.get_opt(&papi, "MaskProvider", &a.name).await? {
+        Some(p) if p.uid().as_deref() == Some(a.uid.as_str()) => {}
+        _ => {
+            return Ok(Some(Lost::Provider(format!(
+                "provider {}/{} no longer exists",
+                a.namespace, a.name
+            ))));
+        }
+    }
+    let rapi: Api<MaskReservation> = Api::namespaced(ctx.client.clone(), &a.namespace);
+    match ctx.get_opt(&rapi, "MaskReservation", &res_name).await? {
+        Some(r) if r.uid().as_deref() == Some(a.reservation.as_str()) && r.spec.uid == uid => {
+            Ok(None)
+        }
+        _ => Ok(Some(Lost::Reservation(format!(
+            "reservation {}/{res_name} of slot {} was removed",
+            a.namespace, a.slot
+        )))),
+    }
+}
+
+async fn keep_assignment(
+    consumer: &Arc<MaskConsumer>,
+    ns: &str,
+    a: &AssignedProvider,
+    api: &Api<MaskConsumer>,
+    ctx: &Ctx,
+) -> Result<Action, ControllerError> {
+    if let Some(lost) = validate(consumer, a, ctx).await? {
+        let why = match lost {
+            Lost::Provider(m) | Lost::Reservation(m) => m,
+        };
+        // The credentials may still be in use: the only safe way to free them
+        // is to delete the consumer (and with it its Pods); the Mask gets a new one.
+        ctx.metrics().action("unassign");
+        ctx.event(
+            consumer.as_ref(),
+            EventType::Warning,
+            "SlotLost",
+            "Unassign",
+            format!("{why}; deleting this consumer so its Mask is reassigned"),
+        )
+        .await;
+        ctx.delete_if(api, KIND, &consumer.name_any(), consumer.uid().as_deref())
+            .await?;
+        return Ok(Action::await_change());
+    }
+    let Some(provider) = ctx.provider(&a.namespace, &a.name) else {
+        return Ok(Action::requeue(std::time::Duration::from_secs(1)));
+    };
+    // Keep the credentials copy equal to the provider Secret.
+    let sapi: Api<Secret> = Api::namespaced(ctx.client.clone(), &a.namespace);
+    let Some(source) = ctx.get_opt(&sapi, "Secret", &provider.spec.secret).await? else {
+        ctx.event(
+            consumer.as_ref(),
+            EventType::Warning,
+            "SecretNotFound",
+            "CopyCredentials",
+            format!(
+                "provider Secret {}/{} not found; keeping the last copy",
+                a.namespace, provider.spec.secret
+            ),
+        )
+        .await;
+        return Ok(Action::await_change());
+    };
+    ensure_credentials(consumer, ns, &a.secret, &source, ctx, false).await?;
+    if consumer.phase() != MaskPhase::Active {
+        let message = format!(
+            "assigned slot {} of provider {}/{}",
+            a.slot, a.namespace, a.name
+        );
+        ctx.patch_status(
+            api,
+            KIND,
+            &consumer.name_any(),
+            json!({"status": {
+            "phase": MaskPhase::Active, "message": message, "lastUpdated": now_rfc3339()}}),
+        )
+        .await?;
+    }
+    Ok(Action::await_change())
+}
+
+/// Creates or updates the credentials Secret so its data is exactly the
+/// provider Secret's. `fresh`: the Secret most likely does not exist yet, so
+/// try creating it before reading it.
+async fn ensure_credentials(
+    consumer: &MaskConsumer,
+    ns: &str,
+    name: &str,
+    source: &Secret,
+    ctx: &Ctx,
+    fresh: bool,
+) -> Result<(), ControllerError> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let data: BTreeMap<String, ByteString> = source.data.clone().unwrap_or_default();
+    let owner = controller_ref(consumer).ok_or(ControllerError::MissingField {
+        kind: KIND,
+        field: "metadata.uid",
+    })?;
+    let existing = if fresh {
+        None
+    } else {
+        ctx.get_opt(&api, "Secret", name).await?
+    };
+    match existing {
+        None => {
+            let secret = Secret {
+                metadata: ObjectMeta {
+                    name: Some(name.to_string()),
+                    namespace: Some(ns.to_string()),
+                    owner_references: Some(vec![owner.clone()]),
+                    ..Default::default()
+                },
+                data: Some(data.clone()),
+                type_: source.type_.clone(),
+                ..Default::default()
+            };
+            match ctx
+                .metrics()
+                .write("Secret", api.create(&PostParams::default(), &secret))
+                .await
+            {
+                Ok(_) => {
+                    ctx.metrics().action("copy_credentials");
+                    Ok(())
+                }
+                Err(e) if is_status(&e, 409) => {
+                    // Left over or made by another replica: make it match.
+                    match ctx.get_opt(&api, "Secret", name).await? {
+                        Some(s) => {
+                            update_credentials(consumer, ns, name, s, data, owner, ctx).await
+                        }
+                        None => Ok(()),
+                    }
+                }
+                Err(e) => Err(ControllerError::kube(
+                    format!("creating Secret {ns}/{name}"),
+                    e,
+                )),
+            }
+        }
+        Some(s) => update_credentials(consumer, ns, name, s, data, owner, ctx).await,
+    }
+}
+
+async fn update_credentials(
+    consumer: &MaskConsumer,
+    ns: &str,
+    name: &str,
+    mut s: Secret,
+    data: BTreeMap<String, ByteString>,
+    owner: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+    ctx: &Ctx,
+) -> Result<(), ControllerError> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let owned = s
+        .owner_references()
+        .iter()
+        .any(|o| Some(&o.uid) == consumer.uid().as_ref());
+    if s.data.clone().unwrap_or_default() == data && owned {
+        return Ok(());
+    }
+    s.data = Some(data);
+    s.string_data = None;
+    s.metadata.owner_references = Some(vec![owner]);
+    ctx.metrics()
+        .write("Secret", api.replace(name, &PostParams::default(), &s))
+        .await
+        .map_err(|e| ControllerError::kube(format!("updating Secret {ns}/{name}"), e))?;
+    ctx.metrics().action("update_credentials");
+    ctx.event(
+        consumer,
+        EventType::Normal,
+        "CredentialsUpdated",
+        "CopyCredentials",
+        format!("credentials Secret {name} updated from the provider Secret"),
+    )
+    .await;
+    Ok(())
+}
+
+async fn set_unassigned_status(
+    consumer: &MaskConsumer,
+    api: &Api<MaskConsumer>,
+    ctx: &Ctx,
+    phase: MaskPhase,
+    message: String,
+) -> Result<(), ControllerError> {
+    let current = consumer.status.as_ref();
+    let same = current.and_then(|s| s.phase) == Some(phase)
+        && current.and_then(|s| s.message.as_deref()) == Some(message.as_str());
+    if same {
+        return Ok(());
+    }
+    ctx.patch_status(
+        api,
+        KIND,
+        &consumer.name_any(),
+        json!({"status": {
+        "phase": phase, "message": message, "lastUpdated": now_rfc3339(), "provider": null}}),
+    )
+    .await?;
+    if phase == MaskPhase::ErrNoProviders {
+        ctx.event(
+            consumer,
+            EventType::Warning,
+            "NoProviders",
+            "Assign",
+            message,
+        )
+        .await;
+    }
+    Ok(())
+}
+
+async fn assign(
+    consumer: &Arc<MaskConsumer>,
+    ns: &str,
+    api: &Api<MaskConsumer>,
+    ctx: &Ctx,
+) -> Result<Action, ControllerError> {
+    let uid = uid_of(consumer.as_ref(), KIND)?;
+    let providers = ctx.provider_slots();
+    // A reservation already made for this consumer (e.g. before a crash, or by
+    // another replica) is adopted rather than leaked.
+    let adoptable = ctx
+        .reservations
+        .state()
+        .into_iter()
+        .find(|r| r.spec.uid == uid && r.meta().deletion_timestamp.is_none());
+    if let Some(r) = adoptable {
+        let r_ns = r.namespace().unwrap_or_default();
+        let found = providers.iter().find(|(p, _)| {
+            p.namespace().as_deref() == Some(r_ns.as_str())
+                && r.owner_references()
+                    .iter()
+                    .any(|o| Some(&o.uid) == p.uid().as_ref())
+                && slot_of_reservation(&p.name_any(), &r.name_any()).is_some()
+        });
+        if let Some((p, _)) = found {
+            let slot = slot_of_reservation(&p.name_any(), &r.name_any()).unwrap_or_default();
+            ctx.metrics().action("adopt");
+            return complete(consumer, ns, api, ctx, p, slot, &r).await;
+        }
+    }
+    let tags = consumer.spec.providers.as_deref();
+    let pinned = consumer.annotations().get(PIN_ANNOTATION).cloned();
+    let req = SlotRequest {
+        namespace: ns,
+        tags,
+        pinned: pinned.as_deref(),
+        seed: &uid,
+    };
+    let slots: Vec<_> = providers.iter().map(|(_, s)| s.clone()).collect();
+    match plan_assignment(&slots, &req) {
+        AssignmentPlan::NoProviders { message } => {
+            set_unassigned_status(consumer, api, ctx, MaskPhase::ErrNoProviders, message).await?;
+            Ok(Action::await_change())
+        }
+        AssignmentPlan::Waiting { message } => {
+            set_unassigned_status(consumer, api, ctx, MaskPhase::Waiting, message).await?;
+            Ok(Action::await_change())
+        }
+        AssignmentPlan::Try {
+            attempts,
+            truncated,
+            waiting_message,
+        } => {
+            for attempt in attempts {
+                let (provider, _) = &providers[attempt.provider];
+                match reserve(consumer, &uid, provider, attempt.slot, ctx).await? {
+                    Some(r) => {
+                        ctx.metrics().action("assign");
+                        return complete(consumer, ns, api, ctx, provider, attempt.slot, &r).await;
+                    }
+                    None => ctx.metrics().action("reserve_conflict"),
+                }
+            }
+            set_unassigned_status(consumer, api, ctx, MaskPhase::Waiting, waiting_message).await?;
+            if truncated {
+                // Free slots remain that this round did not try.
+                Ok(Action::requeue(std::time::Duration::from_millis(200)))
+            } else {
+                Ok(Action::await_change())
+            }
+        }
+    }
+}
+
+/// Takes `slot` of `provider` by creating its reservation; `None` when someone holds it.
+async fn reserve(
+    consumer: &MaskConsumer,
+    uid: &str,
+    provider: &MaskProvider,
+    slot: u32,
+    ctx: &Ctx,
+) -> Result<Option<MaskReservation>, ControllerError> {
+    let p_ns = ns_of(provider, "MaskProvider")?;
+    let name = reservation_name(&provider.name_any(), slot);
+    let mut r = MaskReservation::new(
+        &name,
+        MaskReservationSpec {
+            name: consumer.name_any(),
+            namespace: consumer.namespace().unwrap_or_default(),
+            uid: uid.to_string(),
+        },
+    );
+    r.metadata.namespace = Some(p_ns.clone());
+    r.metadata.owner_references = controller_ref(provider).map(|o| vec![o]);
+    let api: Api<MaskReservation> = Api::namespaced(ctx.client.clone(), &p_ns);
+    match ctx
+        .metrics()
+        .write("MaskReservation", api.create(&PostParams::default(), &r))
+        .await
+    {
+        Ok(created) => Ok(Some(created)),
+        Err(e) if is_status(&e, 409) => Ok(None),
+        Err(e) => Err(ControllerError::kube(
+            format!("creating MaskReservation {p_ns}/{name}"),
+            e,
+        )),
+    }
+}
+
+/// Copies the credentials and records the assignment once the slot is held.
+async fn complete(
+    consumer: &Arc<MaskConsumer>,
+    ns: &str,
+    api: &Api<MaskConsumer>,
+    ctx: &Ctx,
+    provider: &MaskProvider,
+    slot: u32,
+    reservation: &MaskReservation,
+) -> Result<Action, ControllerError> {
+    let p_ns = ns_of(provider, "MaskProvider")?;
+    let p_uid = uid_of(provider, "MaskProvider")?;
+    let r_uid = uid_of(reservation, "MaskReservation")?;
+    // The cache may lag behind our own last write: decide on a fresh read.
+    // The assignment is recorded only if none is recorded yet (written with
+    // this read's resourceVersion); if another replica assigned this consumer
+    // meanwhile, our extra slot is given back.
+    let fresh = match ctx.get_opt(api, KIND, &consumer.name_any()).await? {
+        Some(c) if c.uid() == consumer.uid() && c.meta().deletion_timestamp.is_none() => c,
+        _ => return Ok(Action::await_change()), // gone or being deleted: its release frees the slot
+    };
+    match fresh.assignment() {
+        Some(a) if a.reservation == r_uid => return Ok(Action::await_change()), // already recorded
+        Some(_) => {
+            ctx.metrics().action("assigned_elsewhere");
+            let rapi: Api<MaskReservation> = Api::namespaced(ctx.client.clone(), &p_ns);
+            ctx.delete_if(
+                &rapi,
+                "MaskReservation",
+                &reservation.name_any(),
+                Some(&r_uid),
+            )
+            .await?;
+            return Ok(Action::await_change());
+        }
+        None => {}
+    }
+    let sapi: Api<Secret> = Api::namespaced(ctx.client.clone(), &p_ns);
+    let Some(source) = ctx.get_opt(&sapi, "Secret", &provider.spec.secret).await? else {
+        // The provider lost its Secret since it was Ready: give the slot back.
+        let rapi: Api<MaskReservation> = Api::namespaced(ctx.client.clone(), &p_ns);
+        ctx.delete_if(
+            &rapi,
+            "MaskReservation",
+            &reservation.name_any(),
+            Some(&r_uid),
+        )
+        .await?;
+        let message = format!(
+            "provider {p_ns}/{} has no Secret {:?}; waiting",
+            provider.name_any(),
+            provider.spec.secret
+        );
+        set_unassigned_status(consumer, api, ctx, MaskPhase::Waiting, message).await?;
+        return Ok(Action::requeue(std::time::Duration::from_secs(5)));
+    };
+    let secret = credentials_secret_name(&consumer.name_any(), &p_uid);
+    ensure_credentials(consumer, ns, &secret, &source, ctx, true).await?;
+    let assigned = AssignedProvider {
+        name: provider.name_any(),
+        namespace: p_ns.clone(),
+        uid: p_uid,
+        slot,
+        reservation: r_uid,
+        secret,
+    };
+    let message = format!(
+        "assigned slot {slot} of provider {p_ns}/{}",
+        provider.name_any()
+    );
+    let patch = json!({
+        "metadata": {"resourceVersion": fresh.resource_version()},
+        "status": {"phase": MaskPhase::Active, "message": message, "lastUpdated": now_rfc3339(), "provider": assigned},
+    });
+    ctx.patch_status(api, KIND, &consumer.name_any(), patch)
+        .await?;
+    tracing::debug!(consumer = %consumer.name_any(), %message, "assigned");
+    Ok(Action::await_change())
+}
+
+/// The consumer is being deleted: its Pods go first, then its credentials,
+/// then the reservation; only then the finalizer.
+async fn release(
+    consumer: &Arc<MaskConsumer>,
+    ns: &str,
+    api: &Api<MaskConsumer>,
+    ctx: &Ctx,
+) -> Result<Action, ControllerError> {
+    if !consumer
+        .finalizers()
+        .iter()
+        .any(|f| f == CONSUMER_FINALIZER)
+    {
+        return Ok(Action::await_change());
+    }
+    let uid = uid_of(consumer.as_ref(), KIND)?;
+    if consumer.phase() != MaskPhase::Terminating {
+        let _ = ctx
+            .patch_status(api, KIND, &consumer.name_any(), json!({"status": {
+                "phase": MaskPhase::Terminating, "message": "releasing the slot once every Pod of this consumer is gone",
+                "lastUpdated": now_rfc3339()}}))
+            .await;
+    }
+    let papi: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let pods = ctx
+        .metrics()
+        .read("Pod", papi.list_metadata(&ListParams::default()))
+        .await
+        .map_err(|e| ControllerError::kube(format!("listing Pods in {ns}"), e))?;
+    let mine: Vec<_> = pods
+        .items
+        .into_iter()
+        .filter(|p| p.owner_references().iter().any(|o| o.uid == uid))
+        .collect();
+    if !mine.is_empty() {
+        for pod in mine
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+        {
+            ctx.delete_if(&papi, "Pod", &pod.name_any(), pod.uid().as_deref())
+                .await?;
+            ctx.metrics().action("delete_pod");
+        }
+        // Pods take their grace period to stop; their deletion wakes this
+        // reconcile (the timer is only a safety net).
+        return Ok(Action::requeue(std::time::Duration::from_secs(5)));
+    }
+    if let Some(a) = consumer.assignment() {
+        let sapi: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+        ctx.delete_if(&sapi, "Secret", &a.secret, None).await?;
+    }
+    let mut released = 0;
+    for r in ctx
+        .reservations
+        .state()
+        .into_iter()
+        .filter(|r| r.spec.uid == uid)
+    {
+        let r_ns = r.namespace().unwrap_or_default();
+        let rapi: Api<MaskReservation> = Api::namespaced(ctx.client.clone(), &r_ns);
+        ctx.delete_if(&rapi, "MaskReservation", &r.name_any(), r.uid().as_deref())
+            .await?;
+        released += 1;
+    }
+    if let Some(a) = consumer.assignment() {
+        // Also when the store has not seen the reservation yet.
+        let rapi: Api<MaskReservation> = Api::namespaced(ctx.client.clone(), &a.namespace);
+        ctx.delete_if(
+            &rapi,
+            "MaskReservation",
+            &reservation_name(&a.name, a.slot),
+            Some(&a.reservation),
+        )
+        .await?;
+        released += 1;
+    }
+    if released > 0 {
+        ctx.metrics().action("release");
+    }
+    ctx.remove_finalizer(api, KIND, consumer.as_ref(), CONSUMER_FINALIZER)
+        .await?;
+    Ok(Action::await_change())
+}

@@ -1,0 +1,316 @@
+//! State shared by the reconcilers: client, stores, recorder, metrics.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use vpno_api::names::slot_of_reservation;
+use vpno_api::{Mask, MaskConsumer, MaskProvider, MaskReservation};
+
+use crate::ControllerConfig;
+use crate::error::{ControllerError, is_status};
+use crate::metrics::{ControllerMetrics, Metrics};
+use crate::plan::assign::ProviderSlots;
+use crate::view::Scope;
+
+/// Everything a reconciler may use.
+pub(crate) struct Context {
+    pub client: Client,
+    pub config: ControllerConfig,
+    pub scope: Scope,
+    pub providers: Store<MaskProvider>,
+    pub masks: Store<Mask>,
+    pub consumers: Store<MaskConsumer>,
+    pub reservations: Store<MaskReservation>,
+    pub recorder: Recorder,
+    /// Provider UID -> `metadata.generation` whose verification failed (in
+    /// memory: after a restart, failed providers are verified once more).
+    pub failed_generations: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+}
+
+/// The reconcile context plus the metrics of one controller.
+pub(crate) struct Ctx {
+    pub shared: Arc<Context>,
+    pub kind: &'static str,
+    pub m: fn(&Metrics) -> &ControllerMetrics,
+}
+
+impl std::ops::Deref for Ctx {
+    type Target = Context;
+    fn deref(&self) -> &Context {
+        &self.shared
+    }
+}
+
+impl Ctx {
+    /// This controller's metric families.
+    pub fn metrics(&self) -> &ControllerMetrics {
+        (self.m)(&self.shared.config.metrics)
+    }
+
+    /// Publishes an Event about `obj`; failures are logged, never fatal.
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let reference: ObjectReference = obj.object_ref(&());
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        let res = self
+            .metrics()
+            .write("Event", self.recorder.publish(&ev, &reference))
+            .await;
+        if let Err(err) = res {
+            tracing::warn!(reason, error = %err, "could not publish event");
+        }
+    }
+
+    /// GETs an object, `None` when it does not exist.
+    pub async fn get_opt<K>(
+        &self,
+        api: &Api<K>,
+        kind: &'static str,
+        name: &str,
+    ) -> Result<Option<K>, ControllerError>
+    where
+        K: Resource + Clone + DeserializeOwned + Debug,
+    {
+        self.metrics()
+            .read(kind, api.get_opt(name))
+            .await
+            .map_err(|e| ControllerError::kube(format!("reading {kind} {name}"), e))
+    }
+
+    /// Deletes an object (optionally only if it still has `uid`); a missing
+    /// object or a changed uid count as done.
+    pub async fn delete_if<K>(
+        &self,
+        api: &Api<K>,
+        kind: &'static str,
+        name: &str,
+        uid: Option<&str>,
+    ) -> Result<(), ControllerError>
+    where
+        K: Resource + Clone + DeserializeOwned + Debug,
+    {
+        let mut dp = DeleteParams::background();
+        if let Some(uid) = uid {
+            dp.preconditions = Some(Preconditions {
+                uid: Some(uid.to_string()),
+                resource_version: None,
+            });
+        }
+        match self.metrics().write(kind, api.delete(name, &dp)).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
+            Err(e) => Err(ControllerError::kube(format!("deleting {kind} {name}"), e)),
+        }
+    }
+
+    /// Merge-patches the status subresource.
+    pub async fn patch_status<K>(
+        &self,
+        api: &Api<K>,
+        kind: &'static str,
+        name: &str,
+        patch: serde_json::Value,
+    ) -> Result<K, ControllerError>
+    where
+        K: Resource + Clone + DeserializeOwned + Debug,
+    {
+        self.metrics()
+            .write(
+                kind,
+                api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)),
+            )
+            .await
+            .map_err(|e| ControllerError::kube(format!("writing status of {kind} {name}"), e))
+    }
+
+    /// Adds `finalizer` to an object if it lacks it.
+    pub async fn ensure_finalizer<K>(
+        &self,
+        api: &Api<K>,
+        kind: &'static str,
+        obj: &K,
+        finalizer: &str,
+    ) -> Result<(), ControllerError>
+    where
+        K: Resource + Clone + DeserializeOwned + Debug,
+    {
+        if obj.finalizers().iter().any(|f| f == finalizer) {
+            return Ok(());
+        }
+        let mut finalizers = obj.finalizers().to_vec();
+        finalizers.push(finalizer.to_string());
+        let patch = finalizer_patch(obj.finalizers(), &finalizers)?;
+        self.metrics()
+            .write(
+                kind,
+                api.patch(
+                    &obj.name_any(),
+                    &PatchParams::default(),
+                    &Patch::<()>::Json(patch),
+                ),
+            )
+            .await
+            .map_err(|e| {
+                ControllerError::kube(format!("adding finalizer to {kind} {}", obj.name_any()), e)
+            })?;
+        Ok(())
+    }
+
+    /// Removes `finalizer` from an object (no-op when absent or the object is gone).
+    pub async fn remove_finalizer<K>(
+        &self,
+        api: &Api<K>,
+        kind: &'static str,
+        obj: &K,
+        finalizer: &str,
+    ) -> Result<(), ControllerError>
+    where
+        K: Resource + Clone + DeserializeOwned + Debug,
+    {
+        if !obj.finalizers().iter().any(|f| f == finalizer) {
+            return Ok(());
+        }
+        let finalizers: Vec<String> = obj
+            .finalizers()
+            .iter()
+            .filter(|f| *f != finalizer)
+            .cloned()
+            .collect();
+        let patch = finalizer_patch(obj.finalizers(), &finalizers)?;
+        match self
+            .metrics()
+            .write(
+                kind,
+                api.patch(
+                    &obj.name_any(),
+                    &PatchParams::default(),
+                    &Patch::<()>::Json(patch),
+                ),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_status(&e, 404) => Ok(()),
+            Err(e) => Err(ControllerError::kube(
+                format!("removing finalizer from {kind} {}", obj.name_any()),
+                e,
+            )),
+        }
+    }
+}
+
+/// A JSON patch replacing the finalizer list only if it is still `current`
+/// (other fields, e.g. a status written moments ago, do not cause conflicts).
+fn finalizer_patch(
+    current: &[String],
+    new: &[String],
+) -> Result<json_patch::Patch, ControllerError> {
+    let ops = if current.is_empty() {
+        serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": new},
+        ])
+    } else {
+        serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": current},
+            {"op": "replace", "path": "/metadata/finalizers", "value": new},
+        ])
+    };
+    serde_json::from_value(ops).map_err(|e| ControllerError::Finalizer(e.to_string()))
+}
+
+impl Context {
+    /// Reservations held against `provider` (owned by it, named after it).
+    pub fn reservations_of(&self, provider: &MaskProvider) -> Vec<(u32, Arc<MaskReservation>)> {
+        let ns = provider.namespace();
+        let uid = provider.uid();
+        let name = provider.name_any();
+        self.reservations
+            .state()
+            .into_iter()
+            .filter(|r| r.namespace() == ns)
+            .filter(|r| match &uid {
+                Some(uid) => r.owner_references().iter().any(|o| &o.uid == uid),
+                None => true,
+            })
+            .filter_map(|r| slot_of_reservation(&name, &r.name_any()).map(|s| (s, r)))
+            .collect()
+    }
+
+    /// The planner's view of every provider in scope.
+    pub fn provider_slots(&self) -> Vec<(Arc<MaskProvider>, ProviderSlots)> {
+        self.providers
+            .state()
+            .into_iter()
+            .filter_map(|p| {
+                let uid = p.uid()?;
+                let taken = self
+                    .reservations_of(&p)
+                    .into_iter()
+                    .map(|(s, _)| s)
+                    .collect();
+                let slots = ProviderSlots {
+                    namespace: p.namespace().unwrap_or_default(),
+                    name: p.name_any(),
+                    uid,
+                    phase: p.phase(),
+                    terminating: p.meta().deletion_timestamp.is_some(),
+                    max_slots: p.spec.max_slots,
+                    taken,
+                    tags: p.spec.tags.clone().unwrap_or_default(),
+                    namespaces: p.spec.namespaces.clone(),
+                };
+                Some((p, slots))
+            })
+            .collect()
+    }
+
+    /// A provider from the store by namespace and name.
+    pub fn provider(&self, namespace: &str, name: &str) -> Option<Arc<MaskProvider>> {
+        self.providers.get(&ObjectRef::new(name).within(namespace))
+    }
+}
+
+/// Namespace of a namespaced object (always set by the API server).
+pub(crate) fn ns_of<K: Resource>(obj: &K, kind: &'static str) -> Result<String, ControllerError> {
+    obj.meta()
+        .namespace
+        .clone()
+        .ok_or(ControllerError::MissingField {
+            kind,
+            field: "metadata.namespace",
+        })
+}
+
+/// UID of an object (always set by the API server).
+pub(crate) fn uid_of<K: Resource>(obj: &K, kind: &'static str) -> Result<String, ControllerError> {
+    obj.meta().uid.clone().ok_or(ControllerError::MissingField {
+        kind,
+        field: "metadata.uid",
+    })
+}
+
+/// An owner reference making `owner` the controller of a dependent.
+pub(crate) fn controller_ref<K: Resource<DynamicType = ()>>(
+    owner: &K,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+    owner.controller_owner_ref(&())
+}

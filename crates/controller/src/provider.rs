@@ -1,0 +1,479 @@
+//! MaskProvider controller: phase and `activeSlots`, verification through a
+//! Mask of its own, eviction after `maxSlots` is lowered, and unassigning
+//! every consumer before the provider goes away.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use vpno_api::duration::parse_duration;
+use vpno_api::{
+    Mask, MaskConsumer, MaskPhase, MaskProvider, MaskReservation, MaskSpec, ProviderPhase,
+};
+
+use crate::context::{Ctx, controller_ref, ns_of, uid_of};
+use crate::error::{ControllerError, is_status};
+use crate::plan::evict::{HeldSlot, eviction_plan};
+use crate::plan::status::now_rfc3339;
+use crate::plan::verify::{Attempt, VerifyAction, VerifyDecision, VerifyInputs, decide};
+use crate::plan::verify_pod::{VerifyPodParams, pod_progress, render_pod};
+use crate::plan::{PIN_ANNOTATION, PROVIDER_FINALIZER, verify_object_name};
+use crate::reservation::owned_by;
+
+const KIND: &str = "MaskProvider";
+
+fn parse_ts(s: Option<&str>) -> Option<jiff::Timestamp> {
+    s.and_then(|s| s.parse().ok())
+}
+
+/// Reconciles one MaskProvider.
+pub(crate) async fn reconcile(
+    p: Arc<MaskProvider>,
+    ctx: Arc<Ctx>,
+) -> Result<Action, ControllerError> {
+    let ns = ns_of(p.as_ref(), KIND)?;
+    let api: Api<MaskProvider> = Api::namespaced(ctx.client.clone(), &ns);
+    if p.meta().deletion_timestamp.is_some() {
+        return unassign_all(&p, &ns, &api, &ctx).await;
+    }
+    ctx.ensure_finalizer(&api, KIND, p.as_ref(), PROVIDER_FINALIZER)
+        .await?;
+    let name = p.name_any();
+    let uid = uid_of(p.as_ref(), KIND)?;
+
+    let sapi: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let secret_exists = ctx
+        .get_opt(&sapi, "Secret", &p.spec.secret)
+        .await?
+        .is_some();
+
+    let held = ctx.reservations_of(&p);
+    let holders: Vec<HeldSlot<Arc<MaskReservation>>> = held
+        .iter()
+        .map(|(slot, r)| HeldSlot {
+            slot: *slot,
+            holder: r.clone(),
+        })
+        .collect();
+    for h in eviction_plan(p.spec.max_slots, &holders) {
+        evict(&p, h.slot, &h.holder, &ctx).await?;
+    }
+    let active_slots = held.len() as u32;
+
+    // Verification.
+    let verify = p.spec.verify.clone().unwrap_or_default();
+    let mut bad_spec = None;
+    let timeout = match verify.timeout.as_deref().map(parse_duration) {
+        None => ctx.config.default_verify_timeout,
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            bad_spec = Some(format!("spec.verify.timeout: {e}"));
+            ctx.config.default_verify_timeout
+        }
+    };
+    let interval = match verify.interval.as_deref().map(parse_duration) {
+        None => None,
+        Some(Ok(d)) if d.is_zero() => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => {
+            bad_spec = Some(format!("spec.verify.interval: {e}"));
+            None
+        }
+    };
+    let vname = verify_object_name(&name);
+    let vmask = ctx
+        .masks
+        .get(&ObjectRef::new(&vname).within(&ns))
+        .filter(|m| {
+            m.owner_references().iter().any(|o| o.uid == uid)
+                && m.meta().deletion_timestamp.is_none()
+        });
+    let mut vconsumer = None;
+    let attempt = match &vmask {
+        None => None,
+        Some(m) => {
+            let started = m
+                .meta()
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0)
+                .unwrap_or_else(jiff::Timestamp::now);
+            let c = ctx
+                .consumers
+                .get(&ObjectRef::new(&vname).within(&ns))
+                .filter(|c| {
+                    c.owner_references()
+                        .iter()
+                        .any(|o| Some(&o.uid) == m.uid().as_ref())
+                });
+            let slot_held = c
+                .as_ref()
+                .is_some_and(|c| c.phase() == MaskPhase::Active && c.assignment().is_some());
+            let pod = if slot_held {
+                let papi: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+                ctx.get_opt(&papi, "Pod", &vname)
+                    .await?
+                    .filter(|pod| {
+                        pod.owner_references()
+                            .iter()
+                            .any(|o| c.as_ref().and_then(|c| c.uid()).as_ref() == Some(&o.uid))
+                    })
+                    .map(|pod| pod_progress(&pod))
+            } else {
+                None
+            };
+            vconsumer = c;
+            Some(Attempt {
+                started,
+                slot_held,
+                pod,
+            })
+        }
+    };
+    let status = p.status.clone().unwrap_or_default();
+    let generation = p.meta().generation.unwrap_or_default();
+    let changed_since_failure = {
+        let failed = ctx
+            .failed_generations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        p.phase() == ProviderPhase::ErrVerifyFailed
+            && failed.get(&uid).is_none_or(|g| *g != generation)
+    };
+    let inputs = VerifyInputs {
+        skip: verify.skip.unwrap_or(false),
+        timeout,
+        interval,
+        phase: p.phase(),
+        last_verified: parse_ts(status.last_verified.as_deref()),
+        last_updated: parse_ts(status.last_updated.as_deref()),
+        secret_exists,
+        secret_name: p.spec.secret.clone(),
+        active_slots,
+        max_slots: p.spec.max_slots,
+        attempt,
+        changed_since_failure,
+        now: jiff::Timestamp::now(),
+    };
+    let mut d: VerifyDecision = decide(&inputs);
+    match d.action {
+        VerifyAction::None => {}
+        VerifyAction::StartAttempt => {
+            let mut m = Mask::new(&vname, MaskSpec { providers: None });
+            m.metadata.namespace = Some(ns.clone());
+            m.metadata.owner_references = controller_ref(p.as_ref()).map(|o| vec![o]);
+            m.metadata.annotations = Some([(PIN_ANNOTATION.to_string(), uid.clone())].into());
+            let mapi: Api<Mask> = Api::namespaced(ctx.client.clone(), &ns);
+            match ctx
+                .metrics()
+                .write("Mask", mapi.create(&PostParams::default(), &m))
+                .await
+            {
+                Ok(_) => ctx.metrics().action("start_verification"),
+                Err(e) if is_status(&e, 409) => {}
+                Err(e) => {
+                    return Err(ControllerError::kube(
+                        format!("creating Mask {ns}/{vname}"),
+                        e,
+                    ));
+                }
+            }
+        }
+        VerifyAction::CreatePod => {
+            let c = vconsumer.as_ref().ok_or(ControllerError::MissingField {
+                kind: "MaskConsumer",
+                field: "status",
+            })?;
+            let secret = c.assignment().map(|a| a.secret.clone()).unwrap_or_default();
+            let c_uid = uid_of(c.as_ref(), "MaskConsumer")?;
+            let params = VerifyPodParams {
+                name: &vname,
+                namespace: &ns,
+                provider_uid: &uid,
+                consumer_name: &vname,
+                consumer_uid: &c_uid,
+                secret: &secret,
+                gluetun_image: &ctx.config.verify_images.gluetun,
+                curl_image: &ctx.config.verify_images.curl,
+                ip_url: &ctx.config.verify_ip_url,
+                overrides: verify.overrides.as_ref(),
+            };
+            let created = match render_pod(&params) {
+                Ok(pod) => {
+                    let papi: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+                    match ctx
+                        .metrics()
+                        .write("Pod", papi.create(&PostParams::default(), &pod))
+                        .await
+                    {
+                        Ok(_) => {
+                            ctx.metrics().action("create_verify_pod");
+                            Ok(())
+                        }
+                        Err(e) if is_status(&e, 409) => Ok(()),
+                        // The API server rejected the Pod: almost always bad overrides.
+                        Err(kube::Error::Api(s)) if (400..500).contains(&s.code) => Err(format!(
+                            "the API server rejected the verification pod: {}",
+                            s.message
+                        )),
+                        Err(e) => {
+                            return Err(ControllerError::kube(
+                                format!("creating Pod {ns}/{vname}"),
+                                e,
+                            ));
+                        }
+                    }
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(why) = created {
+                d = VerifyDecision {
+                    phase: ProviderPhase::ErrVerifyFailed,
+                    message: format!("verification failed: {why}"),
+                    verified_now: false,
+                    user_error: true,
+                    action: VerifyAction::FinishAttempt,
+                    requeue: interval,
+                };
+            }
+        }
+        VerifyAction::FinishAttempt => {}
+    }
+    if d.action == VerifyAction::FinishAttempt {
+        let mapi: Api<Mask> = Api::namespaced(ctx.client.clone(), &ns);
+        ctx.delete_if(
+            &mapi,
+            "Mask",
+            &vname,
+            vmask.as_ref().and_then(|m| m.uid()).as_deref(),
+        )
+        .await?;
+        ctx.metrics().action("finish_verification");
+    }
+    {
+        let mut failed = ctx
+            .failed_generations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if d.phase == ProviderPhase::ErrVerifyFailed {
+            failed.insert(uid.clone(), generation);
+        } else {
+            failed.remove(&uid);
+        }
+    }
+    if let Some(msg) = bad_spec {
+        d.message = if d.message.is_empty() {
+            msg.clone()
+        } else {
+            format!("{}; {msg}", d.message)
+        };
+        d.user_error = true;
+    }
+    write_status(&p, &api, &ctx, &d, active_slots).await?;
+    Ok(match d.requeue {
+        Some(after) => Action::requeue(after.max(Duration::from_millis(100))),
+        None => Action::await_change(),
+    })
+}
+
+async fn write_status(
+    p: &MaskProvider,
+    api: &Api<MaskProvider>,
+    ctx: &Ctx,
+    d: &VerifyDecision,
+    active_slots: u32,
+) -> Result<(), ControllerError> {
+    let status = p.status.clone().unwrap_or_default();
+    let message = if d.message.is_empty() {
+        status.message.clone().unwrap_or_default()
+    } else {
+        d.message.clone()
+    };
+    let changed =
+        status.phase != Some(d.phase) || status.message.as_deref() != Some(message.as_str());
+    if !changed && status.active_slots == Some(active_slots) && !d.verified_now {
+        return Ok(());
+    }
+    let now = now_rfc3339();
+    let mut patch =
+        json!({"status": {"phase": d.phase, "message": message, "activeSlots": active_slots}});
+    if changed || status.last_updated.is_none() {
+        patch["status"]["lastUpdated"] = json!(now);
+    }
+    if d.verified_now {
+        patch["status"]["lastVerified"] = json!(now);
+    }
+    ctx.patch_status(api, KIND, &p.name_any(), patch).await?;
+    if changed && d.user_error {
+        ctx.event(
+            p,
+            EventType::Warning,
+            &format!("{:?}", d.phase),
+            "Verify",
+            message,
+        )
+        .await;
+    } else if changed && d.verified_now {
+        ctx.event(p, EventType::Normal, "Verified", "Verify", message)
+            .await;
+    }
+    Ok(())
+}
+
+/// Frees a slot at or above `maxSlots`: its consumer is deleted (its Pods go
+/// with it; the Mask gets a new consumer, assigned wherever a slot is free).
+async fn evict(
+    p: &MaskProvider,
+    slot: u32,
+    r: &MaskReservation,
+    ctx: &Ctx,
+) -> Result<(), ControllerError> {
+    if r.meta().deletion_timestamp.is_some() {
+        return Ok(());
+    }
+    let capi: Api<MaskConsumer> = Api::namespaced(ctx.client.clone(), &r.spec.namespace);
+    let consumer = ctx
+        .consumers
+        .get(&ObjectRef::new(&r.spec.name).within(&r.spec.namespace));
+    match consumer {
+        Some(c)
+            if c.uid().as_deref() == Some(r.spec.uid.as_str())
+                && c.meta().deletion_timestamp.is_none() =>
+        {
+            let why = format!(
+                "slot {slot} of provider {}/{} is at or above maxSlots {}",
+                r.namespace().unwrap_or_default(),
+                p.name_any(),
+                p.spec.max_slots
+            );
+            ctx.event(
+                c.as_ref(),
+                EventType::Warning,
+                "Evicted",
+                "Evict",
+                format!("{why}; this consumer is deleted and its Mask reassigned"),
+            )
+            .await;
+            ctx.event(
+                p,
+                EventType::Normal,
+                "Evicted",
+                "Evict",
+                format!(
+                    "evicting consumer {}/{}: {why}",
+                    r.spec.namespace, r.spec.name
+                ),
+            )
+            .await;
+            ctx.delete_if(&capi, "MaskConsumer", &r.spec.name, Some(&r.spec.uid))
+                .await?;
+            ctx.metrics().action("evict");
+        }
+        // No such consumer (or not seen yet): the reservation controller decides after checking the API server.
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The provider is being deleted: unassign every consumer, wait until no
+/// reservation is left, then let it go.
+async fn unassign_all(
+    p: &Arc<MaskProvider>,
+    ns: &str,
+    api: &Api<MaskProvider>,
+    ctx: &Ctx,
+) -> Result<Action, ControllerError> {
+    if !p.finalizers().iter().any(|f| f == PROVIDER_FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let name = p.name_any();
+    if p.phase() != ProviderPhase::Terminating {
+        let _ = ctx
+            .patch_status(
+                api,
+                KIND,
+                &name,
+                json!({"status": {"phase": ProviderPhase::Terminating,
+                "message": "unassigning consumers before deletion", "lastUpdated": now_rfc3339()}}),
+            )
+            .await;
+    }
+    let uid = uid_of(p.as_ref(), KIND)?;
+    let mapi: Api<Mask> = Api::namespaced(ctx.client.clone(), ns);
+    ctx.delete_if(&mapi, "Mask", &verify_object_name(&name), None)
+        .await?;
+    // Consumers assigned to this provider (by status or by reservation).
+    let mut victims: Vec<Arc<MaskConsumer>> = ctx
+        .consumers
+        .state()
+        .into_iter()
+        .filter(|c| c.assignment().is_some_and(|a| a.uid == uid))
+        .collect();
+    for (_, r) in ctx.reservations_of(p) {
+        if let Some(c) = ctx
+            .consumers
+            .get(&ObjectRef::new(&r.spec.name).within(&r.spec.namespace))
+            && c.uid().as_deref() == Some(r.spec.uid.as_str())
+            && !victims.iter().any(|v| v.uid() == c.uid())
+        {
+            victims.push(c);
+        }
+    }
+    for c in victims
+        .iter()
+        .filter(|c| c.meta().deletion_timestamp.is_none())
+    {
+        let c_ns = c.namespace().unwrap_or_default();
+        let capi: Api<MaskConsumer> = Api::namespaced(ctx.client.clone(), &c_ns);
+        ctx.event(c.as_ref(), EventType::Warning, "ProviderDeleted", "Unassign",
+            format!("provider {ns}/{name} is being deleted; this consumer is deleted and its Mask reassigned")).await;
+        ctx.delete_if(&capi, "MaskConsumer", &c.name_any(), c.uid().as_deref())
+            .await?;
+        ctx.metrics().action("unassign");
+    }
+    // Reservations whose consumer is already gone are freed directly.
+    let rapi: Api<MaskReservation> = Api::namespaced(ctx.client.clone(), ns);
+    let remaining = ctx
+        .metrics()
+        .read("MaskReservation", rapi.list(&ListParams::default()))
+        .await
+        .map_err(|e| ControllerError::kube(format!("listing MaskReservations in {ns}"), e))?;
+    let mut left = 0;
+    for r in remaining.items.iter().filter(|r| owned_by(r, p)) {
+        left += 1;
+        let holder_alive = victims
+            .iter()
+            .any(|c| c.uid().as_deref() == Some(r.spec.uid.as_str()))
+            || ctx
+                .consumers
+                .get(&ObjectRef::new(&r.spec.name).within(&r.spec.namespace))
+                .is_some_and(|c| c.uid().as_deref() == Some(r.spec.uid.as_str()));
+        if !holder_alive {
+            let capi: Api<MaskConsumer> = Api::namespaced(ctx.client.clone(), &r.spec.namespace);
+            let fresh = ctx.get_opt(&capi, "MaskConsumer", &r.spec.name).await?;
+            if fresh.as_ref().and_then(|c| c.uid()).as_deref() != Some(r.spec.uid.as_str()) {
+                ctx.delete_if(&rapi, "MaskReservation", &r.name_any(), r.uid().as_deref())
+                    .await?;
+            }
+        }
+    }
+    if left > 0
+        || victims.iter().any(|c| {
+            ctx.consumers
+                .get(&ObjectRef::from_obj(c.as_ref()))
+                .is_some()
+        })
+    {
+        // Reservation and consumer deletions trigger this reconcile; the timer is a safety net.
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
+    ctx.remove_finalizer(api, KIND, p.as_ref(), PROVIDER_FINALIZER)
+        .await?;
+    Ok(Action::await_change())
+}

@@ -1,0 +1,373 @@
+//! The controllers' view of the cluster: one watch per kind (per watched
+//! namespace), an in-memory store per kind, and a fan-out of every change to
+//! the controllers that react to it.
+//!
+//! Several namespaces are watched by one watcher each; their events are
+//! merged into a single store, so a relist of one namespace must not wipe the
+//! others — hence the small adapter below instead of `reflector()`.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+
+use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
+use futures::stream::{BoxStream, SelectAll};
+use futures::{Stream, StreamExt};
+use kube::api::{Api, PartialObjectMeta};
+#[allow(deprecated)]
+use kube::runtime::metadata_watcher;
+use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{WatchStreamExt, watcher as watch};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch as signal;
+
+/// One observed change of an object: its latest state, and whether it was deleted.
+#[derive(Debug, Clone)]
+pub(crate) struct Change<K> {
+    /// The object (its last known state when deleted).
+    pub obj: Arc<K>,
+    /// Whether the object is gone.
+    pub deleted: bool,
+}
+
+/// Fan-out of changes of one kind to any number of subscribers.
+pub(crate) struct Hub<K> {
+    subscribers: Mutex<Vec<UnboundedSender<Change<K>>>>,
+}
+
+impl<K> Default for Hub<K> {
+    fn default() -> Self {
+        Hub {
+            subscribers: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl<K: Clone> Hub<K> {
+    /// A new stream of every change published from now on.
+    pub fn subscribe(&self) -> UnboundedReceiver<Change<K>> {
+        let (tx, rx) = unbounded();
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tx);
+        rx
+    }
+
+    fn publish(&self, change: Change<K>) {
+        let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+        subs.retain(|tx| tx.unbounded_send(change.clone()).is_ok());
+    }
+}
+
+/// Where a watch reads from: every namespace, or the listed ones.
+#[derive(Debug, Clone)]
+pub(crate) struct Scope {
+    namespaces: Vec<String>,
+}
+
+impl Scope {
+    /// `namespaces` empty means all namespaces.
+    pub fn new(namespaces: &[String]) -> Self {
+        let mut ns: Vec<String> = namespaces
+            .iter()
+            .filter(|n| !n.is_empty())
+            .cloned()
+            .collect();
+        ns.sort();
+        ns.dedup();
+        Scope { namespaces: ns }
+    }
+
+    /// One `Api` per watched namespace (or one cluster-wide `Api`).
+    pub fn apis<K>(&self, client: &Client) -> Vec<(Option<String>, Api<K>)>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+        K::DynamicType: Default,
+    {
+        if self.namespaces.is_empty() {
+            vec![(None, Api::all(client.clone()))]
+        } else {
+            self.namespaces
+                .iter()
+                .map(|ns| (Some(ns.clone()), Api::namespaced(client.clone(), ns)))
+                .collect()
+        }
+    }
+
+    /// Whether an object in `namespace` is inside the scope.
+    pub fn contains(&self, namespace: &str) -> bool {
+        self.namespaces.is_empty() || self.namespaces.iter().any(|n| n == namespace)
+    }
+}
+
+type Tagged<K> = BoxStream<'static, (Option<String>, Result<Event<K>, watcher::Error>)>;
+
+fn tagged_watches<K>(scope: &Scope, client: &Client, cfg: &watcher::Config) -> SelectAll<Tagged<K>>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default,
+{
+    futures::stream::select_all(scope.apis::<K>(client).into_iter().map(|(ns, api)| {
+        watch(api, cfg.clone())
+            .default_backoff()
+            .map(move |ev| (ns.clone(), ev))
+            .boxed()
+    }))
+}
+
+fn tagged_meta_watches<K>(
+    scope: &Scope,
+    client: &Client,
+    cfg: &watcher::Config,
+) -> SelectAll<Tagged<PartialObjectMeta<K>>>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default,
+{
+    futures::stream::select_all(scope.apis::<K>(client).into_iter().map(|(ns, api)| {
+        #[allow(deprecated)]
+        metadata_watcher(api, cfg.clone())
+            .default_backoff()
+            .map(move |ev| (ns.clone(), ev))
+            .boxed()
+    }))
+}
+
+/// Applies merged per-namespace watch events to one store (when given) and
+/// publishes every change. Returns when the watch streams end.
+async fn pump<K>(
+    kind: &'static str,
+    mut events: impl Stream<Item = (Option<String>, Result<Event<K>, watcher::Error>)> + Unpin,
+    mut writer: Option<Writer<K>>,
+    hub: Arc<Hub<K>>,
+    watched: usize,
+    ready: signal::Sender<bool>,
+) where
+    K: Resource + Clone + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let mut listing: HashMap<Option<String>, HashSet<ObjectRef<K>>> = HashMap::new();
+    let mut listed: HashSet<Option<String>> = HashSet::new();
+    let mut store_ready = false;
+    while let Some((ns, ev)) = events.next().await {
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(err) => {
+                tracing::warn!(kind, error = %err, "watch failed; retrying with backoff");
+                continue;
+            }
+        };
+        match ev {
+            Event::Init => {
+                listing.insert(ns, HashSet::new());
+            }
+            Event::InitApply(obj) | Event::Apply(obj) => {
+                if let Some(seen) = listing.get_mut(&ns) {
+                    seen.insert(ObjectRef::from_obj(&obj));
+                }
+                if let Some(w) = writer.as_mut() {
+                    w.apply_watcher_event(&Event::Apply(obj.clone()));
+                }
+                hub.publish(Change {
+                    obj: Arc::new(obj),
+                    deleted: false,
+                });
+            }
+            Event::Delete(obj) => {
+                if let Some(w) = writer.as_mut() {
+                    w.apply_watcher_event(&Event::Delete(obj.clone()));
+                }
+                hub.publish(Change {
+                    obj: Arc::new(obj),
+                    deleted: true,
+                });
+            }
+            Event::InitDone => {
+                let seen = listing.remove(&ns).unwrap_or_default();
+                if let Some(w) = writer.as_mut() {
+                    // Objects of this namespace that vanished while the watch was down.
+                    let gone: Vec<Arc<K>> = w
+                        .as_reader()
+                        .state()
+                        .into_iter()
+                        .filter(|o| ns.is_none() || o.namespace() == ns)
+                        .filter(|o| !seen.contains(&ObjectRef::from_obj(o.as_ref())))
+                        .collect();
+                    for obj in gone {
+                        w.apply_watcher_event(&Event::Delete((*obj).clone()));
+                        hub.publish(Change { obj, deleted: true });
+                    }
+                }
+                listed.insert(ns);
+                if !store_ready && listed.len() >= watched {
+                    store_ready = true;
+                    if let Some(w) = writer.as_mut() {
+                        // Mark the store ready without changing its contents.
+                        let all = w.as_reader().state();
+                        w.apply_watcher_event(&Event::Init);
+                        for o in all {
+                            w.apply_watcher_event(&Event::InitApply((*o).clone()));
+                        }
+                        w.apply_watcher_event(&Event::InitDone);
+                    }
+                    let _ = ready.send(true);
+                    tracing::debug!(kind, "initial list complete");
+                }
+            }
+        }
+    }
+}
+
+/// A watched kind: its store (if kept) and its change hub.
+pub(crate) struct Watched<K: Resource + 'static>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    /// Latest state of every object in scope.
+    pub store: Store<K>,
+    /// Changes, for controllers' triggers.
+    pub hub: Arc<Hub<K>>,
+}
+
+/// Starts watching `K` in `scope`, keeping a store. The returned future drives the watch.
+pub(crate) fn watch_kind<K>(
+    kind: &'static str,
+    client: &Client,
+    scope: &Scope,
+    cfg: watcher::Config,
+    ready: signal::Sender<bool>,
+) -> (Watched<K>, BoxStream<'static, ()>)
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let writer: Writer<K> = Writer::default();
+    let store = writer.as_reader();
+    let hub: Arc<Hub<K>> = Arc::new(Hub::default());
+    let events = tagged_watches::<K>(scope, client, &cfg);
+    let watched = scope.namespaces.len().max(1);
+    let h = hub.clone();
+    let fut =
+        futures::stream::once(
+            async move { pump(kind, events, Some(writer), h, watched, ready).await },
+        )
+        .boxed();
+    (Watched { store, hub }, fut)
+}
+
+/// Starts watching only the metadata of `K` in `scope`, without a store.
+pub(crate) fn watch_meta<K>(
+    kind: &'static str,
+    client: &Client,
+    scope: &Scope,
+    cfg: watcher::Config,
+    ready: signal::Sender<bool>,
+) -> (Arc<Hub<PartialObjectMeta<K>>>, BoxStream<'static, ()>)
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    PartialObjectMeta<K>: Resource<DynamicType = ()>,
+{
+    let hub: Arc<Hub<PartialObjectMeta<K>>> = Arc::new(Hub::default());
+    let events = tagged_meta_watches::<K>(scope, client, &cfg);
+    let watched = scope.namespaces.len().max(1);
+    let h = hub.clone();
+    let fut =
+        futures::stream::once(async move { pump(kind, events, None, h, watched, ready).await })
+            .boxed();
+    (hub, fut)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::ObjectMeta;
+
+    fn cm(ns: &str, name: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(ns.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn ev(
+        ns: &str,
+        e: Event<ConfigMap>,
+    ) -> (Option<String>, Result<Event<ConfigMap>, watcher::Error>) {
+        (Some(ns.to_string()), Ok(e))
+    }
+
+    #[tokio::test]
+    async fn relisting_one_namespace_keeps_the_others_and_publishes_vanished_objects() {
+        let writer: Writer<ConfigMap> = Writer::default();
+        let store = writer.as_reader();
+        let hub: Arc<Hub<ConfigMap>> = Arc::new(Hub::default());
+        let mut changes = hub.subscribe();
+        let (tx, mut ready) = signal::channel(false);
+        let events = futures::stream::iter(vec![
+            ev("a", Event::Init),
+            ev("a", Event::InitApply(cm("a", "x"))),
+            ev("a", Event::InitDone),
+            ev("b", Event::Init),
+            ev("b", Event::InitApply(cm("b", "y"))),
+            ev("b", Event::InitDone),
+            // Namespace a relists after a watch gap: x was deleted meanwhile, z created.
+            ev("a", Event::Init),
+            ev("a", Event::InitApply(cm("a", "z"))),
+            ev("a", Event::InitDone),
+            ev("b", Event::Apply(cm("b", "w"))),
+            ev("b", Event::Delete(cm("b", "w"))),
+        ]);
+        pump("ConfigMap", events, Some(writer), hub.clone(), 2, tx).await;
+        assert!(
+            *ready.borrow_and_update(),
+            "ready once both namespaces listed"
+        );
+        let mut names: Vec<String> = store.state().iter().map(|c| c.name_any()).collect();
+        names.sort();
+        assert_eq!(names, ["y", "z"]);
+        drop(hub);
+        let mut seen = Vec::new();
+        while let Ok(c) = changes.try_recv() {
+            seen.push((c.obj.name_any(), c.deleted));
+        }
+        assert!(
+            seen.contains(&("x".to_string(), true)),
+            "vanished object published as deleted: {seen:?}"
+        );
+        assert!(seen.contains(&("w".to_string(), true)));
+        assert!(store.wait_until_ready().await.is_ok());
+    }
+}
