@@ -16,6 +16,9 @@
 //!   to the VPN endpoint (plus `--allow-output` CIDRs and IPv6 link-local
 //!   neighbour discovery, which cannot leave the link). Replies to
 //!   connections made to the gateway (health probes) pass.
+//!   The native tunnel never roams away from that endpoint (its peer is
+//!   pinned, see `vpno_tunnel::PeerConfig::roaming`), so this single
+//!   address stays the right one even when the server answers from another.
 //!
 //! Interfaces are matched by name (`iifname`/`oifname`), so the rules keep
 //! working when the tunnel interface is deleted and recreated.

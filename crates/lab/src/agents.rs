@@ -145,22 +145,8 @@ fn path_str(p: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{KeyPair, LabSpec, keys_needed, plan};
+    use crate::plan::test_topology as topology;
 
-    fn topology() -> Topology {
-        let spec = LabSpec {
-            name: "t".parse().unwrap(),
-            providers: 2,
-            gateways: 4,
-            routers: 2,
-            clients: 2,
-        };
-        let keys = (0..keys_needed(&spec)).map(|i| KeyPair {
-            private: format!("k{i}"),
-            public: format!("p{i}"),
-        });
-        plan(&spec, &keys.collect::<Vec<_>>()).unwrap()
-    }
 
     #[test]
     fn gateway_env_points_at_its_own_provider() {

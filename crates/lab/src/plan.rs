@@ -569,6 +569,26 @@ impl Topology {
     }
 }
 
+/// The default-sized topology (2 providers, 4 gateways, 2 routers, 2 clients)
+/// with placeholder keys, shared by the unit tests of several modules.
+#[cfg(test)]
+pub(crate) fn test_topology() -> Topology {
+    let spec = LabSpec {
+        name: "t".parse().unwrap(),
+        providers: 2,
+        gateways: 4,
+        routers: 2,
+        clients: 2,
+    };
+    let keys: Vec<KeyPair> = (0..keys_needed(&spec))
+        .map(|i| KeyPair {
+            private: format!("k{i}"),
+            public: format!("p{i}"),
+        })
+        .collect();
+    plan(&spec, &keys).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

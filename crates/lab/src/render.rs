@@ -332,22 +332,8 @@ pub fn internet_nft(t: &Topology) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{KeyPair, LabSpec, keys_needed, plan};
+    use crate::plan::test_topology as topology;
 
-    fn topology() -> Topology {
-        let spec = LabSpec {
-            name: "t".parse().unwrap(),
-            providers: 2,
-            gateways: 4,
-            routers: 2,
-            clients: 2,
-        };
-        let keys = (0..keys_needed(&spec)).map(|i| KeyPair {
-            private: format!("k{i}"),
-            public: format!("p{i}"),
-        });
-        plan(&spec, &keys.collect::<Vec<_>>()).unwrap()
-    }
 
     #[test]
     fn namespaces_come_first_and_every_node_gets_one() {

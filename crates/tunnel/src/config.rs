@@ -69,8 +69,25 @@ pub struct PeerConfig {
     pub preshared_key: Option<PresharedKey>,
     /// Where to send to; `None` for road-warrior clients of a server, whose
     /// endpoint is learnt from their first authenticated packet (and updated
-    /// whenever it changes, as WireGuard roaming does).
+    /// whenever it changes, as WireGuard roaming does). A configured endpoint
+    /// stays fixed unless [`PeerConfig::roaming`] is set.
     pub endpoint: Option<SocketAddr>,
+    /// Whether a *configured* `endpoint` follows the peer to the source
+    /// address of its authenticated packets (WireGuard roaming). Peers
+    /// without a configured endpoint always learn and follow their address,
+    /// whatever this says.
+    ///
+    /// Off by default, unlike kernel WireGuard: the gateway's kill switch
+    /// lets its own traffic out only to the configured endpoint, so a client
+    /// that roamed to another address (a multi-homed server answering from
+    /// a second address, or an on-path attacker relaying a fresh datagram
+    /// from elsewhere) would either need the kill switch to follow it (a leak
+    /// path to an address nobody configured) or be dropped by it for good
+    /// (handshakes to the new address retried forever). A pinned client
+    /// keeps sending to the address it was given and still accepts
+    /// authenticated answers from any source. Turn it on only for
+    /// site-to-site peers whose firewall does not pin the endpoint.
+    pub roaming: bool,
     /// Inner addresses this peer may use as source and is routed to.
     pub allowed_ips: Vec<IpNet>,
     /// Persistent keepalive interval in seconds.
@@ -84,6 +101,7 @@ impl PeerConfig {
             public_key,
             preshared_key: None,
             endpoint: None,
+            roaming: false,
             allowed_ips: Vec::new(),
             persistent_keepalive: None,
         }
@@ -390,6 +408,8 @@ impl GluetunWireguard {
                 public_key: self.server_public_key,
                 preshared_key: self.preshared_key.clone(),
                 endpoint: Some(self.endpoint),
+                // Pinned: the gateway's kill switch allows only this address.
+                roaming: false,
                 allowed_ips: self.allowed_ips.clone(),
                 persistent_keepalive: self.persistent_keepalive,
             }],
@@ -475,6 +495,10 @@ mod tests {
         let config = wg.tunnel_config("wg0");
         assert_eq!(config.peers.len(), 1);
         assert_eq!(config.peers[0].endpoint, Some(wg.endpoint));
+        assert!(
+            !config.peers[0].roaming,
+            "a gateway client is pinned to the endpoint its kill switch allows"
+        );
         assert_eq!(config.peers[0].public_key, wg.server_public_key);
         assert_eq!(config.addresses, wg.addresses);
     }

@@ -141,6 +141,12 @@ struct PeerState {
     allowed_ips: Vec<IpNet>,
     tunn: Mutex<Tunn>,
     endpoint: RwLock<Option<SocketAddr>>,
+    /// The endpoint was configured and must not roam (see
+    /// [`crate::PeerConfig::roaming`]).
+    pinned: bool,
+    /// An authenticated datagram from another address than the pinned
+    /// endpoint has been logged (once per peer, not per packet).
+    reported_other_source: AtomicBool,
     rx_packets: AtomicU64,
     /// While set, every datagram from or to this peer is dropped (a
     /// simulated outage for this one peer; see [`Tunnel::set_peer_blocked`]).
@@ -153,10 +159,34 @@ impl PeerState {
         *self.endpoint.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn set_endpoint(&self, addr: SocketAddr) {
-        let mut endpoint = self.endpoint.write().unwrap_or_else(|e| e.into_inner());
-        if *endpoint != Some(addr) {
-            *endpoint = Some(addr);
+    /// Records that an authenticated datagram came from `from`: roams there
+    /// unless the endpoint is pinned.
+    fn authenticated_from(&self, from: SocketAddr, tunnel: &str) {
+        let change = {
+            let mut endpoint = self.endpoint.write().unwrap_or_else(|e| e.into_inner());
+            let change = endpoint_change(self.pinned, *endpoint, from);
+            if let EndpointChange::Roamed = change {
+                *endpoint = Some(from);
+            }
+            change
+        };
+        match change {
+            EndpointChange::Unchanged => {}
+            EndpointChange::Roamed => {
+                tracing::debug!(tunnel, peer = %self.public_key, endpoint = %from, "peer endpoint learnt");
+            }
+            EndpointChange::Ignored => {
+                if !self.reported_other_source.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        tunnel,
+                        peer = %self.public_key,
+                        configured = ?self.endpoint(),
+                        %from,
+                        "peer answers from another address than its configured endpoint; \
+                         keeping the configured endpoint (pinned, no roaming)"
+                    );
+                }
+            }
         }
     }
 
@@ -166,6 +196,28 @@ impl PeerState {
 
     fn source_allowed(&self, ip: IpAddr) -> bool {
         self.allowed_ips.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// What an authenticated datagram does to a peer's endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EndpointChange {
+    /// It came from the current endpoint.
+    Unchanged,
+    /// The endpoint moves to the datagram's source (learning or roaming).
+    Roamed,
+    /// It came from elsewhere, but the endpoint is pinned.
+    Ignored,
+}
+
+/// Roaming decision: a peer follows the source of its authenticated
+/// datagrams, unless its configured endpoint is pinned (see
+/// [`crate::PeerConfig::roaming`] for why clients are pinned).
+fn endpoint_change(pinned: bool, current: Option<SocketAddr>, from: SocketAddr) -> EndpointChange {
+    match current {
+        Some(current) if current == from => EndpointChange::Unchanged,
+        Some(_) if pinned => EndpointChange::Ignored,
+        _ => EndpointChange::Roamed,
     }
 }
 
@@ -357,6 +409,8 @@ impl Tunnel {
                 allowed_ips: peer.allowed_ips.iter().map(IpNet::trunc).collect(),
                 tunn: Mutex::new(tunn),
                 endpoint: RwLock::new(peer.endpoint),
+                pinned: peer.endpoint.is_some() && !peer.roaming,
+                reported_other_source: AtomicBool::new(false),
                 rx_packets: AtomicU64::new(0),
                 tx_packets: AtomicU64::new(0),
                 blocked: AtomicBool::new(false),
@@ -725,8 +779,9 @@ async fn network_to_tun(shared: Arc<Shared>, v6: bool) -> io::Result<()> {
                 continue;
             }
         };
-        // Authenticated: this is where the peer is now (WireGuard roaming).
-        peer.set_endpoint(from);
+        // Authenticated: this is where the peer is now (WireGuard roaming),
+        // unless its configured endpoint is pinned.
+        peer.authenticated_from(from, &shared.name);
         match action {
             Decapsulated::Reply(offset, len) => {
                 shared.send(peer, &dst[offset..offset + len]).await;
@@ -783,5 +838,56 @@ async fn timers(shared: Arc<Shared>) -> io::Result<()> {
             };
             shared.send(peer, &dst[..out]).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn pinned_endpoint_ignores_other_sources() {
+        let configured = Some(addr("198.51.100.1:51820"));
+        assert_eq!(
+            endpoint_change(true, configured, addr("198.51.100.9:51820")),
+            EndpointChange::Ignored
+        );
+        assert_eq!(
+            endpoint_change(true, configured, addr("198.51.100.1:51821")),
+            EndpointChange::Ignored,
+            "another port is another endpoint"
+        );
+        assert_eq!(
+            endpoint_change(true, configured, addr("198.51.100.1:51820")),
+            EndpointChange::Unchanged
+        );
+    }
+
+    #[test]
+    fn unpinned_endpoint_learns_and_roams() {
+        assert_eq!(
+            endpoint_change(false, None, addr("198.51.100.2:40000")),
+            EndpointChange::Roamed
+        );
+        assert_eq!(
+            endpoint_change(
+                false,
+                Some(addr("198.51.100.2:40000")),
+                addr("198.51.100.6:40001")
+            ),
+            EndpointChange::Roamed
+        );
+        assert_eq!(
+            endpoint_change(
+                false,
+                Some(addr("198.51.100.2:40000")),
+                addr("198.51.100.2:40000")
+            ),
+            EndpointChange::Unchanged
+        );
     }
 }

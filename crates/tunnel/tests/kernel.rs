@@ -397,3 +397,123 @@ async fn server_with_two_peers_and_per_peer_block() {
     pair.rt_a.run(async move { drop(server) }).await;
     drop(rt_c);
 }
+
+/// The packet counter of the (single) counter rule in `chain` of table
+/// `inet vpno_roam` in namespace `netns`.
+fn nft_counter(netns: &NamedNetns, chain: &str) -> u64 {
+    let out = netns
+        .exec("nft", &["list", "chain", "inet", "vpno_roam", chain])
+        .expect("run nft");
+    assert!(out.status.success(), "nft list: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split("packets ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no counter in chain {chain}: {text}"))
+}
+
+/// A multi-homed server answers from another address than the one the
+/// client is configured with (its route back to the client carries
+/// `src 198.51.100.9`). The client sits behind a kill switch like the
+/// gateway's (own WireGuard traffic only to the configured endpoint): it must
+/// keep sending to the configured endpoint instead of roaming to the
+/// answering address, so the tunnel keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_keeps_configured_endpoint_when_server_answers_from_another_address() {
+    if !require_root("client_keeps_configured_endpoint_when_server_answers_from_another_address") {
+        return;
+    }
+    let pair = pair();
+    // Server: a second address; replies to the client leave from it.
+    pair.a
+        .ip(&["addr", "add", "198.51.100.9/32", "dev", "veth-a"])
+        .unwrap();
+    pair.a
+        .ip(&[
+            "route",
+            "add",
+            "198.51.100.2/32",
+            "dev",
+            "veth-a",
+            "src",
+            "198.51.100.9",
+        ])
+        .unwrap();
+    // Client: the second address is reachable, but the kill switch lets
+    // WireGuard out only to the configured endpoint; a counter shows that
+    // answers really arrive from the second address.
+    pair.b
+        .ip(&["route", "add", "198.51.100.9/32", "dev", "veth-b"])
+        .unwrap();
+    for command in [
+        "add table inet vpno_roam",
+        "add chain inet vpno_roam output { type filter hook output priority 0; policy accept; }",
+        "add rule inet vpno_roam output udp dport 51820 ip daddr != 198.51.100.1 counter drop",
+        "add chain inet vpno_roam input { type filter hook input priority 0; policy accept; }",
+        "add rule inet vpno_roam input ip saddr 198.51.100.9 udp sport 51820 counter accept",
+    ] {
+        let out = pair.b.exec("nft", &[command]).expect("run nft");
+        assert!(out.status.success(), "nft {command}: {out:?}");
+    }
+
+    let Configs { server, client } = configs(None);
+    let configured = client.peers[0].endpoint;
+    let server = pair
+        .rt_a
+        .run(Tunnel::start(server))
+        .await
+        .expect("server tunnel");
+    let client = pair
+        .rt_b
+        .run(Tunnel::start(client))
+        .await
+        .expect("client tunnel");
+    let mut handshake = false;
+    for _ in 0..50 {
+        if client.stats().peers[0].last_handshake.is_some() {
+            handshake = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(handshake, "no handshake: {:?}", client.stats());
+    assert!(
+        nft_counter(&pair.b, "input") > 0,
+        "the server's answers must come from 198.51.100.9 for this test to mean anything"
+    );
+    assert_eq!(
+        client.stats().peers[0].endpoint,
+        configured,
+        "the client must not roam away from its configured endpoint"
+    );
+
+    let probe = listen(&pair.rt_a, "10.200.0.1").await;
+    let mut reached = false;
+    for _ in 0..5 {
+        if tcp_connects(&pair.rt_b, probe).await {
+            reached = true;
+            break;
+        }
+    }
+    assert!(
+        reached,
+        "no TCP connection through the tunnel: {:?}",
+        client.stats()
+    );
+    assert_eq!(client.stats().peers[0].endpoint, configured);
+    assert_eq!(
+        nft_counter(&pair.b, "output"),
+        0,
+        "nothing was sent to the answering address"
+    );
+    assert!(client.stats().peers[0].rx_packets > 0);
+    assert_eq!(
+        server.stats().peers[0].endpoint,
+        Some(SocketAddr::from(([198, 51, 100, 2], client.listen_port()))),
+        "the server still learns the client's address"
+    );
+
+    pair.rt_b.run(async move { drop(client) }).await;
+    pair.rt_a.run(async move { drop(server) }).await;
+}
