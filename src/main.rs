@@ -67,7 +67,8 @@ fn crds(args: CrdsArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     for crd in vpno_api::crd::all() {
         let path = dir.join(vpno_api::crd::file_name(&crd));
-        std::fs::write(&path, vpno_api::crd::to_yaml(&crd)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, vpno_api::crd::to_yaml(&crd)?)
+            .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
@@ -76,7 +77,9 @@ fn crds(args: CrdsArgs) -> anyhow::Result<()> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -96,9 +99,15 @@ async fn main() -> anyhow::Result<()> {
         Command::Router(args) => vpno_router::run(args).await.context("router")?,
         Command::Lab(args) => vpno_lab::run(args).await.context("lab")?,
         Command::Api(args) => vpno_server::run(args).await.context("api")?,
-        Command::Bench(Bench::Slots(args)) => vpno_bench::run_slots(args).await.context("bench slots")?,
-        Command::Bench(Bench::Dataplane(args)) => vpno_lab::bench::run(args).await.context("bench dataplane")?,
-        Command::Bench(Bench::Servers(args)) => vpno_server::bench::run(args).await.context("bench servers")?,
+        Command::Bench(Bench::Slots(args)) => {
+            vpno_bench::run_slots(args).await.context("bench slots")?
+        }
+        Command::Bench(Bench::Dataplane(args)) => vpno_lab::bench::run(args)
+            .await
+            .context("bench dataplane")?,
+        Command::Bench(Bench::Servers(args)) => vpno_server::bench::run(args)
+            .await
+            .context("bench servers")?,
     }
     Ok(())
 }

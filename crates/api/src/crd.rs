@@ -26,7 +26,12 @@ pub fn free_form_object(_: &mut SchemaGenerator) -> Schema {
 
 /// The four CRDs, in a stable order (providers first: the rest refer to them).
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![MaskProvider::crd(), Mask::crd(), MaskConsumer::crd(), MaskReservation::crd()]
+    vec![
+        MaskProvider::crd(),
+        Mask::crd(),
+        MaskConsumer::crd(),
+        MaskReservation::crd(),
+    ]
 }
 
 /// File name used for a CRD under `deploy/crds/`.
@@ -65,7 +70,10 @@ mod tests {
     #[test]
     fn crds_have_expected_names_columns_and_subresources() {
         let crds = all();
-        let names: Vec<_> = crds.iter().map(|c| c.metadata.name.clone().unwrap()).collect();
+        let names: Vec<_> = crds
+            .iter()
+            .map(|c| c.metadata.name.clone().unwrap())
+            .collect();
         assert_eq!(
             names,
             [
@@ -79,24 +87,54 @@ mod tests {
             assert_eq!(crd.spec.scope, "Namespaced");
             let v = &crd.spec.versions[0];
             assert!(v.subresources.as_ref().unwrap().status.is_some());
-            let cols: Vec<_> = v.additional_printer_columns.as_ref().unwrap().iter().map(|c| c.name.clone()).collect();
-            assert!(cols.contains(&"PHASE".to_string()) && cols.contains(&"AGE".to_string()), "{cols:?}");
+            let cols: Vec<_> = v
+                .additional_printer_columns
+                .as_ref()
+                .unwrap()
+                .iter()
+                .map(|c| c.name.clone())
+                .collect();
+            assert!(
+                cols.contains(&"PHASE".to_string()) && cols.contains(&"AGE".to_string()),
+                "{cols:?}"
+            );
         }
-        let provider_cols = crds[0].spec.versions[0].additional_printer_columns.as_ref().unwrap();
-        assert!(provider_cols.iter().any(|c| c.name == "USED" && c.json_path == ".status.activeSlots"));
+        let provider_cols = crds[0].spec.versions[0]
+            .additional_printer_columns
+            .as_ref()
+            .unwrap();
+        assert!(
+            provider_cols
+                .iter()
+                .any(|c| c.name == "USED" && c.json_path == ".status.activeSlots")
+        );
     }
 
     #[test]
     fn provider_schema_validates_what_v1_20_can() {
         let json = serde_json::to_value(MaskProvider::crd()).unwrap();
         let spec = &json["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
-        let required: Vec<_> = spec["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-        assert!(required.contains(&"secret") && required.contains(&"maxSlots"), "{required:?}");
-        assert_eq!(spec["properties"]["maxSlots"]["minimum"].as_f64(), Some(0.0));
+        let required: Vec<_> = spec["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(
+            required.contains(&"secret") && required.contains(&"maxSlots"),
+            "{required:?}"
+        );
+        assert_eq!(
+            spec["properties"]["maxSlots"]["minimum"].as_f64(),
+            Some(0.0)
+        );
         let verify = &spec["properties"]["verify"]["properties"];
         assert!(verify["timeout"]["pattern"].as_str().is_some());
         assert!(verify["interval"]["pattern"].as_str().is_some());
-        assert_eq!(verify["overrides"]["properties"]["pod"]["x-kubernetes-preserve-unknown-fields"], true);
+        assert_eq!(
+            verify["overrides"]["properties"]["pod"]["x-kubernetes-preserve-unknown-fields"],
+            true
+        );
         assert_eq!(
             verify["overrides"]["properties"]["containers"]["properties"]["probe"]["x-kubernetes-preserve-unknown-fields"],
             true
@@ -127,8 +165,11 @@ mod drift {
         for crd in super::all() {
             let name = super::file_name(&crd);
             expected.push(name.clone());
-            let on_disk = std::fs::read_to_string(dir.join(&name))
-                .unwrap_or_else(|e| panic!("deploy/crds/{name} missing ({e}); run `cargo run -- crds --write deploy/crds`"));
+            let on_disk = std::fs::read_to_string(dir.join(&name)).unwrap_or_else(|e| {
+                panic!(
+                    "deploy/crds/{name} missing ({e}); run `cargo run -- crds --write deploy/crds`"
+                )
+            });
             assert_eq!(
                 on_disk,
                 super::to_yaml(&crd).unwrap(),
@@ -142,7 +183,10 @@ mod drift {
             .collect();
         present.sort();
         expected.sort();
-        assert_eq!(present, expected, "deploy/crds holds files that are not generated");
+        assert_eq!(
+            present, expected,
+            "deploy/crds holds files that are not generated"
+        );
     }
 }
 
@@ -154,8 +198,11 @@ mod examples {
     use crate::{Mask, MaskProvider};
 
     fn documents(file: &str) -> Vec<serde_json::Value> {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples").join(file);
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/examples")
+            .join(file);
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 
@@ -163,12 +210,18 @@ mod examples {
     fn example_provider_and_mask_parse() {
         let provider_docs = documents("provider.yaml");
         let provider: MaskProvider = serde_json::from_value(
-            provider_docs.into_iter().find(|d| d["kind"] == "MaskProvider").expect("a MaskProvider"),
+            provider_docs
+                .into_iter()
+                .find(|d| d["kind"] == "MaskProvider")
+                .expect("a MaskProvider"),
         )
         .unwrap();
         assert_eq!(provider.spec.max_slots, 5);
         assert_eq!(provider.spec.secret, "mullvad-credentials");
         let mask: Mask = serde_json::from_value(documents("mask.yaml").remove(0)).unwrap();
-        assert!(provider.admits(mask.metadata.namespace.as_deref().unwrap(), mask.spec.providers.as_deref()));
+        assert!(provider.admits(
+            mask.metadata.namespace.as_deref().unwrap(),
+            mask.spec.providers.as_deref()
+        ));
     }
 }

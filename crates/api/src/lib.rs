@@ -13,11 +13,17 @@ pub mod names;
 pub mod provider;
 pub mod reservation;
 
-pub use mask::{Mask, MaskConsumer, MaskConsumerSpec, MaskConsumerStatus, MaskPhase, MaskSpec, MaskStatus, AssignedProvider};
-pub use provider::{
-    ContainerOverrides, MaskProvider, MaskProviderSpec, MaskProviderStatus, ProviderPhase, VerifyOverrides, VerifySpec,
+pub use mask::{
+    AssignedProvider, Mask, MaskConsumer, MaskConsumerSpec, MaskConsumerStatus, MaskPhase,
+    MaskSpec, MaskStatus,
 };
-pub use reservation::{MaskReservation, MaskReservationSpec, MaskReservationStatus, ReservationPhase};
+pub use provider::{
+    ContainerOverrides, MaskProvider, MaskProviderSpec, MaskProviderStatus, ProviderPhase,
+    VerifyOverrides, VerifySpec,
+};
+pub use reservation::{
+    MaskReservation, MaskReservationSpec, MaskReservationStatus, ReservationPhase,
+};
 
 /// The API group every kind of this crate belongs to.
 pub const GROUP: &str = "vpn.beebs.dev";

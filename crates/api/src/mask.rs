@@ -112,14 +112,20 @@ pub struct AssignedProvider {
 impl Mask {
     /// The Mask's phase, `Pending` when no status has been written.
     pub fn phase(&self) -> MaskPhase {
-        self.status.as_ref().and_then(|s| s.phase).unwrap_or(MaskPhase::Pending)
+        self.status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .unwrap_or(MaskPhase::Pending)
     }
 }
 
 impl MaskConsumer {
     /// The consumer's phase, `Pending` when no status has been written.
     pub fn phase(&self) -> MaskPhase {
-        self.status.as_ref().and_then(|s| s.phase).unwrap_or(MaskPhase::Pending)
+        self.status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .unwrap_or(MaskPhase::Pending)
     }
 
     /// The assigned provider slot, if any (never panics on missing status).

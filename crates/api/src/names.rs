@@ -14,7 +14,11 @@ pub fn credentials_secret_name(consumer: &str, provider_uid: &str) -> String {
 
 /// Parses the slot number back out of a reservation name for `provider`.
 pub fn slot_of_reservation(provider: &str, reservation: &str) -> Option<u32> {
-    reservation.strip_prefix(provider)?.strip_prefix('-')?.parse().ok()
+    reservation
+        .strip_prefix(provider)?
+        .strip_prefix('-')?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]

@@ -142,7 +142,10 @@ pub struct MaskProviderStatus {
 impl MaskProvider {
     /// The provider's phase, `Pending` when no status has been written.
     pub fn phase(&self) -> ProviderPhase {
-        self.status.as_ref().and_then(|s| s.phase).unwrap_or(ProviderPhase::Pending)
+        self.status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .unwrap_or(ProviderPhase::Pending)
     }
 
     /// Whether a Mask in `namespace` asking for `tags` may use this provider,

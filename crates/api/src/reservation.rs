@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 /// Holds slot `<slot>` of a provider: named `<provider>-<slot>`, lives in the
 /// provider's namespace and is owned by the provider. Creating it is the
 /// atomic act of taking the slot; a create conflict means someone else holds it.
-#[derive(CustomResource, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
+#[derive(
+    CustomResource, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema,
+)]
 #[kube(
     group = "vpn.beebs.dev",
     version = "v1",

@@ -26,8 +26,14 @@ pub enum TextField {
 
 impl TextField {
     /// Every text field, in query-parameter order.
-    pub const ALL: [TextField; 6] =
-        [TextField::Provider, TextField::Country, TextField::Region, TextField::City, TextField::Hostname, TextField::Vpn];
+    pub const ALL: [TextField; 6] = [
+        TextField::Provider,
+        TextField::Country,
+        TextField::Region,
+        TextField::City,
+        TextField::Hostname,
+        TextField::Vpn,
+    ];
 
     /// The field's name as used in gluetun's files and in query parameters.
     pub fn name(self) -> &'static str {
@@ -89,8 +95,15 @@ pub enum Flag {
 
 impl Flag {
     /// Every flag, in query-parameter order.
-    pub const ALL: [Flag; 7] =
-        [Flag::PortForward, Flag::Owned, Flag::Free, Flag::Premium, Flag::Stream, Flag::SecureCore, Flag::Tor];
+    pub const ALL: [Flag; 7] = [
+        Flag::PortForward,
+        Flag::Owned,
+        Flag::Free,
+        Flag::Premium,
+        Flag::Stream,
+        Flag::SecureCore,
+        Flag::Tor,
+    ];
 
     /// The flag's name as used in gluetun's files and in query parameters.
     pub fn name(self) -> &'static str {
@@ -161,9 +174,15 @@ impl ServerFilter {
     pub fn matches(&self, server: &Server) -> bool {
         let text_ok = self.text.iter().all(|(field, values)| {
             values.is_empty()
-                || field.value(server).is_some_and(|v| values.iter().any(|want| eq_ignore_case(v, want)))
+                || field
+                    .value(server)
+                    .is_some_and(|v| values.iter().any(|want| eq_ignore_case(v, want)))
         });
-        text_ok && self.flags.iter().all(|(flag, want)| flag.of(server) == *want)
+        text_ok
+            && self
+                .flags
+                .iter()
+                .all(|(flag, want)| flag.of(server) == *want)
     }
 }
 
@@ -198,7 +217,10 @@ pub(crate) struct ServerIndex {
 
 /// Case-insensitive equality of trimmed values, without allocating.
 fn eq_ignore_case(a: &str, b: &str) -> bool {
-    a.trim().chars().flat_map(char::to_lowercase).eq(b.trim().chars().flat_map(char::to_lowercase))
+    a.trim()
+        .chars()
+        .flat_map(char::to_lowercase)
+        .eq(b.trim().chars().flat_map(char::to_lowercase))
 }
 
 pub(crate) fn key_of(value: &str) -> String {
@@ -215,7 +237,10 @@ impl ServerIndex {
                 if let Some(value) = field.value(server) {
                     let key = key_of(value);
                     let postings = &mut fields[field.index()];
-                    postings.display.entry(key.clone()).or_insert_with(|| value.trim().to_owned());
+                    postings
+                        .display
+                        .entry(key.clone())
+                        .or_insert_with(|| value.trim().to_owned());
                     postings.by_key.entry(key).or_default().push(pos);
                 }
             }
@@ -225,17 +250,27 @@ impl ServerIndex {
                 }
             }
         }
-        ServerIndex { fields, flags, len: servers.len() as u32 }
+        ServerIndex {
+            fields,
+            flags,
+            len: servers.len() as u32,
+        }
     }
 
     /// Every distinct value of `field`, sorted case-insensitively.
     pub(crate) fn values(&self, field: TextField) -> Vec<String> {
-        self.fields[field.index()].display.values().cloned().collect()
+        self.fields[field.index()]
+            .display
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Whether some server has `value` in `field`.
     pub(crate) fn has_value(&self, field: TextField, value: &str) -> bool {
-        self.fields[field.index()].by_key.contains_key(&key_of(value))
+        self.fields[field.index()]
+            .by_key
+            .contains_key(&key_of(value))
     }
 
     /// Positions of the servers matching `filter`, ascending.
@@ -259,7 +294,11 @@ impl ServerIndex {
                     }
                 }
             }
-            include.push(if lists.len() == 1 { lists[0].into() } else { union(&lists).into() });
+            include.push(if lists.len() == 1 {
+                lists[0].into()
+            } else {
+                union(&lists).into()
+            });
         }
         let mut exclude: Vec<&[u32]> = Vec::new();
         for (flag, want) in &filter.flags {
@@ -303,7 +342,11 @@ fn union(lists: &[&[u32]]) -> Vec<u32> {
 
 /// Intersection of two sorted lists; gallops through the longer one.
 fn intersect(small: &[u32], large: &[u32]) -> Vec<u32> {
-    let (small, large) = if small.len() <= large.len() { (small, large) } else { (large, small) };
+    let (small, large) = if small.len() <= large.len() {
+        (small, large)
+    } else {
+        (large, small)
+    };
     let mut out = Vec::with_capacity(small.len());
     let mut rest = large;
     for &x in small {

@@ -103,7 +103,12 @@ impl Catalog {
     pub fn load(path: &Path) -> Result<Self, CatalogError> {
         let started = std::time::Instant::now();
         let loaded = load::load(path)?;
-        let catalog = Self::from_parts(loaded.layout, loaded.source, loaded.providers, loaded.servers);
+        let catalog = Self::from_parts(
+            loaded.layout,
+            loaded.source,
+            loaded.providers,
+            loaded.servers,
+        );
         tracing::info!(
             source = %catalog.source.display(),
             layout = ?catalog.layout,
@@ -115,9 +120,20 @@ impl Catalog {
         Ok(catalog)
     }
 
-    fn from_parts(layout: Layout, source: PathBuf, providers: Vec<ProviderSummary>, servers: Vec<Server>) -> Self {
+    fn from_parts(
+        layout: Layout,
+        source: PathBuf,
+        providers: Vec<ProviderSummary>,
+        servers: Vec<Server>,
+    ) -> Self {
         let index = index::ServerIndex::build(&servers);
-        Catalog { layout, source, providers, servers, index }
+        Catalog {
+            layout,
+            source,
+            providers,
+            servers,
+            index,
+        }
     }
 
     /// The layout the catalog was read from.
@@ -155,7 +171,12 @@ impl Catalog {
     /// [`UnknownValue`] error (so typos are reported, not answered with
     /// nothing); a valid combination that matches nothing is an empty list.
     pub fn matching(&self, filter: &ServerFilter) -> Result<Vec<&Server>, UnknownValue> {
-        Ok(self.index.query(filter)?.into_iter().map(|pos| &self.servers[pos as usize]).collect())
+        Ok(self
+            .index
+            .query(filter)?
+            .into_iter()
+            .map(|pos| &self.servers[pos as usize])
+            .collect())
     }
 
     /// Number of servers matching `filter`.
@@ -165,11 +186,20 @@ impl Catalog {
 
     /// One page (`offset`, at most `limit` servers) of the servers matching
     /// `filter`, with the total count.
-    pub fn query(&self, filter: &ServerFilter, offset: usize, limit: usize) -> Result<ServerPage<'_>, UnknownValue> {
+    pub fn query(
+        &self,
+        filter: &ServerFilter,
+        offset: usize,
+        limit: usize,
+    ) -> Result<ServerPage<'_>, UnknownValue> {
         let positions = self.index.query(filter)?;
         let total = positions.len();
-        let servers =
-            positions.into_iter().skip(offset).take(limit).map(|pos| &self.servers[pos as usize]).collect();
+        let servers = positions
+            .into_iter()
+            .skip(offset)
+            .take(limit)
+            .map(|pos| &self.servers[pos as usize])
+            .collect();
         Ok(ServerPage { total, servers })
     }
 
@@ -235,35 +265,58 @@ mod tests {
         servers[3].port_forward = true;
         servers[3].vpn = "wireguard".into();
         let providers = vec![
-            ProviderSummary { name: "alpha".into(), version: 1, timestamp: 0, servers: 3 },
-            ProviderSummary { name: "beta".into(), version: 1, timestamp: 0, servers: 1 },
+            ProviderSummary {
+                name: "alpha".into(),
+                version: 1,
+                timestamp: 0,
+                servers: 3,
+            },
+            ProviderSummary {
+                name: "beta".into(),
+                version: 1,
+                timestamp: 0,
+                servers: 1,
+            },
         ];
         Catalog::from_parts(Layout::SingleFile, PathBuf::new(), providers, servers)
     }
 
     fn hosts(servers: Vec<&Server>) -> Vec<&str> {
-        servers.into_iter().map(|s| s.hostname.as_deref().unwrap()).collect()
+        servers
+            .into_iter()
+            .map(|s| s.hostname.as_deref().unwrap())
+            .collect()
     }
 
     #[test]
     fn filters_intersect_fields_and_union_values() {
         let c = small();
-        let f = ServerFilter::default().with(TextField::Country, "SWEDEN").with(TextField::Provider, "alpha");
+        let f = ServerFilter::default()
+            .with(TextField::Country, "SWEDEN")
+            .with(TextField::Provider, "alpha");
         assert_eq!(hosts(c.matching(&f).unwrap()), ["se1.alpha", "se2.alpha"]);
-        let f = ServerFilter::default().with(TextField::City, "oslo").with(TextField::City, "Malmo");
+        let f = ServerFilter::default()
+            .with(TextField::City, "oslo")
+            .with(TextField::City, "Malmo");
         assert_eq!(hosts(c.matching(&f).unwrap()), ["se2.alpha", "no1.alpha"]);
         let f = ServerFilter::default().with_flag(Flag::PortForward, false);
         assert_eq!(hosts(c.matching(&f).unwrap()), ["se1.alpha", "no1.alpha"]);
-        let f = ServerFilter::default().with_flag(Flag::PortForward, true).with(TextField::Vpn, "WireGuard");
+        let f = ServerFilter::default()
+            .with_flag(Flag::PortForward, true)
+            .with(TextField::Vpn, "WireGuard");
         assert_eq!(hosts(c.matching(&f).unwrap()), ["se1.beta"]);
-        let f = ServerFilter::default().with(TextField::Provider, "beta").with(TextField::Country, "norway");
+        let f = ServerFilter::default()
+            .with(TextField::Provider, "beta")
+            .with(TextField::Country, "norway");
         assert!(c.matching(&f).unwrap().is_empty());
     }
 
     #[test]
     fn unknown_values_are_errors_listing_valid_values() {
         let c = small();
-        let err = c.matching(&ServerFilter::default().with(TextField::Country, "Narnia")).unwrap_err();
+        let err = c
+            .matching(&ServerFilter::default().with(TextField::Country, "Narnia"))
+            .unwrap_err();
         assert_eq!(err.field, TextField::Country);
         assert_eq!(err.valid, ["Norway", "Sweden"]);
     }
@@ -274,7 +327,12 @@ mod tests {
         let page = c.query(&ServerFilter::default(), 1, 2).unwrap();
         assert_eq!(page.total, 4);
         assert_eq!(hosts(page.servers), ["se2.alpha", "no1.alpha"]);
-        assert!(c.query(&ServerFilter::default(), 10, 2).unwrap().servers.is_empty());
+        assert!(
+            c.query(&ServerFilter::default(), 10, 2)
+                .unwrap()
+                .servers
+                .is_empty()
+        );
         let tree = c.locations(&ServerFilter::default()).unwrap();
         assert_eq!(tree["alpha"]["Sweden"]["Stockholm"], 1);
         assert_eq!(tree["alpha"]["Sweden"].values().sum::<usize>(), 2);

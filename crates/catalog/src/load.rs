@@ -48,7 +48,10 @@ pub const CANDIDATE_FILES: [&str; 3] = ["manifest.json", "servers.json", "server
 /// the first of [`CANDIDATE_FILES`] in the directory, else its only
 /// `*.json` / `*.json.xz` file.
 pub(crate) fn locate(path: &Path) -> Result<PathBuf, CatalogError> {
-    let meta = std::fs::metadata(path).map_err(|source| CatalogError::Io { path: path.to_owned(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| CatalogError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     if meta.is_file() {
         return Ok(path.to_owned());
     }
@@ -58,10 +61,16 @@ pub(crate) fn locate(path: &Path) -> Result<PathBuf, CatalogError> {
             return Ok(candidate);
         }
     }
-    let entries = std::fs::read_dir(path).map_err(|source| CatalogError::Io { path: path.to_owned(), source })?;
+    let entries = std::fs::read_dir(path).map_err(|source| CatalogError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     let mut found = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|source| CatalogError::Io { path: path.to_owned(), source })?;
+        let entry = entry.map_err(|source| CatalogError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if (name.ends_with(".json") || name.ends_with(".json.xz")) && entry.path().is_file() {
             found.push(entry.path());
@@ -69,23 +78,36 @@ pub(crate) fn locate(path: &Path) -> Result<PathBuf, CatalogError> {
     }
     match found.len() {
         1 => Ok(found.remove(0)),
-        0 => Err(CatalogError::NotFound { dir: path.to_owned(), found: Vec::new() }),
+        0 => Err(CatalogError::NotFound {
+            dir: path.to_owned(),
+            found: Vec::new(),
+        }),
         _ => {
             found.sort();
-            Err(CatalogError::NotFound { dir: path.to_owned(), found })
+            Err(CatalogError::NotFound {
+                dir: path.to_owned(),
+                found,
+            })
         }
     }
 }
 
 /// Reads a file, decompressing it when its name ends in `.xz`.
 pub(crate) fn read_maybe_xz(path: &Path) -> Result<Vec<u8>, CatalogError> {
-    let raw = std::fs::read(path).map_err(|source| CatalogError::Io { path: path.to_owned(), source })?;
+    let raw = std::fs::read(path).map_err(|source| CatalogError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     if !path.to_string_lossy().ends_with(".xz") {
         return Ok(raw);
     }
     let mut out = Vec::with_capacity(raw.len() * 8);
-    lzma_rs::xz_decompress(&mut std::io::BufReader::new(&raw[..]), &mut out)
-        .map_err(|e| CatalogError::Xz { path: path.to_owned(), message: e.to_string() })?;
+    lzma_rs::xz_decompress(&mut std::io::BufReader::new(&raw[..]), &mut out).map_err(|e| {
+        CatalogError::Xz {
+            path: path.to_owned(),
+            message: e.to_string(),
+        }
+    })?;
     Ok(out)
 }
 
@@ -107,7 +129,10 @@ pub(crate) fn load(path: &Path) -> Result<LoadedServers, CatalogError> {
     let top_path = locate(path)?;
     let bytes = read_maybe_xz(&top_path)?;
     let top: BTreeMap<String, serde_json::Value> =
-        serde_json::from_slice(&bytes).map_err(|source| CatalogError::Json { path: top_path.clone(), source })?;
+        serde_json::from_slice(&bytes).map_err(|source| CatalogError::Json {
+            path: top_path.clone(),
+            source,
+        })?;
     drop(bytes);
     let base_dir = top_path.parent().map(Path::to_owned).unwrap_or_default();
 
@@ -154,10 +179,22 @@ pub(crate) fn load(path: &Path) -> Result<LoadedServers, CatalogError> {
         servers.extend(block.servers.into_iter().map(|raw| raw.into_server(&name)));
     }
     if providers.is_empty() {
-        return Err(CatalogError::Format { path: top_path, message: "no provider found".into() });
+        return Err(CatalogError::Format {
+            path: top_path,
+            message: "no provider found".into(),
+        });
     }
-    let layout = if manifest_entries > 0 { Layout::Manifest } else { Layout::SingleFile };
-    Ok(LoadedServers { layout, source: top_path, providers, servers })
+    let layout = if manifest_entries > 0 {
+        Layout::Manifest
+    } else {
+        Layout::SingleFile
+    };
+    Ok(LoadedServers {
+        layout,
+        source: top_path,
+        providers,
+        servers,
+    })
 }
 
 fn with_context(error: serde_json::Error, provider: &str) -> serde_json::Error {
@@ -166,8 +203,15 @@ fn with_context(error: serde_json::Error, provider: &str) -> serde_json::Error {
 
 /// Loads one provider file of the manifest layout. Like gluetun, only the
 /// file name of `filepath` counts; `<name>.xz` is accepted as well.
-fn load_provider_file(base_dir: &Path, provider: &str, filepath: &str) -> Result<RawProviderServers, CatalogError> {
-    let file_name = Path::new(filepath).file_name().map(PathBuf::from).unwrap_or_else(|| format!("{provider}.json").into());
+fn load_provider_file(
+    base_dir: &Path,
+    provider: &str,
+    filepath: &str,
+) -> Result<RawProviderServers, CatalogError> {
+    let file_name = Path::new(filepath)
+        .file_name()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| format!("{provider}.json").into());
     let mut path = base_dir.join(&file_name);
     if !path.is_file() {
         let xz = base_dir.join(format!("{}.xz", file_name.display()));
@@ -176,7 +220,8 @@ fn load_provider_file(base_dir: &Path, provider: &str, filepath: &str) -> Result
         }
     }
     let bytes = read_maybe_xz(&path)?;
-    let block: RawProviderServers = serde_json::from_slice(&bytes).map_err(|source| CatalogError::Json { path, source })?;
+    let block: RawProviderServers =
+        serde_json::from_slice(&bytes).map_err(|source| CatalogError::Json { path, source })?;
     Ok(block)
 }
 
@@ -186,6 +231,9 @@ pub fn read_to_string(path: &Path) -> Result<String, CatalogError> {
     let mut s = String::new();
     std::io::Cursor::new(bytes)
         .read_to_string(&mut s)
-        .map_err(|source| CatalogError::Io { path: path.to_owned(), source })?;
+        .map_err(|source| CatalogError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
     Ok(s)
 }

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use vpno_catalog::{Catalog, CatalogError, Flag, Layout, ServerFilter, TextField};
 
 fn testdata(dir: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(dir)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(dir)
 }
 
 #[test]
@@ -25,13 +27,18 @@ fn every_layout_loads_the_same_servers() {
     assert_eq!(file.servers(), manifest.servers());
 
     // Cross-check against the raw JSON: every provider, every server, in order.
-    let raw: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(testdata("single-file").join("servers.json")).unwrap()).unwrap();
+    let raw: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(testdata("single-file").join("servers.json")).unwrap(),
+    )
+    .unwrap();
     let mut expected_total = 0;
     for summary in single.providers() {
         let servers = raw[&summary.name]["servers"].as_array().unwrap();
         assert_eq!(summary.servers, servers.len(), "{}", summary.name);
-        assert_eq!(summary.version as u64, raw[&summary.name]["version"].as_u64().unwrap());
+        assert_eq!(
+            summary.version as u64,
+            raw[&summary.name]["version"].as_u64().unwrap()
+        );
         expected_total += servers.len();
     }
     assert_eq!(single.servers().len(), expected_total);
@@ -41,12 +48,21 @@ fn every_layout_loads_the_same_servers() {
 #[test]
 fn absent_fields_take_gluetun_defaults() {
     let c = Catalog::load(&testdata("single-file")).unwrap();
-    let no_vpn = c.servers().iter().find(|s| s.provider == "privatevpn" && s.hostname.is_none()).unwrap();
+    let no_vpn = c
+        .servers()
+        .iter()
+        .find(|s| s.provider == "privatevpn" && s.hostname.is_none())
+        .unwrap();
     assert_eq!(no_vpn.vpn, "openvpn");
     assert!(!no_vpn.port_forward && !no_vpn.owned);
-    let pia = c.matching(&ServerFilter::default().with(TextField::Provider, "Private Internet Access")).unwrap();
+    let pia = c
+        .matching(&ServerFilter::default().with(TextField::Provider, "Private Internet Access"))
+        .unwrap();
     assert_eq!(pia.len(), 4);
-    assert!(pia.iter().all(|s| s.country.is_none() && s.region.is_some()));
+    assert!(
+        pia.iter()
+            .all(|s| s.country.is_none() && s.region.is_some())
+    );
 }
 
 fn brute_force(raw: &serde_json::Value, filter: &ServerFilter) -> Vec<String> {
@@ -64,10 +80,13 @@ fn brute_force(raw: &serde_json::Value, filter: &ServerFilter) -> Vec<String> {
                 }
             };
             let ok_text = filter.text.iter().all(|(field, wanted)| {
-                text(*field).is_some_and(|v| wanted.iter().any(|w| w.to_lowercase() == v.to_lowercase()))
+                text(*field)
+                    .is_some_and(|v| wanted.iter().any(|w| w.to_lowercase() == v.to_lowercase()))
             });
-            let ok_flags =
-                filter.flags.iter().all(|(flag, want)| s[flag.name()].as_bool().unwrap_or(false) == *want);
+            let ok_flags = filter
+                .flags
+                .iter()
+                .all(|(flag, want)| s[flag.name()].as_bool().unwrap_or(false) == *want);
             if ok_text && ok_flags {
                 out.push(format!("{name}/{}", s["ips"][0].as_str().unwrap()));
             }
@@ -79,22 +98,36 @@ fn brute_force(raw: &serde_json::Value, filter: &ServerFilter) -> Vec<String> {
 #[test]
 fn filters_match_a_brute_force_scan() {
     let c = Catalog::load(&testdata("manifest")).unwrap();
-    let raw: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(testdata("single-file").join("servers.json")).unwrap()).unwrap();
+    let raw: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(testdata("single-file").join("servers.json")).unwrap(),
+    )
+    .unwrap();
     let filters = vec![
         ServerFilter::default(),
         ServerFilter::default().with(TextField::Country, "sweden"),
-        ServerFilter::default().with(TextField::Country, "SWEDEN").with(TextField::Vpn, "wireguard"),
-        ServerFilter::default().with(TextField::City, "Stockholm").with(TextField::City, "washington, dc"),
-        ServerFilter::default().with(TextField::Region, "se stockholm").with_flag(Flag::PortForward, true),
+        ServerFilter::default()
+            .with(TextField::Country, "SWEDEN")
+            .with(TextField::Vpn, "wireguard"),
+        ServerFilter::default()
+            .with(TextField::City, "Stockholm")
+            .with(TextField::City, "washington, dc"),
+        ServerFilter::default()
+            .with(TextField::Region, "se stockholm")
+            .with_flag(Flag::PortForward, true),
         ServerFilter::default().with(TextField::Hostname, "SE-STOCKHOLM.privacy.network"),
-        ServerFilter::default().with_flag(Flag::PortForward, false).with(TextField::Provider, "private internet access"),
+        ServerFilter::default()
+            .with_flag(Flag::PortForward, false)
+            .with(TextField::Provider, "private internet access"),
         ServerFilter::default().with_flag(Flag::Owned, true),
         ServerFilter::default().with_flag(Flag::Free, true),
-        ServerFilter::default().with_flag(Flag::Premium, true).with_flag(Flag::Stream, false),
+        ServerFilter::default()
+            .with_flag(Flag::Premium, true)
+            .with_flag(Flag::Stream, false),
         ServerFilter::default().with_flag(Flag::SecureCore, true),
         ServerFilter::default().with_flag(Flag::Tor, true),
-        ServerFilter::default().with(TextField::Provider, "mullvad").with(TextField::Country, "Switzerland"),
+        ServerFilter::default()
+            .with(TextField::Provider, "mullvad")
+            .with(TextField::Country, "Switzerland"),
     ];
     let mut non_empty = 0;
     for filter in &filters {
@@ -109,28 +142,52 @@ fn filters_match_a_brute_force_scan() {
         assert_eq!(c.count(filter).unwrap(), want.len());
         non_empty += usize::from(!want.is_empty());
     }
-    assert!(non_empty >= filters.len() - 1, "the filters should mostly select something");
+    assert!(
+        non_empty >= filters.len() - 1,
+        "the filters should mostly select something"
+    );
 }
 
 #[test]
 fn bad_inputs_are_typed_errors() {
     let c = Catalog::load(&testdata("single-file")).unwrap();
-    let err = c.matching(&ServerFilter::default().with(TextField::Vpn, "ipsec")).unwrap_err();
+    let err = c
+        .matching(&ServerFilter::default().with(TextField::Vpn, "ipsec"))
+        .unwrap_err();
     assert_eq!(err.field, TextField::Vpn);
     assert_eq!(err.valid, ["openvpn", "wireguard"]);
-    let err = c.matching(&ServerFilter::default().with(TextField::Provider, "nope")).unwrap_err();
+    let err = c
+        .matching(&ServerFilter::default().with(TextField::Provider, "nope"))
+        .unwrap_err();
     assert_eq!(err.valid.len(), 4);
 
     let dir = std::env::temp_dir().join(format!("vpno-catalog-bad-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let guard = RemoveDir(dir.clone());
-    assert!(matches!(Catalog::load(&dir), Err(CatalogError::NotFound { .. })));
+    assert!(matches!(
+        Catalog::load(&dir),
+        Err(CatalogError::NotFound { .. })
+    ));
     std::fs::write(dir.join("servers.json"), b"{not json").unwrap();
-    assert!(matches!(Catalog::load(&dir), Err(CatalogError::Json { .. })));
-    std::fs::write(dir.join("servers.json"), br#"{"version":1,"x":{"version":1}}"#).unwrap();
-    assert!(matches!(Catalog::load(&dir), Err(CatalogError::Format { .. })));
-    std::fs::write(dir.join("servers.json"), br#"{"version":1,"x":{"filepath":"/gluetun/servers/x.json"}}"#).unwrap();
+    assert!(matches!(
+        Catalog::load(&dir),
+        Err(CatalogError::Json { .. })
+    ));
+    std::fs::write(
+        dir.join("servers.json"),
+        br#"{"version":1,"x":{"version":1}}"#,
+    )
+    .unwrap();
+    assert!(matches!(
+        Catalog::load(&dir),
+        Err(CatalogError::Format { .. })
+    ));
+    std::fs::write(
+        dir.join("servers.json"),
+        br#"{"version":1,"x":{"filepath":"/gluetun/servers/x.json"}}"#,
+    )
+    .unwrap();
     assert!(matches!(Catalog::load(&dir), Err(CatalogError::Io { .. })));
     std::fs::write(dir.join("servers.json.xz"), b"not xz").unwrap();
     std::fs::remove_file(dir.join("servers.json")).unwrap();

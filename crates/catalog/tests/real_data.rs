@@ -15,7 +15,10 @@ fn shared_data() -> Option<PathBuf> {
     if dir.join(FILE).is_file() {
         return Some(dir);
     }
-    let why = format!("SKIPPED: {} not found (set VPNO_SHARED_DATA)", dir.join(FILE).display());
+    let why = format!(
+        "SKIPPED: {} not found (set VPNO_SHARED_DATA)",
+        dir.join(FILE).display()
+    );
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{why}; the shared data is part of CI");
     }
@@ -29,12 +32,21 @@ fn scan(raw: &serde_json::Value, pred: impl Fn(&str, &serde_json::Value) -> bool
         .unwrap()
         .iter()
         .filter(|(k, _)| *k != "version")
-        .map(|(name, block)| block["servers"].as_array().unwrap().iter().filter(|s| pred(name, s)).count())
+        .map(|(name, block)| {
+            block["servers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|s| pred(name, s))
+                .count()
+        })
         .sum()
 }
 
 fn str_eq(s: &serde_json::Value, field: &str, want: &str) -> bool {
-    s[field].as_str().is_some_and(|v| v.to_lowercase() == want.to_lowercase())
+    s[field]
+        .as_str()
+        .is_some_and(|v| v.to_lowercase() == want.to_lowercase())
 }
 
 #[test]
@@ -53,35 +65,67 @@ fn real_catalog_loads_and_answers_like_a_raw_scan() {
     assert_eq!(total, 13_056);
     assert_eq!(providers, 23);
     for p in catalog.providers() {
-        assert_eq!(p.servers, raw[&p.name]["servers"].as_array().unwrap().len(), "{}", p.name);
+        assert_eq!(
+            p.servers,
+            raw[&p.name]["servers"].as_array().unwrap().len(),
+            "{}",
+            p.name
+        );
     }
 
     type Pred = Box<dyn Fn(&str, &serde_json::Value) -> bool>;
     let cases: Vec<(ServerFilter, Pred)> = vec![
-        (ServerFilter::default().with(TextField::Country, "sweden"), Box::new(|_, s| str_eq(s, "country", "Sweden"))),
         (
-            ServerFilter::default().with(TextField::Provider, "mullvad").with(TextField::Vpn, "wireguard"),
+            ServerFilter::default().with(TextField::Country, "sweden"),
+            Box::new(|_, s| str_eq(s, "country", "Sweden")),
+        ),
+        (
+            ServerFilter::default()
+                .with(TextField::Provider, "mullvad")
+                .with(TextField::Vpn, "wireguard"),
             Box::new(|p, s| p == "mullvad" && s["vpn"] == "wireguard"),
         ),
         (
-            ServerFilter::default().with(TextField::Provider, "private internet access").with_flag(Flag::PortForward, true),
+            ServerFilter::default()
+                .with(TextField::Provider, "private internet access")
+                .with_flag(Flag::PortForward, true),
             Box::new(|p, s| p == "private internet access" && s["port_forward"] == true),
         ),
         (
-            ServerFilter::default().with(TextField::Provider, "mullvad").with_flag(Flag::Owned, false),
+            ServerFilter::default()
+                .with(TextField::Provider, "mullvad")
+                .with_flag(Flag::Owned, false),
             Box::new(|p, s| p == "mullvad" && s["owned"] != true),
         ),
         (
-            ServerFilter::default().with(TextField::City, "new york").with(TextField::City, "Amsterdam"),
+            ServerFilter::default()
+                .with(TextField::City, "new york")
+                .with(TextField::City, "Amsterdam"),
             Box::new(|_, s| str_eq(s, "city", "new york") || str_eq(s, "city", "amsterdam")),
         ),
         (
-            ServerFilter::default().with(TextField::Country, "germany").with(TextField::Vpn, "openvpn").with_flag(Flag::Free, false),
-            Box::new(|_, s| str_eq(s, "country", "germany") && s["vpn"].as_str().unwrap_or("openvpn") == "openvpn" && s["free"] != true),
+            ServerFilter::default()
+                .with(TextField::Country, "germany")
+                .with(TextField::Vpn, "openvpn")
+                .with_flag(Flag::Free, false),
+            Box::new(|_, s| {
+                str_eq(s, "country", "germany")
+                    && s["vpn"].as_str().unwrap_or("openvpn") == "openvpn"
+                    && s["free"] != true
+            }),
         ),
-        (ServerFilter::default().with_flag(Flag::Premium, true), Box::new(|_, s| s["premium"] == true)),
-        (ServerFilter::default().with_flag(Flag::Stream, true), Box::new(|_, s| s["stream"] == true)),
-        (ServerFilter::default().with(TextField::Region, "europe"), Box::new(|_, s| str_eq(s, "region", "europe"))),
+        (
+            ServerFilter::default().with_flag(Flag::Premium, true),
+            Box::new(|_, s| s["premium"] == true),
+        ),
+        (
+            ServerFilter::default().with_flag(Flag::Stream, true),
+            Box::new(|_, s| s["stream"] == true),
+        ),
+        (
+            ServerFilter::default().with(TextField::Region, "europe"),
+            Box::new(|_, s| str_eq(s, "region", "europe")),
+        ),
         (
             ServerFilter::default().with(TextField::Hostname, "AT.VPN.AIRDNS.ORG"),
             Box::new(|_, s| str_eq(s, "hostname", "at.vpn.airdns.org")),
@@ -89,7 +133,10 @@ fn real_catalog_loads_and_answers_like_a_raw_scan() {
     ];
     for (filter, pred) in &cases {
         let want = scan(&raw, pred);
-        assert!(want > 0, "{filter:?} should select something in the real data");
+        assert!(
+            want > 0,
+            "{filter:?} should select something in the real data"
+        );
         assert_eq!(catalog.count(filter).unwrap(), want, "{filter:?}");
         let page = catalog.query(filter, 0, 5).unwrap();
         assert_eq!(page.total, want);
@@ -98,7 +145,11 @@ fn real_catalog_loads_and_answers_like_a_raw_scan() {
 
     // The location tree adds up to the whole catalog.
     let tree = catalog.locations(&ServerFilter::default()).unwrap();
-    let sum: usize = tree.values().flat_map(|c| c.values()).flat_map(|c| c.values()).sum();
+    let sum: usize = tree
+        .values()
+        .flat_map(|c| c.values())
+        .flat_map(|c| c.values())
+        .sum();
     assert_eq!(sum, total);
     assert_eq!(tree.len(), providers);
 }

@@ -147,7 +147,6 @@ mod tests {
     use super::*;
     use crate::plan::test_topology as topology;
 
-
     #[test]
     fn gateway_env_points_at_its_own_provider() {
         let t = topology();

@@ -334,7 +334,6 @@ mod tests {
     use super::*;
     use crate::plan::test_topology as topology;
 
-
     #[test]
     fn namespaces_come_first_and_every_node_gets_one() {
         let t = topology();

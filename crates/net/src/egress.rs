@@ -175,12 +175,17 @@ pub fn plan(config: &EgressConfig, healthy: impl Fn(usize) -> bool, role: Role) 
         .map(|(i, gw)| {
             (
                 config.nexthop_id(i),
-                NexthopSpec { gateway: gw.address, interface: config.interface.clone() },
+                NexthopSpec {
+                    gateway: gw.address,
+                    interface: config.interface.clone(),
+                },
             )
         })
         .collect();
-    let members: BTreeSet<u32> =
-        (0..config.gateways.len()).filter(|&i| healthy(i)).map(|i| config.nexthop_id(i)).collect();
+    let members: BTreeSet<u32> = (0..config.gateways.len())
+        .filter(|&i| healthy(i))
+        .map(|i| config.nexthop_id(i))
+        .collect();
     let group = (!members.is_empty()).then(|| GroupSpec {
         id: config.group_id(),
         members,
@@ -199,7 +204,10 @@ pub fn plan(config: &EgressConfig, healthy: impl Fn(usize) -> bool, role: Role) 
     };
     let rules = BTreeSet::from([
         rule(config.rule_priority, RuleAction::Lookup(config.table)),
-        rule(config.rule_priority.saturating_add(1), RuleAction::Unreachable),
+        rule(
+            config.rule_priority.saturating_add(1),
+            RuleAction::Unreachable,
+        ),
     ]);
     let vip = (role == Role::Active).then(|| VipSpec {
         interface: config.vip_interface.clone(),
@@ -207,7 +215,13 @@ pub fn plan(config: &EgressConfig, healthy: impl Fn(usize) -> bool, role: Role) 
         mac: config.vip_mac,
         address: config.vip,
     });
-    EgressState { nexthops, group, default_route, rules, vip }
+    EgressState {
+        nexthops,
+        group,
+        default_route,
+        rules,
+        vip,
+    }
 }
 
 /// One kernel operation. Every change is idempotent when applied on its own
@@ -271,12 +285,21 @@ pub fn diff(desired: &EgressState, observed: &EgressState, table: u32) -> Vec<Ch
     let mut changes = Vec::new();
     // Giving up the VIP comes first and depends on nothing: a router that must
     // stand down does so even if the rest of its state cannot be fixed.
-    if let Some(seen) = observed.vip.as_ref().filter(|seen| desired.vip.as_ref() != Some(*seen)) {
-        changes.push(Change::DeleteVip { interface: seen.interface.clone() });
+    if let Some(seen) = observed
+        .vip
+        .as_ref()
+        .filter(|seen| desired.vip.as_ref() != Some(*seen))
+    {
+        changes.push(Change::DeleteVip {
+            interface: seen.interface.clone(),
+        });
     }
     for (id, spec) in &desired.nexthops {
         if observed.nexthops.get(id) != Some(spec) {
-            changes.push(Change::ReplaceNexthop { id: *id, spec: spec.clone() });
+            changes.push(Change::ReplaceNexthop {
+                id: *id,
+                spec: spec.clone(),
+            });
         }
     }
     let mut route_forced = false;
@@ -296,7 +319,9 @@ pub fn diff(desired: &EgressState, observed: &EgressState, table: u32) -> Vec<Ch
             changes.push(Change::ReplaceDefaultRoute { table, route });
         }
         Some(_) => {}
-        None if observed.default_route.is_some() => changes.push(Change::DeleteDefaultRoute { table }),
+        None if observed.default_route.is_some() => {
+            changes.push(Change::DeleteDefaultRoute { table })
+        }
         None => {}
     }
     for rule in desired.rules.difference(&observed.rules) {
@@ -311,7 +336,9 @@ pub fn diff(desired: &EgressState, observed: &EgressState, table: u32) -> Vec<Ch
         changes.push(Change::CreateVip(vip.clone()));
     }
     if let Some(seen) = &observed.group {
-        let recreated = changes.iter().any(|c| matches!(c, Change::DeleteGroup { id } if *id == seen.id));
+        let recreated = changes
+            .iter()
+            .any(|c| matches!(c, Change::DeleteGroup { id } if *id == seen.id));
         if desired.group.as_ref().map(|g| g.id) != Some(seen.id) && !recreated {
             changes.push(Change::DeleteGroup { id: seen.id });
         }
@@ -374,7 +401,10 @@ mod tests {
     fn config(n: usize) -> EgressConfig {
         EgressConfig {
             gateways: (0..n)
-                .map(|i| Gateway { name: format!("gw-{i}"), address: Ipv4Addr::new(10, 0, 0, 11 + i as u8) })
+                .map(|i| Gateway {
+                    name: format!("gw-{i}"),
+                    address: Ipv4Addr::new(10, 0, 0, 11 + i as u8),
+                })
                 .collect(),
             interface: "eth0".into(),
             client_subnet: "10.0.0.0/24".parse().unwrap(),
@@ -408,11 +438,18 @@ mod tests {
             apply(&mut state, std::slice::from_ref(change));
             if let Some(g) = &state.group {
                 for m in &g.members {
-                    assert!(state.nexthops.contains_key(m), "group names missing nexthop {m} after {change:?}");
+                    assert!(
+                        state.nexthops.contains_key(m),
+                        "group names missing nexthop {m} after {change:?}"
+                    );
                 }
             }
             if let Some(DefaultRoute::ViaGroup(id)) = state.default_route {
-                assert_eq!(state.group.as_ref().map(|g| g.id), Some(id), "route on missing group after {change:?}");
+                assert_eq!(
+                    state.group.as_ref().map(|g| g.id),
+                    Some(id),
+                    "route on missing group after {change:?}"
+                );
             }
         }
     }
@@ -421,7 +458,10 @@ mod tests {
     fn plan_all_healthy_active() {
         let c = config(3);
         let s = plan(&c, |_| true, Role::Active);
-        assert_eq!(s.nexthops.keys().copied().collect::<Vec<_>>(), vec![7701, 7702, 7703]);
+        assert_eq!(
+            s.nexthops.keys().copied().collect::<Vec<_>>(),
+            vec![7701, 7702, 7703]
+        );
         assert_eq!(s.nexthops[&7702].gateway, Ipv4Addr::new(10, 0, 0, 12));
         let g = s.group.as_ref().unwrap();
         assert_eq!((g.id, g.buckets), (7700, 128));
@@ -429,8 +469,14 @@ mod tests {
         assert_eq!(s.default_route, Some(DefaultRoute::ViaGroup(7700)));
         let rules: Vec<_> = s.rules.iter().collect();
         assert_eq!(rules.len(), 2);
-        assert_eq!((rules[0].priority, rules[0].action, rules[0].iif.as_str()), (7700, RuleAction::Lookup(7700), "vpno-vip"));
-        assert_eq!((rules[1].priority, rules[1].action), (7701, RuleAction::Unreachable));
+        assert_eq!(
+            (rules[0].priority, rules[0].action, rules[0].iif.as_str()),
+            (7700, RuleAction::Lookup(7700), "vpno-vip")
+        );
+        assert_eq!(
+            (rules[1].priority, rules[1].action),
+            (7701, RuleAction::Unreachable)
+        );
         assert!(rules.iter().all(|r| r.source == c.client_subnet));
         assert_eq!(s.vip.as_ref().unwrap().address, c.vip);
         assert_eq!(s.vip.as_ref().unwrap().parent, "eth0");
@@ -524,7 +570,10 @@ mod tests {
         assert_eq!(
             changes,
             vec![
-                Change::ReplaceDefaultRoute { table: 7700, route: DefaultRoute::Unreachable },
+                Change::ReplaceDefaultRoute {
+                    table: 7700,
+                    route: DefaultRoute::Unreachable
+                },
                 Change::DeleteGroup { id: 7700 },
             ]
         );
@@ -538,7 +587,13 @@ mod tests {
         let changes = converges(&after, &before);
         well_ordered(&before, &changes);
         assert!(matches!(changes[0], Change::ReplaceGroup(_)));
-        assert_eq!(changes[1], Change::ReplaceDefaultRoute { table: 7700, route: DefaultRoute::ViaGroup(7700) });
+        assert_eq!(
+            changes[1],
+            Change::ReplaceDefaultRoute {
+                table: 7700,
+                route: DefaultRoute::ViaGroup(7700)
+            }
+        );
         assert_eq!(changes.len(), 2);
     }
 
@@ -547,8 +602,16 @@ mod tests {
         let c = config(2);
         let active = plan(&c, |_| true, Role::Active);
         let standby = plan(&c, |_| true, Role::Standby);
-        assert_eq!(converges(&standby, &active), vec![Change::DeleteVip { interface: "vpno-vip".into() }]);
-        assert!(matches!(converges(&active, &standby)[..], [Change::CreateVip(_)]));
+        assert_eq!(
+            converges(&standby, &active),
+            vec![Change::DeleteVip {
+                interface: "vpno-vip".into()
+            }]
+        );
+        assert!(matches!(
+            converges(&active, &standby)[..],
+            [Change::CreateVip(_)]
+        ));
     }
 
     #[test]
@@ -558,7 +621,10 @@ mod tests {
         let mut observed = desired.clone();
         observed.vip.as_mut().unwrap().address = "10.0.0.9/24".parse().unwrap();
         let changes = converges(&desired, &observed);
-        assert!(matches!(changes[..], [Change::DeleteVip { .. }, Change::CreateVip(_)]));
+        assert!(matches!(
+            changes[..],
+            [Change::DeleteVip { .. }, Change::CreateVip(_)]
+        ));
     }
 
     #[test]
@@ -568,7 +634,10 @@ mod tests {
         let mut desired = plan(&c, |_| true, Role::Standby);
         desired.nexthops.get_mut(&7701).unwrap().gateway = Ipv4Addr::new(10, 0, 0, 77);
         let changes = converges(&desired, &observed);
-        assert!(matches!(changes[0], Change::DeleteVip { .. }), "{changes:?}");
+        assert!(
+            matches!(changes[0], Change::DeleteVip { .. }),
+            "{changes:?}"
+        );
     }
 
     #[test]
@@ -581,9 +650,19 @@ mod tests {
         let group = pos(&|c| matches!(c, Change::DeleteGroup { .. }));
         let first_nh = pos(&|c| matches!(c, Change::DeleteNexthop { .. }));
         assert!(route < group && group < first_nh);
-        assert_eq!(changes.iter().filter(|c| matches!(c, Change::DeleteNexthop { .. })).count(), 3);
+        assert_eq!(
+            changes
+                .iter()
+                .filter(|c| matches!(c, Change::DeleteNexthop { .. }))
+                .count(),
+            3
+        );
         assert!(changes.iter().any(|c| matches!(c, Change::DeleteRule(_))));
-        assert!(changes.iter().any(|c| matches!(c, Change::DeleteVip { .. })));
+        assert!(
+            changes
+                .iter()
+                .any(|c| matches!(c, Change::DeleteVip { .. }))
+        );
     }
 
     #[test]
@@ -594,7 +673,9 @@ mod tests {
         let after = plan(&c, |_| true, Role::Active);
         let changes = converges(&after, &before);
         assert_eq!(changes.len(), 1);
-        assert!(matches!(&changes[0], Change::ReplaceNexthop { id: 7702, spec } if spec.gateway == Ipv4Addr::new(10, 0, 0, 99)));
+        assert!(
+            matches!(&changes[0], Change::ReplaceNexthop { id: 7702, spec } if spec.gateway == Ipv4Addr::new(10, 0, 0, 99))
+        );
     }
 
     #[test]
@@ -604,7 +685,13 @@ mod tests {
         let changes = converges(&after, &before);
         well_ordered(&before, &changes);
         assert!(matches!(changes[0], Change::ReplaceGroup(_)));
-        assert_eq!(changes[1..], [Change::DeleteNexthop { id: 7702 }, Change::DeleteNexthop { id: 7703 }]);
+        assert_eq!(
+            changes[1..],
+            [
+                Change::DeleteNexthop { id: 7702 },
+                Change::DeleteNexthop { id: 7703 }
+            ]
+        );
     }
 
     #[test]
@@ -617,7 +704,11 @@ mod tests {
         well_ordered(&before, &changes);
         assert!(matches!(
             changes[..],
-            [Change::DeleteGroup { id: 7700 }, Change::ReplaceGroup(_), Change::ReplaceDefaultRoute { .. }]
+            [
+                Change::DeleteGroup { id: 7700 },
+                Change::ReplaceGroup(_),
+                Change::ReplaceDefaultRoute { .. }
+            ]
         ));
     }
 
@@ -643,8 +734,12 @@ mod tests {
         });
         let changes = converges(&desired, &observed);
         assert_eq!(changes.len(), 2);
-        assert!(matches!(&changes[0], Change::AddRule(r) if r.source == "10.0.0.0/24".parse::<Ipv4Net>().unwrap()));
-        assert!(matches!(&changes[1], Change::DeleteRule(r) if r.source == "10.9.0.0/16".parse::<Ipv4Net>().unwrap()));
+        assert!(
+            matches!(&changes[0], Change::AddRule(r) if r.source == "10.0.0.0/24".parse::<Ipv4Net>().unwrap())
+        );
+        assert!(
+            matches!(&changes[1], Change::DeleteRule(r) if r.source == "10.9.0.0/16".parse::<Ipv4Net>().unwrap())
+        );
     }
 
     #[test]
@@ -654,7 +749,10 @@ mod tests {
         observed.default_route = Some(DefaultRoute::Unreachable);
         assert_eq!(
             converges(&desired, &observed),
-            vec![Change::ReplaceDefaultRoute { table: 7700, route: DefaultRoute::ViaGroup(7700) }]
+            vec![Change::ReplaceDefaultRoute {
+                table: 7700,
+                route: DefaultRoute::ViaGroup(7700)
+            }]
         );
     }
 

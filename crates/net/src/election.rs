@@ -83,7 +83,11 @@ impl Heartbeat {
             1 => Role::Active,
             other => return Err(HeartbeatError::Role(other)),
         };
-        Ok(Self { priority: b[6], role, vip: Ipv4Addr::new(b[8], b[9], b[10], b[11]) })
+        Ok(Self {
+            priority: b[6],
+            role,
+            vip: Ipv4Addr::new(b[8], b[9], b[10], b[11]),
+        })
     }
 }
 
@@ -118,7 +122,15 @@ impl VipElection {
         dead_interval: Duration,
         now: Instant,
     ) -> Self {
-        Self { priority, address, peer_address, dead_interval, started_at: now, role: Role::Standby, peer: None }
+        Self {
+            priority,
+            address,
+            peer_address,
+            dead_interval,
+            started_at: now,
+            role: Role::Standby,
+            peer: None,
+        }
     }
 
     /// The current role.
@@ -133,12 +145,17 @@ impl VipElection {
 
     /// Whether the peer was heard within the dead interval.
     pub fn peer_alive(&self, now: Instant) -> bool {
-        self.peer.is_some_and(|p| now.saturating_duration_since(p.heard_at) < self.dead_interval)
+        self.peer
+            .is_some_and(|p| now.saturating_duration_since(p.heard_at) < self.dead_interval)
     }
 
     /// The heartbeat this router sends now.
     pub fn heartbeat(&self, vip: Ipv4Addr) -> Heartbeat {
-        Heartbeat { priority: self.priority, role: self.role, vip }
+        Heartbeat {
+            priority: self.priority,
+            role: self.role,
+            vip,
+        }
     }
 
     /// Records a heartbeat from `from`; ignored unless `from` is the configured
@@ -148,12 +165,19 @@ impl VipElection {
         if self.peer_address != Some(from) {
             return;
         }
-        self.peer = (heartbeat.priority != RESIGN_PRIORITY).then_some(PeerView { heartbeat, heard_at: now });
+        self.peer = (heartbeat.priority != RESIGN_PRIORITY).then_some(PeerView {
+            heartbeat,
+            heard_at: now,
+        });
     }
 
     /// The heartbeat a router sends when it shuts down cleanly.
     pub fn resign_heartbeat(vip: Ipv4Addr) -> Heartbeat {
-        Heartbeat { priority: RESIGN_PRIORITY, role: Role::Standby, vip }
+        Heartbeat {
+            priority: RESIGN_PRIORITY,
+            role: Role::Standby,
+            vip,
+        }
     }
 
     /// Whether this router beats the peer in a tie.
@@ -214,7 +238,11 @@ mod tests {
     const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
 
     fn hb(priority: u8, role: Role) -> Heartbeat {
-        Heartbeat { priority, role, vip: VIP }
+        Heartbeat {
+            priority,
+            role,
+            vip: VIP,
+        }
     }
 
     #[test]
@@ -318,7 +346,11 @@ mod tests {
     fn heartbeats_from_strangers_are_ignored() {
         let t0 = Instant::now();
         let mut e = VipElection::new(100, A, Some(B), DEAD, t0);
-        e.on_heartbeat(Ipv4Addr::new(10, 0, 0, 99), hb(250, Role::Active), t0 + DEAD);
+        e.on_heartbeat(
+            Ipv4Addr::new(10, 0, 0, 99),
+            hb(250, Role::Active),
+            t0 + DEAD,
+        );
         assert!(e.peer().is_none());
         assert_eq!(e.tick(t0 + DEAD), Some(Role::Active));
     }

@@ -79,8 +79,12 @@ impl GatewayHealth {
                     HealthState::Unhealthy
                 }
             }
-            HealthState::Healthy if self.consecutive_failures >= self.fall => HealthState::Unhealthy,
-            HealthState::Unhealthy if self.consecutive_successes >= self.rise => HealthState::Healthy,
+            HealthState::Healthy if self.consecutive_failures >= self.fall => {
+                HealthState::Unhealthy
+            }
+            HealthState::Unhealthy if self.consecutive_successes >= self.rise => {
+                HealthState::Healthy
+            }
             same => same,
         };
         (next != self.state).then(|| {

@@ -17,12 +17,19 @@ pub struct GatewayArg {
 impl std::str::FromStr for GatewayArg {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (name, ip) = s.split_once('=').ok_or_else(|| format!("expected NAME=IP, got {s:?}"))?;
+        let (name, ip) = s
+            .split_once('=')
+            .ok_or_else(|| format!("expected NAME=IP, got {s:?}"))?;
         if name.is_empty() {
             return Err(format!("empty gateway name in {s:?}"));
         }
-        let address = ip.parse().map_err(|e| format!("bad IPv4 address {ip:?} for gateway {name}: {e}"))?;
-        Ok(Self { name: name.to_string(), address })
+        let address = ip
+            .parse()
+            .map_err(|e| format!("bad IPv4 address {ip:?} for gateway {name}: {e}"))?;
+        Ok(Self {
+            name: name.to_string(),
+            address,
+        })
     }
 }
 
@@ -36,7 +43,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     let parts: Vec<&str> = s.split(':').collect();
     if parts.len() != 6 {
-        return Err(format!("bad MAC address {s:?}: expected six hex bytes separated by ':'"));
+        return Err(format!(
+            "bad MAC address {s:?}: expected six hex bytes separated by ':'"
+        ));
     }
     let mut mac = [0u8; 6];
     for (byte, part) in mac.iter_mut().zip(parts) {
@@ -155,10 +164,25 @@ mod tests {
     fn defaults_match_the_documented_contract() {
         let a = parse(&[]).unwrap();
         assert_eq!(a.gateways.len(), 2);
-        assert_eq!(a.gateways[1], GatewayArg { name: "gw2".into(), address: Ipv4Addr::new(10, 0, 0, 12) });
-        assert_eq!((a.interval, a.timeout), (Duration::from_secs(1), Duration::from_millis(750)));
-        assert_eq!((a.fall, a.rise, a.health_port, a.health_path.as_str()), (1, 2, 9090, "/healthz"));
-        assert_eq!((a.table, a.rule_priority, a.nexthop_id, a.buckets), (7700, 7700, 7700, 128));
+        assert_eq!(
+            a.gateways[1],
+            GatewayArg {
+                name: "gw2".into(),
+                address: Ipv4Addr::new(10, 0, 0, 12)
+            }
+        );
+        assert_eq!(
+            (a.interval, a.timeout),
+            (Duration::from_secs(1), Duration::from_millis(750))
+        );
+        assert_eq!(
+            (a.fall, a.rise, a.health_port, a.health_path.as_str()),
+            (1, 2, 9090, "/healthz")
+        );
+        assert_eq!(
+            (a.table, a.rule_priority, a.nexthop_id, a.buckets),
+            (7700, 7700, 7700, 128)
+        );
         assert_eq!(a.vip_interface, "vpno-vip");
         assert_eq!(a.vip_mac, [0x02, 0x56, 0x50, 0x4e, 0x4f, 0x01]);
         assert_eq!((a.priority, a.peer, a.heartbeat_port), (100, None, 9096));
@@ -169,12 +193,29 @@ mod tests {
     fn bad_values_are_clear_errors() {
         let err = parse(&["--gateway", "nonsense"]).unwrap_err().to_string();
         assert!(err.contains("expected NAME=IP"), "{err}");
-        let err = parse(&["--gateway", "g=10.0.0.999"]).unwrap_err().to_string();
+        let err = parse(&["--gateway", "g=10.0.0.999"])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bad IPv4 address"), "{err}");
-        assert!(parse(&["--gateway", "=10.0.0.3"]).unwrap_err().to_string().contains("empty gateway name"));
-        assert!(parse(&["--interval", "soon"]).unwrap_err().to_string().contains("bad duration"));
+        assert!(
+            parse(&["--gateway", "=10.0.0.3"])
+                .unwrap_err()
+                .to_string()
+                .contains("empty gateway name")
+        );
+        assert!(
+            parse(&["--interval", "soon"])
+                .unwrap_err()
+                .to_string()
+                .contains("bad duration")
+        );
         assert!(parse(&["--priority", "0"]).is_err());
-        assert!(parse(&["--vip-mac", "01:00:00:00:00:01"]).unwrap_err().to_string().contains("multicast"));
+        assert!(
+            parse(&["--vip-mac", "01:00:00:00:00:01"])
+                .unwrap_err()
+                .to_string()
+                .contains("multicast")
+        );
         assert!(parse(&["--vip-mac", "02:00:00"]).is_err());
     }
 
@@ -193,9 +234,19 @@ mod tests {
         assert_eq!(cfg.nexthop_id(1), 7702);
         assert_eq!(cfg.client_subnet, "10.0.0.0/24".parse().unwrap());
         let dup = parse(&["--gateway", "gw1=10.0.0.13"]).unwrap();
-        assert!(crate::egress_config(&dup).unwrap_err().to_string().contains("given twice"));
+        assert!(
+            crate::egress_config(&dup)
+                .unwrap_err()
+                .to_string()
+                .contains("given twice")
+        );
         let dup_ip = parse(&["--gateway", "gw3=10.0.0.11"]).unwrap();
-        assert!(crate::egress_config(&dup_ip).unwrap_err().to_string().contains("given twice"));
+        assert!(
+            crate::egress_config(&dup_ip)
+                .unwrap_err()
+                .to_string()
+                .contains("given twice")
+        );
         let zero = parse(&["--buckets", "0"]).unwrap();
         assert!(crate::egress_config(&zero).is_err());
         let long = parse(&["--vip-interface", "a-very-long-interface-name"]).unwrap();

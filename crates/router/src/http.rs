@@ -129,14 +129,46 @@ impl RouterMetrics {
     /// Registers every metric under `vpno_router_`.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("vpno_router");
-        r.register("gateways_configured", "Gateways configured", self.gateways_configured.clone());
-        r.register("gateways_healthy", "Gateways currently healthy", self.gateways_healthy.clone());
-        r.register("group_members", "Members of the kernel nexthop group", self.group_members.clone());
-        r.register("role_active", "1 while this router holds the VIP", self.role_active.clone());
-        r.register("probes", "Gateway health probes by result", self.probes.clone());
-        r.register("reconciles", "Kernel reconciles by result", self.reconciles.clone());
-        r.register("role_changes", "Active/standby role changes", self.role_changes.clone());
-        r.register("health_changes", "Gateway health state transitions", self.health_changes.clone());
+        r.register(
+            "gateways_configured",
+            "Gateways configured",
+            self.gateways_configured.clone(),
+        );
+        r.register(
+            "gateways_healthy",
+            "Gateways currently healthy",
+            self.gateways_healthy.clone(),
+        );
+        r.register(
+            "group_members",
+            "Members of the kernel nexthop group",
+            self.group_members.clone(),
+        );
+        r.register(
+            "role_active",
+            "1 while this router holds the VIP",
+            self.role_active.clone(),
+        );
+        r.register(
+            "probes",
+            "Gateway health probes by result",
+            self.probes.clone(),
+        );
+        r.register(
+            "reconciles",
+            "Kernel reconciles by result",
+            self.reconciles.clone(),
+        );
+        r.register(
+            "role_changes",
+            "Active/standby role changes",
+            self.role_changes.clone(),
+        );
+        r.register(
+            "health_changes",
+            "Gateway health state transitions",
+            self.health_changes.clone(),
+        );
     }
 }
 
@@ -161,10 +193,19 @@ pub fn app(shared: Arc<Shared>) -> Router {
 }
 
 async fn healthz(State(s): State<Arc<Shared>>) -> Response {
-    let error = s.status.lock().expect("status lock").last_apply_error.clone();
+    let error = s
+        .status
+        .lock()
+        .expect("status lock")
+        .last_apply_error
+        .clone();
     match error {
         None => (StatusCode::OK, "ok\n").into_response(),
-        Some(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("last reconcile failed: {e}\n")).into_response(),
+        Some(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("last reconcile failed: {e}\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -176,8 +217,18 @@ async fn status(State(s): State<Arc<Shared>>) -> Response {
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &s.registry) {
-        Ok(()) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
             .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}\n")).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics: {e}\n"),
+        )
+            .into_response(),
     }
 }

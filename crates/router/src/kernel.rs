@@ -9,13 +9,18 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt as _;
 use ipnet::Ipv4Net;
+use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, MacVlanMode};
-use netlink_packet_route::route::{RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType};
+use netlink_packet_route::route::{
+    RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
-use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkMacVlan, LinkUnspec, RouteMessageBuilder};
-use vpno_net::egress::{self, Change, DefaultRoute, EgressConfig, EgressState, GroupSpec, NexthopSpec, RuleSpec, VipSpec};
+use vpno_net::egress::{
+    self, Change, DefaultRoute, EgressConfig, EgressState, GroupSpec, NexthopSpec, RuleSpec,
+    VipSpec,
+};
 
 use crate::nexthop::{GROUP_TYPE_RESILIENT, NexthopError, NexthopHandle};
 use crate::sysctl;
@@ -92,12 +97,20 @@ impl NetlinkDataplane {
     pub fn connect() -> Result<Self, KernelError> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(KernelError::Socket)?;
         tokio::spawn(conn);
-        Ok(Self { handle, nexthops: NexthopHandle::connect()? })
+        Ok(Self {
+            handle,
+            nexthops: NexthopHandle::connect()?,
+        })
     }
 
     /// Interface index by name.
     pub async fn link_index(&self, name: &str) -> Result<Option<u32>, KernelError> {
-        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match links.try_next().await {
             Ok(Some(link)) => Ok(Some(link.header.index)),
             Ok(None) => Ok(None),
@@ -107,7 +120,9 @@ impl NetlinkDataplane {
     }
 
     async fn require_index(&self, name: &str) -> Result<u32, KernelError> {
-        self.link_index(name).await?.ok_or_else(|| KernelError::NoSuchInterface(name.to_string()))
+        self.link_index(name)
+            .await?
+            .ok_or_else(|| KernelError::NoSuchInterface(name.to_string()))
     }
 
     /// IPv4 addresses (with prefix) of an interface.
@@ -127,17 +142,25 @@ impl NetlinkDataplane {
             .filter_map(|m| {
                 let prefix = m.header.prefix_len;
                 m.attributes.into_iter().find_map(|a| match a {
-                    AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) => {
-                        Ipv4Net::new(ip, prefix).ok()
-                    }
+                    AddressAttribute::Local(IpAddr::V4(ip))
+                    | AddressAttribute::Address(IpAddr::V4(ip)) => Ipv4Net::new(ip, prefix).ok(),
                     _ => None,
                 })
             })
             .collect())
     }
 
-    async fn link_names(&self) -> Result<BTreeMap<u32, (String, Option<u32>, Vec<u8>, bool)>, KernelError> {
-        let links: Vec<_> = self.handle.link().get().execute().try_collect().await.map_err(nl("listing links"))?;
+    async fn link_names(
+        &self,
+    ) -> Result<BTreeMap<u32, (String, Option<u32>, Vec<u8>, bool)>, KernelError> {
+        let links: Vec<_> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("listing links"))?;
         Ok(links
             .into_iter()
             .map(|l| {
@@ -150,7 +173,10 @@ impl NetlinkDataplane {
                         _ => {}
                     }
                 }
-                (l.header.index, (name, parent, mac, l.header.flags.contains(LinkFlags::Up)))
+                (
+                    l.header.index,
+                    (name, parent, mac, l.header.flags.contains(LinkFlags::Up)),
+                )
             })
             .collect())
     }
@@ -189,7 +215,11 @@ impl NetlinkDataplane {
         let parent = self.require_index(&vip.parent).await?;
         self.handle
             .link()
-            .add(LinkMacVlan::new(&vip.interface, parent, MacVlanMode::Bridge).address(vip.mac.to_vec()).build())
+            .add(
+                LinkMacVlan::new(&vip.interface, parent, MacVlanMode::Bridge)
+                    .address(vip.mac.to_vec())
+                    .build(),
+            )
             .execute()
             .await
             .map_err(nl(format!("creating VIP interface {}", vip.interface)))?;
@@ -198,10 +228,19 @@ impl NetlinkDataplane {
         sysctl::write(&sysctl::conf(&vip.interface, "arp_notify"), "1")?;
         sysctl::write(&sysctl::conf(&vip.interface, "arp_ignore"), "1")?;
         sysctl::write(&sysctl::conf(&vip.interface, "send_redirects"), "0")?;
-        let mut add = self.handle.address().add(index, IpAddr::V4(vip.address.addr()), vip.address.prefix_len());
+        let mut add = self.handle.address().add(
+            index,
+            IpAddr::V4(vip.address.addr()),
+            vip.address.prefix_len(),
+        );
         // The parent already has the subnet's connected route.
-        add.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Noprefixroute));
-        add.execute().await.map_err(nl(format!("adding VIP {} to {}", vip.address, vip.interface)))?;
+        add.message_mut()
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Noprefixroute));
+        add.execute().await.map_err(nl(format!(
+            "adding VIP {} to {}",
+            vip.address, vip.interface
+        )))?;
         self.handle
             .link()
             .set(LinkUnspec::new_with_index(index).up().build())
@@ -211,15 +250,25 @@ impl NetlinkDataplane {
     }
 
     async fn delete_link(&self, name: &str) -> Result<(), KernelError> {
-        let Some(index) = self.link_index(name).await? else { return Ok(()) };
-        ignore_missing(self.handle.link().del(index).execute().await, &format!("deleting interface {name}"))
+        let Some(index) = self.link_index(name).await? else {
+            return Ok(());
+        };
+        ignore_missing(
+            self.handle.link().del(index).execute().await,
+            &format!("deleting interface {name}"),
+        )
     }
 }
 
 impl Dataplane for NetlinkDataplane {
     async fn observe(&self, config: &EgressConfig) -> Result<EgressState, KernelError> {
         let links = self.link_names().await?;
-        let name_of = |i: u32| links.get(&i).map(|l| l.0.clone()).unwrap_or_else(|| format!("if{i}"));
+        let name_of = |i: u32| {
+            links
+                .get(&i)
+                .map(|l| l.0.clone())
+                .unwrap_or_else(|| format!("if{i}"))
+        };
         let mut state = EgressState::default();
 
         for nh in self.nexthops.dump().await? {
@@ -240,10 +289,22 @@ impl Dataplane for NetlinkDataplane {
                     idle_timer_secs: nh.resilient.idle_timer.unwrap_or(0) / 100,
                 });
             } else if let Some((gateway, oif)) = nh.via {
-                state.nexthops.insert(nh.id, NexthopSpec { gateway, interface: name_of(oif) });
+                state.nexthops.insert(
+                    nh.id,
+                    NexthopSpec {
+                        gateway,
+                        interface: name_of(oif),
+                    },
+                );
             } else {
                 // Ours but neither: make it differ so it is replaced or deleted.
-                state.nexthops.insert(nh.id, NexthopSpec { gateway: Ipv4Addr::UNSPECIFIED, interface: String::new() });
+                state.nexthops.insert(
+                    nh.id,
+                    NexthopSpec {
+                        gateway: Ipv4Addr::UNSPECIFIED,
+                        interface: String::new(),
+                    },
+                );
             }
         }
 
@@ -279,15 +340,23 @@ impl Dataplane for NetlinkDataplane {
             });
         }
 
-        let rules: Vec<RuleMessage> =
-            self.handle.rule().get(rtnetlink::IpVersion::V4).execute().try_collect().await.map_err(nl("listing rules"))?;
+        let rules: Vec<RuleMessage> = self
+            .handle
+            .rule()
+            .get(rtnetlink::IpVersion::V4)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("listing rules"))?;
         for r in rules {
             let mut ours = false;
             let (mut priority, mut source, mut iif) = (0, Ipv4Addr::UNSPECIFIED, String::new());
             let mut table = u32::from(r.header.table);
             for a in &r.attributes {
                 match a {
-                    RuleAttribute::Protocol(RouteProtocol::Other(p)) if *p == PROTOCOL => ours = true,
+                    RuleAttribute::Protocol(RouteProtocol::Other(p)) if *p == PROTOCOL => {
+                        ours = true
+                    }
                     RuleAttribute::Priority(p) => priority = *p,
                     RuleAttribute::Source(IpAddr::V4(s)) => source = *s,
                     RuleAttribute::Iifname(i) => iif = i.clone(),
@@ -303,11 +372,18 @@ impl Dataplane for NetlinkDataplane {
                     // Ours but odd: a lookup of an impossible table makes it differ, so it is deleted.
                     _ => egress::RuleAction::Lookup(u32::MAX),
                 };
-                state.rules.insert(RuleSpec { priority, source, iif, action });
+                state.rules.insert(RuleSpec {
+                    priority,
+                    source,
+                    iif,
+                    action,
+                });
             }
         }
 
-        if let Some((&index, (name, parent, mac, up))) = links.iter().find(|(_, l)| l.0 == config.vip_interface) {
+        if let Some((&index, (name, parent, mac, up))) =
+            links.iter().find(|(_, l)| l.0 == config.vip_interface)
+        {
             let addresses = self.ipv4_addresses(index).await?;
             let address = match (up, addresses.as_slice()) {
                 (true, [one]) => *one,
@@ -327,11 +403,15 @@ impl Dataplane for NetlinkDataplane {
         match change {
             Change::ReplaceNexthop { id, spec } => {
                 let oif = self.require_index(&spec.interface).await?;
-                self.nexthops.replace_via(*id, spec.gateway, oif, PROTOCOL).await?;
+                self.nexthops
+                    .replace_via(*id, spec.gateway, oif, PROTOCOL)
+                    .await?;
             }
             Change::ReplaceGroup(g) => {
                 let members: Vec<u32> = g.members.iter().copied().collect();
-                self.nexthops.replace_resilient_group(g.id, &members, g.buckets, g.idle_timer_secs, PROTOCOL).await?;
+                self.nexthops
+                    .replace_resilient_group(g.id, &members, g.buckets, g.idle_timer_secs, PROTOCOL)
+                    .await?;
             }
             Change::ReplaceDefaultRoute { table, route } => {
                 let mut msg = Self::default_route_message(*table);
@@ -361,12 +441,19 @@ impl Dataplane for NetlinkDataplane {
                 *req.message_mut() = Self::rule_message(rule);
                 match req.execute().await {
                     Err(e) if errno(&e) == Some(libc::EEXIST) => {}
-                    other => other.map_err(nl(format!("adding rule from {} {:?}", rule.source, rule.action)))?,
+                    other => other.map_err(nl(format!(
+                        "adding rule from {} {:?}",
+                        rule.source, rule.action
+                    )))?,
                 }
             }
             Change::DeleteRule(rule) => {
                 ignore_missing(
-                    self.handle.rule().del(Self::rule_message(rule)).execute().await,
+                    self.handle
+                        .rule()
+                        .del(Self::rule_message(rule))
+                        .execute()
+                        .await,
                     &format!("deleting rule from {} {:?}", rule.source, rule.action),
                 )?;
             }
@@ -376,7 +463,9 @@ impl Dataplane for NetlinkDataplane {
                 self.create_vip(vip).await?;
             }
             Change::DeleteVip { interface } => self.delete_link(interface).await?,
-            Change::DeleteGroup { id } | Change::DeleteNexthop { id } => self.nexthops.delete(*id).await?,
+            Change::DeleteGroup { id } | Change::DeleteNexthop { id } => {
+                self.nexthops.delete(*id).await?
+            }
         }
         Ok(())
     }
@@ -384,5 +473,9 @@ impl Dataplane for NetlinkDataplane {
 
 /// Members of the observed group, for status reporting.
 pub fn group_members(state: &EgressState) -> BTreeSet<u32> {
-    state.group.as_ref().map(|g| g.members.clone()).unwrap_or_default()
+    state
+        .group
+        .as_ref()
+        .map(|g| g.members.clone())
+        .unwrap_or_default()
 }

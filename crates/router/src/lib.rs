@@ -46,7 +46,10 @@ use vpno_net::election::{HEARTBEAT_LEN, Heartbeat, VipElection};
 use vpno_net::health::GatewayHealth;
 
 pub use args::RouterArgs;
-use http::{GatewayStatus, GroupStatus, LastProbe, PeerStatus, ResultLabel, RouterMetrics, RouterStatus, Shared};
+use http::{
+    GatewayStatus, GroupStatus, LastProbe, PeerStatus, ResultLabel, RouterMetrics, RouterStatus,
+    Shared,
+};
 use kernel::{Dataplane, KernelError, NetlinkDataplane};
 use probe::{HealthProber, ProbeResult};
 use sysctl::SysctlGuard;
@@ -106,29 +109,55 @@ pub fn egress_config(args: &RouterArgs) -> Result<EgressConfig, RouterError> {
     let mut addresses = std::collections::BTreeSet::new();
     for g in &args.gateways {
         if !names.insert(&g.name) {
-            return Err(RouterError::Config(format!("gateway name {:?} given twice", g.name)));
+            return Err(RouterError::Config(format!(
+                "gateway name {:?} given twice",
+                g.name
+            )));
         }
         if !addresses.insert(g.address) {
-            return Err(RouterError::Config(format!("gateway address {} given twice", g.address)));
+            return Err(RouterError::Config(format!(
+                "gateway address {} given twice",
+                g.address
+            )));
         }
     }
     if args.gateways.is_empty() {
-        return Err(RouterError::Config("at least one --gateway NAME=IP is required".into()));
+        return Err(RouterError::Config(
+            "at least one --gateway NAME=IP is required".into(),
+        ));
     }
     if args.buckets == 0 {
         return Err(RouterError::Config("--buckets must be at least 1".into()));
     }
     if args.interval.is_zero() || args.timeout.is_zero() {
-        return Err(RouterError::Config("--interval and --timeout must be positive".into()));
+        return Err(RouterError::Config(
+            "--interval and --timeout must be positive".into(),
+        ));
     }
     if args.interface.len() > 15 || args.vip_interface.len() > 15 {
-        return Err(RouterError::Config("interface names are at most 15 bytes".into()));
+        return Err(RouterError::Config(
+            "interface names are at most 15 bytes".into(),
+        ));
     }
-    if args.nexthop_id == 0 || args.nexthop_id.checked_add(1 + args.gateways.len() as u32).is_none() {
-        return Err(RouterError::Config("--nexthop-id must be >= 1 and leave room for one id per gateway".into()));
+    if args.nexthop_id == 0
+        || args
+            .nexthop_id
+            .checked_add(1 + args.gateways.len() as u32)
+            .is_none()
+    {
+        return Err(RouterError::Config(
+            "--nexthop-id must be >= 1 and leave room for one id per gateway".into(),
+        ));
     }
     Ok(EgressConfig {
-        gateways: args.gateways.iter().map(|g| Gateway { name: g.name.clone(), address: g.address }).collect(),
+        gateways: args
+            .gateways
+            .iter()
+            .map(|g| Gateway {
+                name: g.name.clone(),
+                address: g.address,
+            })
+            .collect(),
         interface: args.interface.clone(),
         client_subnet: args.client_subnet.trunc(),
         vip: args.vip,
@@ -154,14 +183,18 @@ fn set_sysctls(guard: &mut SysctlGuard, args: &RouterArgs) -> Result<(), RouterE
         guard.set(fields, "55")?; // 0x37
         guard.set(sysctl::ipv4("fib_multipath_hash_policy"), "3")?;
     } else {
-        warn!("this kernel has no net.ipv4.fib_multipath_hash_fields (< 5.12): using L4 policy 1, flows may move on TCP retransmission");
+        warn!(
+            "this kernel has no net.ipv4.fib_multipath_hash_fields (< 5.12): using L4 policy 1, flows may move on TCP retransmission"
+        );
         guard.set(sysctl::ipv4("fib_multipath_hash_policy"), "1")?;
     }
     let seed = sysctl::ipv4("fib_multipath_hash_seed");
     if seed.exists() {
         guard.set(seed, &args.hash_seed.to_string())?;
     } else {
-        warn!("this kernel has no net.ipv4.fib_multipath_hash_seed (< 6.11): flow hashing uses a per-boot random seed");
+        warn!(
+            "this kernel has no net.ipv4.fib_multipath_hash_seed (< 6.11): flow hashing uses a per-boot random seed"
+        );
     }
     // Clients and gateways share the L2 network: a redirect would send clients
     // straight to one gateway, around the router and its failover.
@@ -174,7 +207,10 @@ fn set_sysctls(guard: &mut SysctlGuard, args: &RouterArgs) -> Result<(), RouterE
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Per-gateway runtime state.
@@ -185,14 +221,26 @@ struct GatewayRuntime {
 
 /// Runs the router until `shutdown` completes, then tears down. The lab and
 /// tests use this directly (in a thread that entered the router's netns).
-pub async fn run_until(args: RouterArgs, shutdown: impl Future<Output = ()>) -> Result<(), RouterError> {
+pub async fn run_until(
+    args: RouterArgs,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RouterError> {
     let config = egress_config(&args)?;
     let dataplane = NetlinkDataplane::connect()?;
     let if_index = dataplane
         .link_index(&args.interface)
         .await?
-        .ok_or_else(|| RouterError::Config(format!("interface {:?} does not exist in this namespace", args.interface)))?;
-    let own_address = dataplane.ipv4_addresses(if_index).await?.first().map(|n| n.addr());
+        .ok_or_else(|| {
+            RouterError::Config(format!(
+                "interface {:?} does not exist in this namespace",
+                args.interface
+            ))
+        })?;
+    let own_address = dataplane
+        .ipv4_addresses(if_index)
+        .await?
+        .first()
+        .map(|n| n.addr());
     let own_address = match (own_address, args.peer) {
         (Some(a), _) => a,
         (None, None) => Ipv4Addr::UNSPECIFIED,
@@ -234,7 +282,11 @@ pub async fn run_until(args: RouterArgs, shutdown: impl Future<Output = ()>) -> 
     failures.extend(sysctls.restore().into_iter().map(|e| e.to_string()));
     info!(failures = failures.len(), "router state removed");
     result?;
-    if failures.is_empty() { Ok(()) } else { Err(RouterError::Teardown(failures.join("; "))) }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(RouterError::Teardown(failures.join("; ")))
+    }
 }
 
 /// The running part: HTTP server, heartbeats, probe/reconcile loop.
@@ -248,7 +300,9 @@ async fn serve(
     let metrics = RouterMetrics::default();
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
-    metrics.gateways_configured.set(config.gateways.len() as i64);
+    metrics
+        .gateways_configured
+        .set(config.gateways.len() as i64);
     let shared = Arc::new(Shared {
         status: Mutex::new(RouterStatus {
             role: Role::Standby,
@@ -266,7 +320,11 @@ async fn serve(
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .map_err(|source| RouterError::Bind { what: "HTTP listener", addr: args.listen, source })?;
+        .map_err(|source| RouterError::Bind {
+            what: "HTTP listener",
+            addr: args.listen,
+            source,
+        })?;
     let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let http = tokio::spawn(
         axum::serve(listener, http::app(shared.clone()))
@@ -282,7 +340,11 @@ async fn serve(
             let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, args.heartbeat_port));
             let sock = UdpSocket::bind(addr)
                 .await
-                .map_err(|source| RouterError::Bind { what: "heartbeat socket", addr, source })?;
+                .map_err(|source| RouterError::Bind {
+                    what: "heartbeat socket",
+                    addr,
+                    source,
+                })?;
             Some(Arc::new(sock))
         }
         None => None,
@@ -314,7 +376,13 @@ async fn serve(
     });
 
     let dead_interval = args.interval * 3;
-    let mut election = VipElection::new(args.priority, own_address, args.peer, dead_interval, Instant::now());
+    let mut election = VipElection::new(
+        args.priority,
+        own_address,
+        args.peer,
+        dead_interval,
+        Instant::now(),
+    );
     if let Some(role) = election.tick(Instant::now()) {
         role_changed(role, &shared);
     }
@@ -322,7 +390,10 @@ async fn serve(
     let mut gateways: Vec<GatewayRuntime> = config
         .gateways
         .iter()
-        .map(|_| GatewayRuntime { health: GatewayHealth::new(args.fall, args.rise), last: None })
+        .map(|_| GatewayRuntime {
+            health: GatewayHealth::new(args.fall, args.rise),
+            last: None,
+        })
         .collect();
     info!(
         gateways = config.gateways.len(),
@@ -360,7 +431,8 @@ async fn serve(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     // Reconcile once before the first probe: rules in place, table unreachable.
-    let mut observed_after = reconcile(config, dataplane, &gateways, election.role(), &shared).await;
+    let mut observed_after =
+        reconcile(config, dataplane, &gateways, election.role(), &shared).await;
     loop {
         let deadline = election.next_deadline();
         let mut dirty = false;
@@ -399,24 +471,44 @@ async fn serve(
             dirty = true;
             // Tell the peer at once (resolves a double-active quickly).
             if let (Some(sock), Some(peer)) = (&heartbeat_socket, args.peer) {
-                let _ = sock.send_to(&election.heartbeat(args.vip.addr()).encode(), (peer, args.heartbeat_port)).await;
+                let _ = sock
+                    .send_to(
+                        &election.heartbeat(args.vip.addr()).encode(),
+                        (peer, args.heartbeat_port),
+                    )
+                    .await;
             }
         }
         if dirty {
-            observed_after = reconcile(config, dataplane, &gateways, election.role(), &shared).await;
+            observed_after =
+                reconcile(config, dataplane, &gateways, election.role(), &shared).await;
         }
-        update_status(config, &gateways, &election, &observed_after, &shared, args.peer);
+        update_status(
+            config,
+            &gateways,
+            &election,
+            &observed_after,
+            &shared,
+            args.peer,
+        );
     }
     probe_task.abort();
 
     info!("router stopping");
     // Give up the VIP before telling the peer to take it, so the two never hold it together.
-    if let Err(e) = dataplane.apply(&egress::Change::DeleteVip { interface: config.vip_interface.clone() }).await {
+    if let Err(e) = dataplane
+        .apply(&egress::Change::DeleteVip {
+            interface: config.vip_interface.clone(),
+        })
+        .await
+    {
         warn!(error = %e, "removing the VIP interface failed");
     }
     if let (Some(sock), Some(peer)) = (&heartbeat_socket, args.peer) {
         let hb = VipElection::resign_heartbeat(args.vip.addr());
-        let _ = sock.send_to(&hb.encode(), (peer, args.heartbeat_port)).await;
+        let _ = sock
+            .send_to(&hb.encode(), (peer, args.heartbeat_port))
+            .await;
     }
     if let Some(r) = receiver {
         r.abort();
@@ -435,7 +527,10 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 
 fn role_changed(role: Role, shared: &Shared) {
     shared.metrics.role_changes.inc();
-    shared.metrics.role_active.set(i64::from(role == Role::Active));
+    shared
+        .metrics
+        .role_active
+        .set(i64::from(role == Role::Active));
     info!(?role, "router role changed");
 }
 
@@ -462,10 +557,16 @@ async fn reconcile(
                     errors.push(e.to_string());
                 }
             }
-            if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+            if errors.is_empty() {
+                Ok(())
+            } else {
+                Err(errors.join("; "))
+            }
         }
     };
-    let label = ResultLabel { result: if outcome.is_ok() { "ok" } else { "error" } };
+    let label = ResultLabel {
+        result: if outcome.is_ok() { "ok" } else { "error" },
+    };
     shared.metrics.reconciles.get_or_create(&label).inc();
     let mut status = shared.status.lock().expect("status lock");
     match outcome {
@@ -490,11 +591,17 @@ fn update_status(
     peer: Option<Ipv4Addr>,
 ) {
     let now = Instant::now();
-    let members = state.as_ref().map(kernel::group_members).unwrap_or_default();
+    let members = state
+        .as_ref()
+        .map(kernel::group_members)
+        .unwrap_or_default();
     let healthy = gateways.iter().filter(|g| g.health.is_healthy()).count();
     shared.metrics.gateways_healthy.set(healthy as i64);
     shared.metrics.group_members.set(members.len() as i64);
-    shared.metrics.role_active.set(i64::from(election.role() == Role::Active));
+    shared
+        .metrics
+        .role_active
+        .set(i64::from(election.role() == Role::Active));
     let mut status = shared.status.lock().expect("status lock");
     status.role = election.role();
     status.peer = peer.map(|address| {
@@ -503,7 +610,8 @@ fn update_status(
             address: address.to_string(),
             role: view.map(|v| v.heartbeat.role),
             priority: view.map(|v| v.heartbeat.priority),
-            last_heard_ms_ago: view.map(|v| now.saturating_duration_since(v.heard_at).as_millis() as u64),
+            last_heard_ms_ago: view
+                .map(|v| now.saturating_duration_since(v.heard_at).as_millis() as u64),
         }
     });
     status.gateways = config
@@ -530,7 +638,12 @@ fn update_status(
             id: g.id,
             kind: "resilient",
             buckets: g.buckets,
-            members: g.members.iter().filter_map(|id| config.gateway_of(*id)).map(|gw| gw.name.clone()).collect(),
+            members: g
+                .members
+                .iter()
+                .filter_map(|id| config.gateway_of(*id))
+                .map(|gw| gw.name.clone())
+                .collect(),
         });
         status.default_route = match state.default_route {
             Some(DefaultRoute::ViaGroup(_)) => "nexthop-group",
@@ -557,10 +670,18 @@ mod tests {
             Ok(self.state.lock().unwrap().clone())
         }
         async fn apply(&self, change: &Change) -> Result<(), KernelError> {
-            if self.refuse_nexthops && matches!(change, Change::ReplaceNexthop { .. } | Change::ReplaceGroup(_)) {
+            if self.refuse_nexthops
+                && matches!(
+                    change,
+                    Change::ReplaceNexthop { .. } | Change::ReplaceGroup(_)
+                )
+            {
                 return Err(KernelError::NoSuchInterface("eth0".into()));
             }
-            egress::apply(&mut self.state.lock().unwrap(), std::slice::from_ref(change));
+            egress::apply(
+                &mut self.state.lock().unwrap(),
+                std::slice::from_ref(change),
+            );
             Ok(())
         }
     }
@@ -574,13 +695,22 @@ mod tests {
                 args: RouterArgs,
             }
             Cli::parse_from([
-                "router", "--interface=eth0", "--gateway=a=10.0.0.11", "--gateway=b=10.0.0.12",
-                "--client-subnet=10.0.0.0/24", "--vip=10.0.0.1/24",
+                "router",
+                "--interface=eth0",
+                "--gateway=a=10.0.0.11",
+                "--gateway=b=10.0.0.12",
+                "--client-subnet=10.0.0.0/24",
+                "--vip=10.0.0.1/24",
             ])
             .args
         };
         let config = egress_config(&args).unwrap();
-        let gateways = (0..2).map(|_| GatewayRuntime { health: GatewayHealth::new(1, 1), last: None }).collect();
+        let gateways = (0..2)
+            .map(|_| GatewayRuntime {
+                health: GatewayHealth::new(1, 1),
+                last: None,
+            })
+            .collect();
         let shared = Shared {
             status: Mutex::new(RouterStatus {
                 role: Role::Standby,
@@ -603,10 +733,18 @@ mod tests {
         let (config, mut gateways, shared) = setup();
         gateways[0].health.record(true);
         gateways[1].health.record(false);
-        let kernel = FakeKernel { state: Mutex::new(EgressState::default()), refuse_nexthops: false };
-        let after = reconcile(&config, &kernel, &gateways, Role::Active, &shared).await.unwrap();
+        let kernel = FakeKernel {
+            state: Mutex::new(EgressState::default()),
+            refuse_nexthops: false,
+        };
+        let after = reconcile(&config, &kernel, &gateways, Role::Active, &shared)
+            .await
+            .unwrap();
         assert_eq!(*kernel.state.lock().unwrap(), after);
-        assert_eq!(after.group.unwrap().members.into_iter().collect::<Vec<_>>(), vec![7701]);
+        assert_eq!(
+            after.group.unwrap().members.into_iter().collect::<Vec<_>>(),
+            vec![7701]
+        );
         assert!(shared.status.lock().unwrap().last_apply_error.is_none());
         let again = kernel.state.lock().unwrap().clone();
         assert!(egress::diff(&again, &again, config.table).is_empty());
@@ -620,12 +758,27 @@ mod tests {
         start.nexthops.clear();
         start.group = None;
         start.default_route = None;
-        let kernel = FakeKernel { state: Mutex::new(start), refuse_nexthops: true };
-        assert!(reconcile(&config, &kernel, &gateways, Role::Standby, &shared).await.is_none());
+        let kernel = FakeKernel {
+            state: Mutex::new(start),
+            refuse_nexthops: true,
+        };
+        assert!(
+            reconcile(&config, &kernel, &gateways, Role::Standby, &shared)
+                .await
+                .is_none()
+        );
         let state = kernel.state.lock().unwrap().clone();
-        assert!(state.vip.is_none(), "VIP kept although the router is standby");
+        assert!(
+            state.vip.is_none(),
+            "VIP kept although the router is standby"
+        );
         // The kill-switch rule is in place regardless.
-        assert!(state.rules.iter().any(|r| r.action == RuleAction::Unreachable));
+        assert!(
+            state
+                .rules
+                .iter()
+                .any(|r| r.action == RuleAction::Unreachable)
+        );
         assert!(shared.status.lock().unwrap().last_apply_error.is_some());
     }
 }

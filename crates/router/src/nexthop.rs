@@ -11,8 +11,8 @@ use std::net::Ipv4Addr;
 
 use futures::StreamExt as _;
 use netlink_packet_core::{
-    DecodeError, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkDeserializable,
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable,
+    DecodeError, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST,
+    NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable,
 };
 use netlink_proto::ConnectionHandle;
 use netlink_sys::{SocketAddr, protocols::NETLINK_ROUTE};
@@ -99,7 +99,14 @@ fn push_nla(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
 
 impl NexthopMessage {
     fn new(message_type: u16, family: u8, protocol: u8, attributes: Vec<NexthopAttribute>) -> Self {
-        Self { message_type, family, scope: 0, protocol, flags: 0, attributes }
+        Self {
+            message_type,
+            family,
+            scope: 0,
+            protocol,
+            flags: 0,
+            attributes,
+        }
     }
 
     /// The value of `NHA_ID`.
@@ -127,7 +134,9 @@ impl NexthopMessage {
                     }
                     push_nla(&mut out, NHA_GROUP, &v);
                 }
-                NexthopAttribute::GroupType(t) => push_nla(&mut out, NHA_GROUP_TYPE, &t.to_ne_bytes()),
+                NexthopAttribute::GroupType(t) => {
+                    push_nla(&mut out, NHA_GROUP_TYPE, &t.to_ne_bytes())
+                }
                 NexthopAttribute::Oif(i) => push_nla(&mut out, NHA_OIF, &i.to_ne_bytes()),
                 NexthopAttribute::Gateway(a) => push_nla(&mut out, NHA_GATEWAY, &a.octets()),
                 NexthopAttribute::Resilient(p) => {
@@ -151,7 +160,10 @@ impl NexthopMessage {
 
     fn decode(message_type: u16, b: &[u8]) -> Result<Self, DecodeError> {
         if b.len() < 8 {
-            return Err(DecodeError::from(format!("nhmsg too short: {} bytes", b.len())));
+            return Err(DecodeError::from(format!(
+                "nhmsg too short: {} bytes",
+                b.len()
+            )));
         }
         let mut msg = Self {
             message_type,
@@ -165,8 +177,12 @@ impl NexthopMessage {
             let attr = match kind {
                 NHA_ID => NexthopAttribute::Id(u32_of(v)?),
                 NHA_OIF => NexthopAttribute::Oif(u32_of(v)?),
-                NHA_GROUP_TYPE if v.len() >= 2 => NexthopAttribute::GroupType(u16::from_ne_bytes([v[0], v[1]])),
-                NHA_GATEWAY if v.len() == 4 => NexthopAttribute::Gateway(Ipv4Addr::new(v[0], v[1], v[2], v[3])),
+                NHA_GROUP_TYPE if v.len() >= 2 => {
+                    NexthopAttribute::GroupType(u16::from_ne_bytes([v[0], v[1]]))
+                }
+                NHA_GATEWAY if v.len() == 4 => {
+                    NexthopAttribute::Gateway(Ipv4Addr::new(v[0], v[1], v[2], v[3]))
+                }
                 NHA_GROUP => NexthopAttribute::Group(
                     v.chunks_exact(8)
                         .map(|c| {
@@ -179,7 +195,9 @@ impl NexthopMessage {
                     let mut p = ResilientParams::default();
                     for (k, v) in nlas(v)? {
                         match k {
-                            NHA_RES_GROUP_BUCKETS if v.len() >= 2 => p.buckets = Some(u16::from_ne_bytes([v[0], v[1]])),
+                            NHA_RES_GROUP_BUCKETS if v.len() >= 2 => {
+                                p.buckets = Some(u16::from_ne_bytes([v[0], v[1]]))
+                            }
                             NHA_RES_GROUP_IDLE_TIMER => p.idle_timer = Some(u32_of(v)?),
                             NHA_RES_GROUP_UNBALANCED_TIMER => p.unbalanced_timer = Some(u32_of(v)?),
                             _ => {}
@@ -320,23 +338,34 @@ pub struct NexthopHandle {
 impl NexthopHandle {
     /// Opens a connection in the current network namespace and spawns its task.
     pub fn connect() -> Result<Self, NexthopError> {
-        let (conn, handle, _) =
-            netlink_proto::new_connection::<NexthopMessage>(NETLINK_ROUTE).map_err(NexthopError::Socket)?;
+        let (conn, handle, _) = netlink_proto::new_connection::<NexthopMessage>(NETLINK_ROUTE)
+            .map_err(NexthopError::Socket)?;
         tokio::spawn(conn);
         Ok(Self { handle })
     }
 
-    async fn request(&self, msg: NexthopMessage, flags: u16, op: String) -> Result<Vec<NexthopMessage>, NexthopError> {
+    async fn request(
+        &self,
+        msg: NexthopMessage,
+        flags: u16,
+        op: String,
+    ) -> Result<Vec<NexthopMessage>, NexthopError> {
         let mut header = NetlinkHeader::default();
         header.flags = flags;
         let mut req = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
         req.finalize();
-        let mut responses = self.handle.request(req, SocketAddr::new(0, 0)).map_err(|_| NexthopError::Closed)?;
+        let mut responses = self
+            .handle
+            .request(req, SocketAddr::new(0, 0))
+            .map_err(|_| NexthopError::Closed)?;
         let mut out = Vec::new();
         while let Some(resp) = responses.next().await {
             match resp.payload {
                 NetlinkPayload::Error(e) if e.code.is_some() => {
-                    return Err(NexthopError::Kernel { op, source: e.to_io() });
+                    return Err(NexthopError::Kernel {
+                        op,
+                        source: e.to_io(),
+                    });
                 }
                 NetlinkPayload::InnerMessage(m) => out.push(m),
                 _ => {}
@@ -348,20 +377,38 @@ impl NexthopHandle {
     /// Dumps every nexthop object of the namespace.
     pub async fn dump(&self) -> Result<Vec<KernelNexthop>, NexthopError> {
         let msg = NexthopMessage::new(RTM_GETNEXTHOP, AF_UNSPEC, 0, vec![]);
-        let msgs = self.request(msg, NLM_F_REQUEST | NLM_F_DUMP, "nexthop dump".into()).await?;
-        Ok(msgs.into_iter().filter(|m| m.message_type == RTM_NEWNEXTHOP).map(KernelNexthop::from).collect())
+        let msgs = self
+            .request(msg, NLM_F_REQUEST | NLM_F_DUMP, "nexthop dump".into())
+            .await?;
+        Ok(msgs
+            .into_iter()
+            .filter(|m| m.message_type == RTM_NEWNEXTHOP)
+            .map(KernelNexthop::from)
+            .collect())
     }
 
     /// `ip nexthop replace id <id> via <gateway> dev <oif> proto <protocol>`.
-    pub async fn replace_via(&self, id: u32, gateway: Ipv4Addr, oif: u32, protocol: u8) -> Result<(), NexthopError> {
+    pub async fn replace_via(
+        &self,
+        id: u32,
+        gateway: Ipv4Addr,
+        oif: u32,
+        protocol: u8,
+    ) -> Result<(), NexthopError> {
         let msg = NexthopMessage::new(
             RTM_NEWNEXTHOP,
             AF_INET,
             protocol,
-            vec![NexthopAttribute::Id(id), NexthopAttribute::Oif(oif), NexthopAttribute::Gateway(gateway)],
+            vec![
+                NexthopAttribute::Id(id),
+                NexthopAttribute::Oif(oif),
+                NexthopAttribute::Gateway(gateway),
+            ],
         );
         let flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
-        self.request(msg, flags, format!("nexthop replace id {id} via {gateway}")).await.map(drop)
+        self.request(msg, flags, format!("nexthop replace id {id} via {gateway}"))
+            .await
+            .map(drop)
     }
 
     /// `ip nexthop replace id <id> group <members> type resilient buckets <n> idle_timer <t>`.
@@ -389,13 +436,26 @@ impl NexthopHandle {
             ],
         );
         let flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE;
-        self.request(msg, flags, format!("nexthop replace group id {id} members {members:?}")).await.map(drop)
+        self.request(
+            msg,
+            flags,
+            format!("nexthop replace group id {id} members {members:?}"),
+        )
+        .await
+        .map(drop)
     }
 
     /// `ip nexthop del id <id>`; a missing object counts as deleted.
     pub async fn delete(&self, id: u32) -> Result<(), NexthopError> {
         let msg = NexthopMessage::new(RTM_DELNEXTHOP, AF_UNSPEC, 0, vec![NexthopAttribute::Id(id)]);
-        match self.request(msg, NLM_F_REQUEST | NLM_F_ACK, format!("nexthop del id {id}")).await {
+        match self
+            .request(
+                msg,
+                NLM_F_REQUEST | NLM_F_ACK,
+                format!("nexthop del id {id}"),
+            )
+            .await
+        {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
             other => other.map(drop),
         }
@@ -435,7 +495,10 @@ mod tests {
             RTM_NEWNEXTHOP,
             AF_INET,
             77,
-            vec![NexthopAttribute::Id(5), NexthopAttribute::Gateway(Ipv4Addr::new(10, 0, 0, 11))],
+            vec![
+                NexthopAttribute::Id(5),
+                NexthopAttribute::Gateway(Ipv4Addr::new(10, 0, 0, 11)),
+            ],
         );
         let b = msg.encode();
         // nhmsg (8) + NHA_ID (8) + NHA_GATEWAY (8)
@@ -450,6 +513,9 @@ mod tests {
     #[test]
     fn truncated_messages_are_errors_not_panics() {
         assert!(NexthopMessage::decode(RTM_NEWNEXTHOP, &[0, 0, 0]).is_err());
-        assert!(NexthopMessage::decode(RTM_NEWNEXTHOP, &[2, 0, 77, 0, 0, 0, 0, 0, 200, 0, 1, 0]).is_err());
+        assert!(
+            NexthopMessage::decode(RTM_NEWNEXTHOP, &[2, 0, 77, 0, 0, 0, 0, 0, 200, 0, 1, 0])
+                .is_err()
+        );
     }
 }

@@ -39,9 +39,20 @@ impl HealthProber {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(timeout));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build(connector);
-        let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
-        Self { client, port, path, timeout }
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(connector);
+        let path = if path.starts_with('/') {
+            path.to_string()
+        } else {
+            format!("/{path}")
+        };
+        Self {
+            client,
+            port,
+            path,
+            timeout,
+        }
     }
 
     /// The probed URL of a gateway.
@@ -62,9 +73,24 @@ impl HealthProber {
         };
         let latency_ms = started.elapsed().as_secs_f64() * 1e3;
         match outcome {
-            Ok(200) => ProbeResult { ok: true, status: Some(200), error: None, latency_ms },
-            Ok(s) => ProbeResult { ok: false, status: Some(s), error: Some(format!("HTTP status {s}")), latency_ms },
-            Err(e) => ProbeResult { ok: false, status: None, error: Some(e), latency_ms },
+            Ok(200) => ProbeResult {
+                ok: true,
+                status: Some(200),
+                error: None,
+                latency_ms,
+            },
+            Ok(s) => ProbeResult {
+                ok: false,
+                status: Some(s),
+                error: Some(format!("HTTP status {s}")),
+                latency_ms,
+            },
+            Err(e) => ProbeResult {
+                ok: false,
+                status: None,
+                error: Some(e),
+                latency_ms,
+            },
         }
     }
 }

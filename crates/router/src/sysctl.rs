@@ -16,7 +16,9 @@ pub struct SysctlError {
 
 /// `/proc/sys/net/ipv4/conf/<interface>/<key>`.
 pub fn conf(interface: &str, key: &str) -> PathBuf {
-    Path::new("/proc/sys/net/ipv4/conf").join(interface).join(key)
+    Path::new("/proc/sys/net/ipv4/conf")
+        .join(interface)
+        .join(key)
 }
 
 /// `/proc/sys/net/ipv4/<key>`.
@@ -25,12 +27,17 @@ pub fn ipv4(key: &str) -> PathBuf {
 }
 
 fn err(path: &Path) -> impl FnOnce(std::io::Error) -> SysctlError + '_ {
-    move |source| SysctlError { path: path.display().to_string(), source }
+    move |source| SysctlError {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// Reads a sysctl (trimmed).
 pub fn read(path: &Path) -> Result<String, SysctlError> {
-    std::fs::read_to_string(path).map(|s| s.trim().to_string()).map_err(err(path))
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(err(path))
 }
 
 /// Writes a sysctl.
@@ -59,6 +66,10 @@ impl SysctlGuard {
 
     /// Restores every changed sysctl (in reverse order); returns the failures.
     pub fn restore(&mut self) -> Vec<SysctlError> {
-        self.saved.drain(..).rev().filter_map(|(p, old)| write(&p, &old).err()).collect()
+        self.saved
+            .drain(..)
+            .rev()
+            .filter_map(|(p, old)| write(&p, &old).err())
+            .collect()
     }
 }

@@ -24,16 +24,26 @@ const VIP: &str = "10.77.0.1";
 
 fn skip_unless_root() -> bool {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_test_writer()
         .try_init();
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let root = status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
-    let tools = ["ip", "nft"].iter().all(|t| Command::new(t).arg("-V").output().is_ok());
+    let root = status
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    let tools = ["ip", "nft"]
+        .iter()
+        .all(|t| Command::new(t).arg("-V").output().is_ok());
     if root && tools {
         return false;
     }
-    let why = if root { "needs the ip and nft binaries" } else { "needs root" };
+    let why = if root {
+        "needs the ip and nft binaries"
+    } else {
+        "needs root"
+    };
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("router netns test {why} (CI=true)");
     }
@@ -42,12 +52,22 @@ fn skip_unless_root() -> bool {
 }
 
 fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("spawn");
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn sh_out(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("spawn");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -73,11 +93,18 @@ impl Netns {
     }
     /// Reads `/proc/sys/<path>` inside the namespace.
     fn sysctl(&self, path: &'static str) -> String {
-        run_in(&self.0, move || std::fs::read_to_string(format!("/proc/sys/{path}")).unwrap().trim().to_string())
+        run_in(&self.0, move || {
+            std::fs::read_to_string(format!("/proc/sys/{path}"))
+                .unwrap()
+                .trim()
+                .to_string()
+        })
     }
     /// Writes `/proc/sys/<path>` inside the namespace.
     fn set_sysctl(&self, path: &'static str, value: &'static str) {
-        run_in(&self.0, move || std::fs::write(format!("/proc/sys/{path}"), value).unwrap());
+        run_in(&self.0, move || {
+            std::fs::write(format!("/proc/sys/{path}"), value).unwrap()
+        });
     }
 }
 
@@ -116,7 +143,10 @@ impl Server {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = spawn_in(ns, move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             let local = tokio::task::LocalSet::new();
             local.block_on(&rt, async move {
                 let fut = make();
@@ -127,8 +157,13 @@ impl Server {
                 }
             });
         });
-        ready_rx.recv_timeout(Duration::from_secs(5)).expect("server started");
-        Server { stop: Some(tx), thread: Some(thread) }
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("server started");
+        Server {
+            stop: Some(tx),
+            thread: Some(thread),
+        }
     }
 }
 
@@ -155,7 +190,9 @@ fn health_server(ns: &str, mode: Arc<AtomicU8>) -> Server {
     Server::start(ns, move || async move {
         let listener = tokio::net::TcpListener::bind("0.0.0.0:9090").await.unwrap();
         loop {
-            let Ok((mut sock, _)) = listener.accept().await else { continue };
+            let Ok((mut sock, _)) = listener.accept().await else {
+                continue;
+            };
             let mode = mode.load(Ordering::SeqCst);
             tokio::task::spawn_local(async move {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -165,9 +202,15 @@ fn health_server(ns: &str, mode: Arc<AtomicU8>) -> Server {
                     tokio::time::sleep(Duration::from_secs(5)).await;
                     return;
                 }
-                let (status, body) =
-                    if mode == HEALTHY { ("200 OK", "ok\n") } else { ("503 Service Unavailable", "down\n") };
-                let resp = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                let (status, body) = if mode == HEALTHY {
+                    ("200 OK", "ok\n")
+                } else {
+                    ("503 Service Unavailable", "down\n")
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
                 let _ = sock.write_all(resp.as_bytes()).await;
             });
         }
@@ -177,14 +220,21 @@ fn health_server(ns: &str, mode: Arc<AtomicU8>) -> Server {
 /// TCP sink: tells each connection the address it came from, then echoes lines.
 fn sink_server(ns: &str, accepted: Arc<AtomicUsize>) -> Server {
     Server::start(ns, move || async move {
-        let listener = tokio::net::TcpListener::bind((SINK, SINK_PORT)).await.unwrap();
+        let listener = tokio::net::TcpListener::bind((SINK, SINK_PORT))
+            .await
+            .unwrap();
         loop {
-            let Ok((sock, peer)) = listener.accept().await else { continue };
+            let Ok((sock, peer)) = listener.accept().await else {
+                continue;
+            };
             accepted.fetch_add(1, Ordering::SeqCst);
             tokio::task::spawn_local(async move {
                 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
                 let (r, mut w) = sock.into_split();
-                if w.write_all(format!("{}\n", peer.ip()).as_bytes()).await.is_err() {
+                if w.write_all(format!("{}\n", peer.ip()).as_bytes())
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 let mut lines = tokio::io::BufReader::new(r).lines();
@@ -210,7 +260,10 @@ impl RouterTask {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (crash_tx, crash_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = spawn_in(ns, move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let run = vpno_router::run_until(args, async {
                     let _ = stop_rx.await;
@@ -221,7 +274,11 @@ impl RouterTask {
                 }
             })
         });
-        RouterTask { shutdown: Some(stop_tx), crash: Some(crash_tx), thread: Some(thread) }
+        RouterTask {
+            shutdown: Some(stop_tx),
+            crash: Some(crash_tx),
+            thread: Some(thread),
+        }
     }
 
     /// Clean shutdown; returns run's result.
@@ -270,7 +327,18 @@ impl Lab {
         let mut attach = |ns: &Netns, addr: &str| {
             port += 1;
             sh(&[
-                "ip", "link", "add", "eth0", "netns", &ns.0, "type", "veth", "peer", "name", &format!("p{port}"), "netns",
+                "ip",
+                "link",
+                "add",
+                "eth0",
+                "netns",
+                &ns.0,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &format!("p{port}"),
+                "netns",
                 &switch.0,
             ]);
             switch.ip(&format!("link set p{port} master br0 up"));
@@ -283,15 +351,36 @@ impl Lab {
         for k in 1..=gateways {
             let g = Netns::new(format!("{prefix}-g{k}"));
             attach(&g, &format!("10.77.0.{}", 10 + k));
-            sh(&["ip", "link", "add", "up0", "netns", &g.0, "type", "veth", "peer", "name", &format!("g{k}"), "netns", &sink.0]);
+            sh(&[
+                "ip",
+                "link",
+                "add",
+                "up0",
+                "netns",
+                &g.0,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &format!("g{k}"),
+                "netns",
+                &sink.0,
+            ]);
             g.ip(&format!("addr add 198.51.100.{}/30 dev up0", 4 * k + 1));
             g.ip("link set up0 up");
             sink.ip(&format!("addr add 198.51.100.{}/30 dev g{k}", 4 * k + 2));
             sink.ip(&format!("link set g{k} up"));
-            g.ip(&format!("route add 203.0.113.0/24 via 198.51.100.{}", 4 * k + 2));
+            g.ip(&format!(
+                "route add 203.0.113.0/24 via 198.51.100.{}",
+                4 * k + 2
+            ));
             g.set_sysctl("net/ipv4/ip_forward", "1");
             sh(&[
-                "ip", "netns", "exec", &g.0, "nft",
+                "ip",
+                "netns",
+                "exec",
+                &g.0,
+                "nft",
                 "add table ip vpnotest; add chain ip vpnotest post { type nat hook postrouting priority 100; }; add rule ip vpnotest post oifname \"up0\" masquerade",
             ]);
             gws.push(g);
@@ -356,19 +445,29 @@ impl Lab {
         v.get(0)
             .and_then(|nh| nh.get("group"))
             .and_then(|g| g.as_array())
-            .map(|g| g.iter().filter_map(|m| m.get("id").and_then(|i| i.as_u64())).map(|i| i as u32).collect())
+            .map(|g| {
+                g.iter()
+                    .filter_map(|m| m.get("id").and_then(|i| i.as_u64()))
+                    .map(|i| i as u32)
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     fn has_vip(&self, router: usize) -> bool {
-        self.routers[router].ip_out("-br addr show dev vpno-vip").contains(VIP)
+        self.routers[router]
+            .ip_out("-br addr show dev vpno-vip")
+            .contains(VIP)
     }
 
     /// Polls `cond` every 10 ms up to `limit`; returns the time it took.
     fn wait(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
         let start = Instant::now();
         while !cond() {
-            assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+            assert!(
+                start.elapsed() < limit,
+                "timed out after {limit:?} waiting for {what}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         start.elapsed()
@@ -380,11 +479,16 @@ fn fresh_connections(client: &str, n: usize) -> Vec<Result<String, std::io::Erro
     run_in(client, move || {
         (0..n)
             .map(|_| {
-                let mut s = TcpStream::connect_timeout(&SocketAddr::from((SINK, SINK_PORT)), Duration::from_secs(2))
-                    .map_err(|e| e.kind())?;
+                let mut s = TcpStream::connect_timeout(
+                    &SocketAddr::from((SINK, SINK_PORT)),
+                    Duration::from_secs(2),
+                )
+                .map_err(|e| e.kind())?;
                 s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
                 let mut line = String::new();
-                BufReader::new(&mut s).read_line(&mut line).map_err(|e| e.kind())?;
+                BufReader::new(&mut s)
+                    .read_line(&mut line)
+                    .map_err(|e| e.kind())?;
                 Ok(line.trim().to_string())
             })
             .collect()
@@ -414,7 +518,11 @@ impl LongLived {
         let thread = spawn_in(client, move || {
             let mut conns = Vec::new();
             for _ in 0..n {
-                let s = TcpStream::connect_timeout(&SocketAddr::from((SINK, SINK_PORT)), Duration::from_secs(2)).unwrap();
+                let s = TcpStream::connect_timeout(
+                    &SocketAddr::from((SINK, SINK_PORT)),
+                    Duration::from_secs(2),
+                )
+                .unwrap();
                 s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
                 let mut r = BufReader::new(s.try_clone().unwrap());
                 let mut line = String::new();
@@ -427,7 +535,9 @@ impl LongLived {
                     .iter_mut()
                     .map(|(_, s, r)| {
                         let mut echo = String::new();
-                        s.write_all(b"ping\n").is_ok() && r.read_line(&mut echo).is_ok() && echo == "ping\n"
+                        s.write_all(b"ping\n").is_ok()
+                            && r.read_line(&mut echo).is_ok()
+                            && echo == "ping\n"
                     })
                     .collect();
                 if result_tx.send(kept).is_err() {
@@ -438,14 +548,23 @@ impl LongLived {
                 let _ = s.shutdown(std::net::Shutdown::Both);
             }
         });
-        let via = via_rx.recv_timeout(Duration::from_secs(30)).expect("long-lived connections open");
-        LongLived { check_tx, result_rx, thread: Some(thread), via }
+        let via = via_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("long-lived connections open");
+        LongLived {
+            check_tx,
+            result_rx,
+            thread: Some(thread),
+            via,
+        }
     }
 
     /// Sends a line on every connection; whether its echo came back.
     fn check(&self) -> Vec<bool> {
         self.check_tx.send(()).unwrap();
-        self.result_rx.recv_timeout(Duration::from_secs(60)).expect("check finished")
+        self.result_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("check finished")
     }
 }
 
@@ -466,29 +585,58 @@ fn spreads_flows_fails_over_goes_unreachable_and_cleans_up() {
     }
     let lab = Lab::new("a", 3, 1);
     let router = RouterTask::start(&lab.routers[0].0, lab.router_args(0, None, 100));
-    let took = Lab::wait("3 gateways in the group", Duration::from_secs(10), || lab.group_members(0).len() == 3);
+    let took = Lab::wait("3 gateways in the group", Duration::from_secs(10), || {
+        lab.group_members(0).len() == 3
+    });
     eprintln!("router up, group of 3 installed after {took:?}");
     assert!(lab.has_vip(0), "standalone router holds the VIP");
     let group = lab.routers[0].ip_out("-j nexthop show id 7700");
-    assert!(group.contains("\"type\":\"resilient\""), "resilient group: {group}");
+    assert!(
+        group.contains("\"type\":\"resilient\""),
+        "resilient group: {group}"
+    );
     assert!(group.contains("\"buckets\":128"), "128 buckets: {group}");
     // Policy 3 over the packet's 5-tuple (0x37), not the socket hash policy 1 would reuse.
-    assert_eq!(lab.routers[0].sysctl("net/ipv4/fib_multipath_hash_policy"), "3", "custom hash policy");
-    assert_eq!(lab.routers[0].sysctl("net/ipv4/fib_multipath_hash_fields"), "55", "5-tuple hash fields (0x37)");
-    assert_eq!(lab.routers[0].sysctl("net/ipv4/conf/eth0/send_redirects"), "0", "no ICMP redirects");
+    assert_eq!(
+        lab.routers[0].sysctl("net/ipv4/fib_multipath_hash_policy"),
+        "3",
+        "custom hash policy"
+    );
+    assert_eq!(
+        lab.routers[0].sysctl("net/ipv4/fib_multipath_hash_fields"),
+        "55",
+        "5-tuple hash fields (0x37)"
+    );
+    assert_eq!(
+        lab.routers[0].sysctl("net/ipv4/conf/eth0/send_redirects"),
+        "0",
+        "no ICMP redirects"
+    );
     let rules = lab.routers[0].ip_out("rule show");
-    assert!(rules.contains("7700:\tfrom 10.77.0.0/24 iif vpno-vip lookup 7700"), "lookup rule: {rules}");
-    assert!(rules.contains("7701:\tfrom 10.77.0.0/24 iif vpno-vip unreachable"), "kill-switch rule: {rules}");
+    assert!(
+        rules.contains("7700:\tfrom 10.77.0.0/24 iif vpno-vip lookup 7700"),
+        "lookup rule: {rules}"
+    );
+    assert!(
+        rules.contains("7701:\tfrom 10.77.0.0/24 iif vpno-vip unreachable"),
+        "kill-switch rule: {rules}"
+    );
 
     // /status and /metrics, from inside the router's namespace.
     let (status, metrics) = run_in(&lab.routers[0].0, || {
         let get = |path: &str| {
             let mut s = TcpStream::connect("127.0.0.1:9095").expect("router HTTP");
             s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
             let mut body = String::new();
             s.read_to_string(&mut body).unwrap();
-            body.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+            body.split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_string())
+                .unwrap_or_default()
         };
         // the status snapshot follows the reconcile that installed the group
         std::thread::sleep(Duration::from_millis(200));
@@ -497,32 +645,52 @@ fn spreads_flows_fails_over_goes_unreachable_and_cleans_up() {
     let status: serde_json::Value = serde_json::from_str(&status).expect("status is JSON");
     assert_eq!(status["role"], "active");
     assert_eq!(status["default_route"], "nexthop-group");
-    assert_eq!(status["nexthop_group"]["members"], serde_json::json!(["gw1", "gw2", "gw3"]));
+    assert_eq!(
+        status["nexthop_group"]["members"],
+        serde_json::json!(["gw1", "gw2", "gw3"])
+    );
     assert_eq!(status["gateways"][1]["state"], "healthy");
     assert_eq!(status["gateways"][1]["last_probe"]["ok"], true);
-    assert!(metrics.contains("vpno_router_gateways_healthy 3"), "metrics: {metrics}");
-    assert!(metrics.contains("vpno_router_role_active 1"), "metrics: {metrics}");
+    assert!(
+        metrics.contains("vpno_router_gateways_healthy 3"),
+        "metrics: {metrics}"
+    );
+    assert!(
+        metrics.contains("vpno_router_role_active 1"),
+        "metrics: {metrics}"
+    );
 
     // 1. Many fresh connections spread over every gateway, never elsewhere.
     let results = fresh_connections(&lab.client.0, 60);
     let mut per_gateway = [0usize; 4];
     for r in &results {
         let addr = r.as_ref().expect("fresh connection through the router");
-        let k = gateway_of_snat(addr).unwrap_or_else(|| panic!("connection came from {addr}, not a gateway"));
+        let k = gateway_of_snat(addr)
+            .unwrap_or_else(|| panic!("connection came from {addr}, not a gateway"));
         per_gateway[k] += 1;
     }
     eprintln!("60 fresh connections per gateway: {:?}", &per_gateway[1..]);
-    assert!(per_gateway[1..].iter().all(|&n| n > 0), "every gateway carries flows: {per_gateway:?}");
+    assert!(
+        per_gateway[1..].iter().all(|&n| n > 0),
+        "every gateway carries flows: {per_gateway:?}"
+    );
 
     // 2. Long-lived connections, then gateway 3 turns unhealthy.
     let streams = LongLived::open(&lab.client.0, 30);
-    assert!(streams.check().iter().all(|k| *k), "long-lived connections work before the failure");
+    assert!(
+        streams.check().iter().all(|k| *k),
+        "long-lived connections work before the failure"
+    );
     let via = streams.via.clone();
 
     // Gateway 3's agent hangs (worst case: the probe has to time out).
     let killed = Instant::now();
     lab.health[2].store(SILENT, Ordering::SeqCst);
-    Lab::wait("gateway 3 out of the group", Duration::from_secs(10), || !lab.group_members(0).contains(&7703));
+    Lab::wait(
+        "gateway 3 out of the group",
+        Duration::from_secs(10),
+        || !lab.group_members(0).contains(&7703),
+    );
     let detection = killed.elapsed();
     assert_eq!(lab.group_members(0), vec![7701, 7702]);
     eprintln!(
@@ -531,7 +699,12 @@ fn spreads_flows_fails_over_goes_unreachable_and_cleans_up() {
 
     let kept = streams.check();
     drop(streams);
-    let survivors: Vec<bool> = via.iter().zip(&kept).filter(|(g, _)| **g != 3).map(|(_, k)| *k).collect();
+    let survivors: Vec<bool> = via
+        .iter()
+        .zip(&kept)
+        .filter(|(g, _)| **g != 3)
+        .map(|(_, k)| *k)
+        .collect();
     let kept_n = survivors.iter().filter(|k| **k).count();
     eprintln!(
         "FIGURE flows on surviving gateways kept: {kept_n}/{} ({:.0}%); flows that were on gateway 3: {}",
@@ -539,7 +712,11 @@ fn spreads_flows_fails_over_goes_unreachable_and_cleans_up() {
         100.0 * kept_n as f64 / survivors.len().max(1) as f64,
         via.iter().filter(|g| **g == 3).count()
     );
-    assert_eq!(kept_n, survivors.len(), "a flow on a surviving gateway broke");
+    assert_eq!(
+        kept_n,
+        survivors.len(),
+        "a flow on a surviving gateway broke"
+    );
 
     // New connections now avoid gateway 3.
     for r in fresh_connections(&lab.client.0, 20) {
@@ -553,9 +730,14 @@ fn spreads_flows_fails_over_goes_unreachable_and_cleans_up() {
     lab.health[0].store(FAILING, Ordering::SeqCst);
     lab.health[1].store(FAILING, Ordering::SeqCst);
     Lab::wait("unreachable default", Duration::from_secs(10), || {
-        lab.routers[0].ip_out("route show table 7700").contains("unreachable default")
+        lab.routers[0]
+            .ip_out("route show table 7700")
+            .contains("unreachable default")
     });
-    eprintln!("FIGURE failover detection (gateway agents answer 503 -> unreachable): {:?}", failed.elapsed());
+    eprintln!(
+        "FIGURE failover detection (gateway agents answer 503 -> unreachable): {:?}",
+        failed.elapsed()
+    );
     assert!(lab.group_members(0).is_empty());
     let before = lab.sink_accepted.load(Ordering::SeqCst);
     for r in fresh_connections(&lab.client.0, 5) {
@@ -563,22 +745,44 @@ fn spreads_flows_fails_over_goes_unreachable_and_cleans_up() {
         eprintln!("client with no healthy gateway gets: {err:?}");
         assert_ne!(err, std::io::ErrorKind::WouldBlock);
     }
-    assert_eq!(lab.sink_accepted.load(Ordering::SeqCst), before, "traffic reached the sink another way");
+    assert_eq!(
+        lab.sink_accepted.load(Ordering::SeqCst),
+        before,
+        "traffic reached the sink another way"
+    );
 
     // 4. Recovery: rise 2 successes.
-    lab.health.iter().for_each(|h| h.store(HEALTHY, Ordering::SeqCst));
-    let back = Lab::wait("all gateways back", Duration::from_secs(10), || lab.group_members(0).len() == 3);
+    lab.health
+        .iter()
+        .for_each(|h| h.store(HEALTHY, Ordering::SeqCst));
+    let back = Lab::wait("all gateways back", Duration::from_secs(10), || {
+        lab.group_members(0).len() == 3
+    });
     eprintln!("all gateways back in the group after {back:?} (rise 2)");
 
     // 5. Clean shutdown removes everything and restores sysctls.
     router.stop().expect("clean shutdown");
     let r = &lab.routers[0];
     assert_eq!(r.ip_out("nexthop show").trim(), "", "nexthops left behind");
-    assert_eq!(r.ip_out("route show table 7700").trim(), "", "routes left behind");
-    assert!(!r.ip_out("rule show").contains("lookup 7700"), "rule left behind");
-    assert!(!r.ip_out("link show").contains("vpno-vip"), "VIP interface left behind");
+    assert_eq!(
+        r.ip_out("route show table 7700").trim(),
+        "",
+        "routes left behind"
+    );
+    assert!(
+        !r.ip_out("rule show").contains("lookup 7700"),
+        "rule left behind"
+    );
+    assert!(
+        !r.ip_out("link show").contains("vpno-vip"),
+        "VIP interface left behind"
+    );
     assert_eq!(r.sysctl("net/ipv4/ip_forward"), "0", "ip_forward restored");
-    assert_eq!(r.sysctl("net/ipv4/conf/eth0/send_redirects"), "1", "send_redirects restored");
+    assert_eq!(
+        r.sysctl("net/ipv4/conf/eth0/send_redirects"),
+        "1",
+        "send_redirects restored"
+    );
 }
 
 #[test]
@@ -587,17 +791,39 @@ fn standby_takes_the_vip_when_the_active_router_dies() {
         return;
     }
     let lab = Lab::new("b", 2, 2);
-    let r1 = RouterTask::start(&lab.routers[0].0, lab.router_args(0, Some("10.77.0.3"), 200));
-    let r2 = RouterTask::start(&lab.routers[1].0, lab.router_args(1, Some("10.77.0.2"), 100));
-    Lab::wait("one router holds the VIP", Duration::from_secs(15), || lab.has_vip(0) || lab.has_vip(1));
+    let r1 = RouterTask::start(
+        &lab.routers[0].0,
+        lab.router_args(0, Some("10.77.0.3"), 200),
+    );
+    let r2 = RouterTask::start(
+        &lab.routers[1].0,
+        lab.router_args(1, Some("10.77.0.2"), 100),
+    );
+    Lab::wait("one router holds the VIP", Duration::from_secs(15), || {
+        lab.has_vip(0) || lab.has_vip(1)
+    });
     // Let the election settle, then check there is exactly one holder.
     std::thread::sleep(Duration::from_secs(2));
     let (a, b) = (lab.has_vip(0), lab.has_vip(1));
     assert!(a ^ b, "exactly one router holds the VIP (r1 {a}, r2 {b})");
-    let (active, standby, active_task, standby_task) = if a { (0, 1, r1, r2) } else { (1, 0, r2, r1) };
-    eprintln!("router {} active, router {} standby", active + 1, standby + 1);
-    Lab::wait("standby has the group ready", Duration::from_secs(10), || lab.group_members(standby).len() == 2);
-    assert!(fresh_connections(&lab.client.0, 5).iter().all(|r| r.is_ok()), "egress through the active router");
+    let (active, standby, active_task, standby_task) =
+        if a { (0, 1, r1, r2) } else { (1, 0, r2, r1) };
+    eprintln!(
+        "router {} active, router {} standby",
+        active + 1,
+        standby + 1
+    );
+    Lab::wait(
+        "standby has the group ready",
+        Duration::from_secs(10),
+        || lab.group_members(standby).len() == 2,
+    );
+    assert!(
+        fresh_connections(&lab.client.0, 5)
+            .iter()
+            .all(|r| r.is_ok()),
+        "egress through the active router"
+    );
 
     // Client probes egress continuously.
     let stop = Arc::new(AtomicBool::new(false));
@@ -607,13 +833,16 @@ fn standby_takes_the_vip_when_the_active_router_dies() {
         let start = Instant::now();
         while !stop2.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(30) {
             let attempt = Instant::now();
-            let ok = TcpStream::connect_timeout(&SocketAddr::from((SINK, SINK_PORT)), Duration::from_millis(200))
-                .and_then(|mut s| {
-                    s.set_read_timeout(Some(Duration::from_millis(300)))?;
-                    let mut b = [0u8; 1];
-                    s.read_exact(&mut b)
-                })
-                .is_ok();
+            let ok = TcpStream::connect_timeout(
+                &SocketAddr::from((SINK, SINK_PORT)),
+                Duration::from_millis(200),
+            )
+            .and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_millis(300)))?;
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b)
+            })
+            .is_ok();
             if ok {
                 ok_times.push(attempt);
             }
@@ -629,15 +858,21 @@ fn standby_takes_the_vip_when_the_active_router_dies() {
     lab.routers[active].ip("link set eth0 down");
     // Only now is the old router's kernel state out of the path.
     let killed = Instant::now();
-    let takeover = Lab::wait("standby takes the VIP", Duration::from_secs(15), || lab.has_vip(standby));
+    let takeover = Lab::wait("standby takes the VIP", Duration::from_secs(15), || {
+        lab.has_vip(standby)
+    });
     // The gratuitous ARP from the new VIP interface teaches the bridge where the
     // virtual MAC lives now (bridge ports: p1..p2 gateways, p3 r1, p4 r2).
     let port = format!("dev p{}", 3 + standby);
-    Lab::wait("bridge learned the VIP MAC on the new active's port", Duration::from_secs(5), || {
-        sh_out(&["bridge", "-n", &lab._switch.0, "fdb", "show", "br", "br0"])
-            .lines()
-            .any(|l| l.starts_with("02:56:50:4e:4f:01") && l.contains(&port))
-    });
+    Lab::wait(
+        "bridge learned the VIP MAC on the new active's port",
+        Duration::from_secs(5),
+        || {
+            sh_out(&["bridge", "-n", &lab._switch.0, "fdb", "show", "br", "br0"])
+                .lines()
+                .any(|l| l.starts_with("02:56:50:4e:4f:01") && l.contains(&port))
+        },
+    );
     Lab::wait("egress resumes", Duration::from_secs(15), || {
         fresh_connections(&lab.client.0, 1)[0].is_ok()
     });
@@ -650,7 +885,9 @@ fn standby_takes_the_vip_when_the_active_router_dies() {
         (Some(b), Some(a)) => a.duration_since(b),
         _ => panic!("client egress did not work both before and after the takeover"),
     };
-    eprintln!("FIGURE VIP takeover after active router death: VIP on standby after {takeover:?}; client egress gap {gap:?} (interval 1s, dead interval 3s)");
+    eprintln!(
+        "FIGURE VIP takeover after active router death: VIP on standby after {takeover:?}; client egress gap {gap:?} (interval 1s, dead interval 3s)"
+    );
     // Same seed, same hash policy, same group history: the new active maps
     // flows to the same gateways, so established flows can survive (printed,
     // not asserted: it depends on both routers having seen the same history).
@@ -666,30 +903,87 @@ fn standby_takes_the_vip_when_the_active_router_dies() {
     // it must stay standby, no split brain, egress keeps working.
     lab.routers[active].ip("link del vpno-vip");
     lab.routers[active].ip("link set eth0 up");
-    let returned = RouterTask::start(&lab.routers[active].0, lab.router_args(active, Some(if active == 0 { "10.77.0.3" } else { "10.77.0.2" }), if active == 0 { 200 } else { 100 }));
+    let returned = RouterTask::start(
+        &lab.routers[active].0,
+        lab.router_args(
+            active,
+            Some(if active == 0 {
+                "10.77.0.3"
+            } else {
+                "10.77.0.2"
+            }),
+            if active == 0 { 200 } else { 100 },
+        ),
+    );
     let watch = Instant::now();
     while watch.elapsed() < Duration::from_secs(5) {
-        assert!(!lab.has_vip(active), "returning router took the VIP (split brain / preemption)");
+        assert!(
+            !lab.has_vip(active),
+            "returning router took the VIP (split brain / preemption)"
+        );
         assert!(lab.has_vip(standby), "new active router lost the VIP");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(fresh_connections(&lab.client.0, 5).iter().all(|r| r.is_ok()), "egress after the old active returned");
-    Lab::wait("returned router has the group ready", Duration::from_secs(10), || lab.group_members(active).len() == 2);
+    assert!(
+        fresh_connections(&lab.client.0, 5)
+            .iter()
+            .all(|r| r.is_ok()),
+        "egress after the old active returned"
+    );
+    Lab::wait(
+        "returned router has the group ready",
+        Duration::from_secs(10),
+        || lab.group_members(active).len() == 2,
+    );
 
     // Clean stop of the active: it resigns, the other takes over without
     // waiting for the dead interval.
     let stopping = Instant::now();
-    standby_task.stop().expect("clean shutdown of the new active router");
-    let handover = Lab::wait("returned router takes over after the resign", Duration::from_secs(10), || lab.has_vip(active));
-    eprintln!("FIGURE clean handover (SIGTERM of the active -> VIP on the other): {:?}", stopping.elapsed());
+    standby_task
+        .stop()
+        .expect("clean shutdown of the new active router");
+    let handover = Lab::wait(
+        "returned router takes over after the resign",
+        Duration::from_secs(10),
+        || lab.has_vip(active),
+    );
+    eprintln!(
+        "FIGURE clean handover (SIGTERM of the active -> VIP on the other): {:?}",
+        stopping.elapsed()
+    );
     let _ = handover;
-    assert!(fresh_connections(&lab.client.0, 3).iter().all(|r| r.is_ok()), "egress after the clean handover");
-    returned.stop().expect("clean shutdown of the returned router");
+    assert!(
+        fresh_connections(&lab.client.0, 3)
+            .iter()
+            .all(|r| r.is_ok()),
+        "egress after the clean handover"
+    );
+    returned
+        .stop()
+        .expect("clean shutdown of the returned router");
 
     for r in &lab.routers {
-        assert!(!r.ip_out("link show").contains("vpno-vip"), "VIP interface left behind in {}", r.0);
-        assert_eq!(r.ip_out("nexthop show").trim(), "", "nexthops left behind in {}", r.0);
-        assert!(!r.ip_out("rule show").contains("proto 77"), "rules left behind in {}", r.0);
-        assert_eq!(r.ip_out("route show table 7700").trim(), "", "routes left behind in {}", r.0);
+        assert!(
+            !r.ip_out("link show").contains("vpno-vip"),
+            "VIP interface left behind in {}",
+            r.0
+        );
+        assert_eq!(
+            r.ip_out("nexthop show").trim(),
+            "",
+            "nexthops left behind in {}",
+            r.0
+        );
+        assert!(
+            !r.ip_out("rule show").contains("proto 77"),
+            "rules left behind in {}",
+            r.0
+        );
+        assert_eq!(
+            r.ip_out("route show table 7700").trim(),
+            "",
+            "routes left behind in {}",
+            r.0
+        );
     }
 }

@@ -20,7 +20,9 @@ pub struct TokenSet {
 impl std::fmt::Debug for TokenSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the tokens themselves.
-        f.debug_struct("TokenSet").field("count", &self.tokens.len()).finish()
+        f.debug_struct("TokenSet")
+            .field("count", &self.tokens.len())
+            .finish()
     }
 }
 
@@ -31,19 +33,30 @@ impl TokenSet {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let tokens =
-            tokens.into_iter().map(|t| t.as_ref().trim().as_bytes().to_vec()).filter(|t| !t.is_empty()).collect();
-        TokenSet { tokens: Arc::new(tokens) }
+        let tokens = tokens
+            .into_iter()
+            .map(|t| t.as_ref().trim().as_bytes().to_vec())
+            .filter(|t| !t.is_empty())
+            .collect();
+        TokenSet {
+            tokens: Arc::new(tokens),
+        }
     }
 
     /// Tokens from a text: one per line; blank lines and `#` comments ignored.
     pub fn parse_lines(text: &str) -> Vec<String> {
-        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned).collect()
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Tokens from a Secret's data: every line of every value.
     pub fn from_secret_data(data: &BTreeMap<String, k8s_openapi::ByteString>) -> Vec<String> {
-        data.values().flat_map(|v| Self::parse_lines(&String::from_utf8_lossy(&v.0))).collect()
+        data.values()
+            .flat_map(|v| Self::parse_lines(&String::from_utf8_lossy(&v.0)))
+            .collect()
     }
 
     /// Number of tokens.
@@ -74,16 +87,27 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Middleware: rejects requests without a valid `Authorization: Bearer` token.
-pub async fn require_token(State(tokens): State<TokenSet>, request: Request, next: Next) -> Response {
-    let header = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+pub async fn require_token(
+    State(tokens): State<TokenSet>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     let presented = header.and_then(|h| {
         let (scheme, token) = h.split_once(' ')?;
         scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
     });
     match presented {
         Some(token) if tokens.accepts(token.as_bytes()) => next.run(request).await,
-        Some(_) => HttpError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the bearer token is not valid")
-            .into_response(),
+        Some(_) => HttpError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the bearer token is not valid",
+        )
+        .into_response(),
         None => HttpError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",

@@ -62,8 +62,15 @@ pub fn query_mix(catalog: &Catalog) -> Vec<String> {
     let mut mix = Vec::new();
     for (i, p) in providers.iter().enumerate() {
         mix.push(format!("/servers?provider={}&limit=20", enc(p)));
-        mix.push(format!("/servers?provider={}&vpn={}&limit=50", enc(p), if i % 2 == 0 { "openvpn" } else { "wireguard" }));
-        mix.push(format!("/servers?provider={}&port_forward=false&owned=false&limit=10&offset=5", enc(p)));
+        mix.push(format!(
+            "/servers?provider={}&vpn={}&limit=50",
+            enc(p),
+            if i % 2 == 0 { "openvpn" } else { "wireguard" }
+        ));
+        mix.push(format!(
+            "/servers?provider={}&port_forward=false&owned=false&limit=10&offset=5",
+            enc(p)
+        ));
     }
     for (i, c) in countries.iter().enumerate().step_by(3) {
         mix.push(format!("/servers?country={}&limit=25", enc(c)));
@@ -87,7 +94,9 @@ pub fn query_mix(catalog: &Catalog) -> Vec<String> {
 fn index_vs_scan(catalog: &Catalog, mix: &[String]) -> (Duration, Duration) {
     let queries: Vec<_> = mix
         .iter()
-        .filter_map(|path| crate::servers::parse_server_query(path.split_once('?').map(|(_, q)| q), true).ok())
+        .filter_map(|path| {
+            crate::servers::parse_server_query(path.split_once('?').map(|(_, q)| q), true).ok()
+        })
         .collect();
     let rounds = 5;
     let mut checksum = 0usize;
@@ -104,7 +113,11 @@ fn index_vs_scan(catalog: &Catalog, mix: &[String]) -> (Duration, Duration) {
     let mut check_scan = 0usize;
     for _ in 0..rounds {
         for q in &queries {
-            let matching: Vec<_> = catalog.servers().iter().filter(|s| q.filter.matches(s)).collect();
+            let matching: Vec<_> = catalog
+                .servers()
+                .iter()
+                .filter(|s| q.filter.matches(s))
+                .collect();
             check_scan += matching.len() + matching.iter().skip(q.offset).take(q.limit).count();
         }
     }
@@ -128,10 +141,16 @@ fn ms(d: Duration) -> f64 {
 /// Runs the benchmark and prints its figures.
 pub async fn run(args: ServersArgs) -> Result<(), BenchError> {
     if args.requests == 0 || args.concurrency == 0 {
-        return Err(BenchError::Args("--requests and --concurrency must be at least 1".into()));
+        return Err(BenchError::Args(
+            "--requests and --concurrency must be at least 1".into(),
+        ));
     }
     let token = crate::proxy::random_token(32);
-    let config = ApiConfig::new(args.catalog.clone(), TokenSet::new([token.as_str()]), "unused");
+    let config = ApiConfig::new(
+        args.catalog.clone(),
+        TokenSet::new([token.as_str()]),
+        "unused",
+    );
     let load_started = Instant::now();
     let catalog_path = args.catalog.clone();
     let catalog = tokio::task::spawn_blocking(move || Catalog::load(&catalog_path))
@@ -158,7 +177,10 @@ pub async fn run(args: ServersArgs) -> Result<(), BenchError> {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
-        .map_err(|source| ApiError::Serve { addr: "127.0.0.1:0".into(), source })?;
+        .map_err(|source| ApiError::Serve {
+            addr: "127.0.0.1:0".into(),
+            source,
+        })?;
     let api = crate::start(config, None, listener).await?;
     let base = api.url();
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
@@ -175,7 +197,13 @@ pub async fn run(args: ServersArgs) -> Result<(), BenchError> {
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..args.concurrency {
-        let (client, next, mix, base, token) = (client.clone(), next.clone(), mix.clone(), base.clone(), token.clone());
+        let (client, next, mix, base, token) = (
+            client.clone(),
+            next.clone(),
+            mix.clone(),
+            base.clone(),
+            token.clone(),
+        );
         let total = args.requests;
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
@@ -190,18 +218,27 @@ pub async fn run(args: ServersArgs) -> Result<(), BenchError> {
                 let request = hyper::Request::get(format!("{base}{path}"))
                     .header("authorization", format!("Bearer {token}"))
                     .body(Empty::<Bytes>::new())
-                    .map_err(|e| BenchError::Request { path: path.clone(), message: e.to_string() })?;
+                    .map_err(|e| BenchError::Request {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    })?;
                 let t0 = Instant::now();
                 let response = client
                     .request(request)
                     .await
-                    .map_err(|e| BenchError::Request { path: path.clone(), message: e.to_string() })?;
+                    .map_err(|e| BenchError::Request {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    })?;
                 let status = response.status();
                 let body = response
                     .into_body()
                     .collect()
                     .await
-                    .map_err(|e| BenchError::Request { path: path.clone(), message: e.to_string() })?
+                    .map_err(|e| BenchError::Request {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    })?
                     .to_bytes();
                 latencies.push(t0.elapsed());
                 bytes += body.len();
@@ -217,7 +254,9 @@ pub async fn run(args: ServersArgs) -> Result<(), BenchError> {
     let mut latencies = Vec::with_capacity(args.requests);
     let mut bytes = 0;
     for worker in workers {
-        let (l, b) = worker.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        let (l, b) = worker
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
         latencies.extend(l);
         bytes += b;
     }
@@ -226,8 +265,20 @@ pub async fn run(args: ServersArgs) -> Result<(), BenchError> {
     latencies.sort_unstable();
     let n = latencies.len();
     let mean = latencies.iter().sum::<Duration>() / n.max(1) as u32;
-    println!("completed: {n} requests in {:.2} s{}", elapsed.as_secs_f64(), if n < args.requests { " (time cap hit)" } else { "" });
-    println!("throughput: {:.0} requests/s, {:.1} MB/s of JSON", n as f64 / elapsed.as_secs_f64(), bytes as f64 / 1e6 / elapsed.as_secs_f64());
+    println!(
+        "completed: {n} requests in {:.2} s{}",
+        elapsed.as_secs_f64(),
+        if n < args.requests {
+            " (time cap hit)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "throughput: {:.0} requests/s, {:.1} MB/s of JSON",
+        n as f64 / elapsed.as_secs_f64(),
+        bytes as f64 / 1e6 / elapsed.as_secs_f64()
+    );
     println!(
         "latency: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms, mean {:.3} ms",
         ms(percentile(&latencies, 50.0)),
@@ -236,7 +287,10 @@ pub async fn run(args: ServersArgs) -> Result<(), BenchError> {
         ms(latencies.last().copied().unwrap_or_default()),
         ms(mean)
     );
-    println!("mean response: {:.1} KB", bytes as f64 / 1e3 / n.max(1) as f64);
+    println!(
+        "mean response: {:.1} KB",
+        bytes as f64 / 1e3 / n.max(1) as f64
+    );
     Ok(())
 }
 

@@ -35,7 +35,14 @@ pub const MAX_LISTED_VALUES: usize = 400;
 impl HttpError {
     /// An error with `status`, machine code `error` and `message`.
     pub fn new(status: StatusCode, error: &str, message: impl Into<String>) -> Self {
-        HttpError { status, body: ErrorBody { error: error.to_owned(), message: message.into(), valid_values: None } }
+        HttpError {
+            status,
+            body: ErrorBody {
+                error: error.to_owned(),
+                message: message.into(),
+                valid_values: None,
+            },
+        }
     }
 
     /// 400 `bad_request`.
@@ -62,7 +69,10 @@ impl HttpError {
     pub fn unknown_value(err: vpno_catalog::UnknownValue) -> Self {
         let listed = err.valid.len() <= MAX_LISTED_VALUES;
         let message = if listed {
-            format!("unknown {} {:?}; valid values are listed in valid_values", err.field, err.value)
+            format!(
+                "unknown {} {:?}; valid values are listed in valid_values",
+                err.field, err.value
+            )
         } else {
             format!(
                 "unknown {} {:?}; {} values exist, see GET /servers for them",
@@ -83,7 +93,9 @@ impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(self.body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -101,7 +113,11 @@ impl From<axum::extract::rejection::JsonRejection> for HttpError {
             _ => "bad_request",
         };
         // Keep 4xx; a body read failure is the client's (too large, aborted).
-        let status = if status.is_client_error() { status } else { StatusCode::BAD_REQUEST };
+        let status = if status.is_client_error() {
+            status
+        } else {
+            StatusCode::BAD_REQUEST
+        };
         HttpError::new(status, code, rejection.body_text())
     }
 }

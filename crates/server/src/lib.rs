@@ -141,7 +141,10 @@ impl ApiConfig {
             tokens,
             namespace: namespace.into(),
             max_proxies: None,
-            template: PodTemplate { image: DEFAULT_PROXY_IMAGE.into(), port: DEFAULT_PROXY_PORT },
+            template: PodTemplate {
+                image: DEFAULT_PROXY_IMAGE.into(),
+                port: DEFAULT_PROXY_PORT,
+            },
             body_limit: DEFAULT_BODY_LIMIT,
         }
     }
@@ -181,13 +184,21 @@ impl Drop for RunningApi {
 
 /// Loads the catalog and builds the handlers' state. `client` `None` serves
 /// the catalog only.
-pub async fn build_state(config: &ApiConfig, client: Option<kube::Client>) -> Result<AppState, ApiError> {
+pub async fn build_state(
+    config: &ApiConfig,
+    client: Option<kube::Client>,
+) -> Result<AppState, ApiError> {
     let path = config.catalog.clone();
     let catalog = tokio::task::spawn_blocking(move || vpno_catalog::Catalog::load(&path))
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
     let proxies = client.map(|client| {
-        ProxyStore::new(client, config.namespace.clone(), config.max_proxies, config.template.clone())
+        ProxyStore::new(
+            client,
+            config.namespace.clone(),
+            config.max_proxies,
+            config.template.clone(),
+        )
     });
     Ok(AppState {
         catalog: CatalogHandle::new(config.catalog.clone(), catalog),
@@ -207,34 +218,48 @@ pub async fn start(
     if config.tokens.is_empty() {
         return Err(ApiError::NoTokens);
     }
-    let addr = listener.local_addr().map_err(|source| ApiError::Serve { addr: "listener".into(), source })?;
+    let addr = listener.local_addr().map_err(|source| ApiError::Serve {
+        addr: "listener".into(),
+        source,
+    })?;
     let state = build_state(&config, client).await?;
     let cancel = CancellationToken::new();
     let mut tasks = Vec::new();
     if let Some(store) = state.proxies.clone() {
-        tasks.push(tokio::spawn(store.run_workload_watcher(cancel.child_token())));
+        tasks.push(tokio::spawn(
+            store.run_workload_watcher(cancel.child_token()),
+        ));
     }
     let app = router(state, config.body_limit);
     let shutdown = cancel.child_token();
     tasks.push(tokio::spawn(async move {
-        let served = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "HTTP server failed");
         }
     }));
     tracing::info!(%addr, namespace = %config.namespace, max_proxies = ?config.max_proxies, tokens = config.tokens.len(), "API listening");
-    Ok(RunningApi { addr, cancel, tasks })
+    Ok(RunningApi {
+        addr,
+        cancel,
+        tasks,
+    })
 }
 
 async fn kube_client(args: &ApiArgs) -> Result<kube::Client, ApiError> {
     let config = match &args.kubeconfig {
         Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| ApiError::KubeConfig(e.to_string()))?;
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| ApiError::KubeConfig(e.to_string()))?;
             kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
                 .await
                 .map_err(|e| ApiError::KubeConfig(e.to_string()))?
         }
-        None => kube::Config::infer().await.map_err(|e| ApiError::KubeConfig(e.to_string()))?,
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| ApiError::KubeConfig(e.to_string()))?,
     };
     kube::Client::try_from(config).map_err(|e| ApiError::KubeConfig(e.to_string()))
 }
@@ -249,19 +274,27 @@ pub async fn load_tokens(
 ) -> Result<TokenSet, ApiError> {
     let mut tokens = Vec::new();
     if let Some(path) = file {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ApiError::Tokens { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ApiError::Tokens {
+            path: path.to_owned(),
+            source,
+        })?;
         tokens.extend(TokenSet::parse_lines(&text));
     }
     if let Some(name) = secret {
         let Some(client) = client else {
-            return Err(ApiError::KubeConfig("--tokens-secret needs Kubernetes (not --catalog-only)".into()));
+            return Err(ApiError::KubeConfig(
+                "--tokens-secret needs Kubernetes (not --catalog-only)".into(),
+            ));
         };
-        let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(client.clone(), namespace);
+        let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+            kube::Api::namespaced(client.clone(), namespace);
         let secret = secrets
             .get_opt(name)
             .await?
-            .ok_or_else(|| ApiError::TokenSecretNotFound { namespace: namespace.to_owned(), name: name.to_owned() })?;
+            .ok_or_else(|| ApiError::TokenSecretNotFound {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            })?;
         tokens.extend(TokenSet::from_secret_data(&secret.data.unwrap_or_default()));
     }
     Ok(TokenSet::new(tokens))
@@ -269,24 +302,40 @@ pub async fn load_tokens(
 
 /// Runs `vpn-operator api` until Ctrl-C / SIGTERM.
 pub async fn run(args: ApiArgs) -> Result<(), ApiError> {
-    let client = if args.catalog_only { None } else { Some(kube_client(&args).await?) };
+    let client = if args.catalog_only {
+        None
+    } else {
+        Some(kube_client(&args).await?)
+    };
     let namespace = args
         .namespace
         .clone()
         .or_else(|| client.as_ref().map(|c| c.default_namespace().to_owned()))
         .unwrap_or_else(|| "default".into());
-    let tokens = load_tokens(args.tokens.as_deref(), args.tokens_secret.as_deref(), client.as_ref(), &namespace).await?;
+    let tokens = load_tokens(
+        args.tokens.as_deref(),
+        args.tokens_secret.as_deref(),
+        client.as_ref(),
+        &namespace,
+    )
+    .await?;
     let config = ApiConfig {
         catalog: args.catalog.clone(),
         tokens,
         namespace,
         max_proxies: args.max_proxies,
-        template: PodTemplate { image: args.proxy_image.clone(), port: args.proxy_port },
+        template: PodTemplate {
+            image: args.proxy_image.clone(),
+            port: args.proxy_port,
+        },
         body_limit: args.body_limit,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .map_err(|source| ApiError::Serve { addr: args.listen.to_string(), source })?;
+        .map_err(|source| ApiError::Serve {
+            addr: args.listen.to_string(),
+            source,
+        })?;
     let running = start(config, client, listener).await?;
     shutdown_signal().await;
     tracing::info!("shutting down");
@@ -298,13 +347,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

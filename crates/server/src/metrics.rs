@@ -53,9 +53,21 @@ impl Default for ApiMetrics {
         let durations = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0001, 2.5, 14))
         });
-        registry.register("requests", "HTTP requests answered by the proxy API", requests.clone());
-        registry.register("request_duration_seconds", "Time to answer an HTTP request", durations.clone());
-        ApiMetrics { registry: Arc::new(registry), requests, durations }
+        registry.register(
+            "requests",
+            "HTTP requests answered by the proxy API",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time to answer an HTTP request",
+            durations.clone(),
+        );
+        ApiMetrics {
+            registry: Arc::new(registry),
+            requests,
+            durations,
+        }
     }
 }
 

@@ -16,12 +16,12 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource, Pod, PodSpec, SecretEnvSource,
-    SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
+    Capabilities, Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource, Pod, PodSpec,
+    SecretEnvSource, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource as _;
 use rand::Rng as _;
@@ -119,18 +119,26 @@ impl CreateProxyRequest {
         ];
         for (name, values) in lists {
             if values.len() > MAX_VALUES_PER_FIELD {
-                return Err(HttpError::bad_request(format!("{name}: at most {MAX_VALUES_PER_FIELD} values")));
+                return Err(HttpError::bad_request(format!(
+                    "{name}: at most {MAX_VALUES_PER_FIELD} values"
+                )));
             }
-            if let Some(v) = values.iter().find(|v| v.trim().is_empty() || v.len() > MAX_VALUE_LEN) {
+            if let Some(v) = values
+                .iter()
+                .find(|v| v.trim().is_empty() || v.len() > MAX_VALUE_LEN)
+            {
                 return Err(HttpError::bad_request(format!(
                     "{name}: values must be 1 to {MAX_VALUE_LEN} characters, got {v:?}"
                 )));
             }
         }
         if let Some(vpn) = &self.vpn
-            && !matches!(vpn.as_str(), "wireguard" | "openvpn") {
-                return Err(HttpError::bad_request(format!("vpn must be wireguard or openvpn, not {vpn:?}")));
-            }
+            && !matches!(vpn.as_str(), "wireguard" | "openvpn")
+        {
+            return Err(HttpError::bad_request(format!(
+                "vpn must be wireguard or openvpn, not {vpn:?}"
+            )));
+        }
         let mut base = ServerFilter::default();
         if let Some(provider) = &self.provider {
             if provider.trim().is_empty() {
@@ -151,7 +159,10 @@ impl CreateProxyRequest {
                     return Err(HttpError::new(
                         axum::http::StatusCode::BAD_REQUEST,
                         "no_matching_server",
-                        format!("no {} server has {field} {value:?}", self.provider.as_deref().unwrap_or("known")),
+                        format!(
+                            "no {} server has {field} {value:?}",
+                            self.provider.as_deref().unwrap_or("known")
+                        ),
                     ));
                 }
                 all = all.with(field, value.clone());
@@ -219,7 +230,10 @@ pub struct ProxyCredentials {
 impl ProxyCredentials {
     /// Fresh random credentials.
     pub fn generate() -> Self {
-        ProxyCredentials { username: format!("u{}", random_token(11)), password: random_token(32) }
+        ProxyCredentials {
+            username: format!("u{}", random_token(11)),
+            password: random_token(32),
+        }
     }
 }
 
@@ -266,7 +280,9 @@ pub struct ProxyList {
 pub fn random_token(len: usize) -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
-    (0..len).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+    (0..len)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 /// A fresh proxy id (a valid DNS-1035 label).
@@ -279,7 +295,9 @@ pub fn is_valid_id(id: &str) -> bool {
     id.len() <= 63
         && id.starts_with(ID_PREFIX)
         && id.len() > ID_PREFIX.len()
-        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !id.ends_with('-')
 }
 
@@ -290,7 +308,10 @@ pub fn slot_name(k: u32) -> String {
 
 /// Labels of every object of proxy `id`.
 pub fn labels(id: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([(MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()), (PROXY_LABEL.to_owned(), id.to_owned())])
+    BTreeMap::from([
+        (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+        (PROXY_LABEL.to_owned(), id.to_owned()),
+    ])
 }
 
 /// Label selector matching every proxy object of this API.
@@ -299,14 +320,22 @@ pub fn managed_selector() -> String {
 }
 
 /// The record Secret of a new proxy.
-pub fn record_secret(id: &str, namespace: &str, request: &CreateProxyRequest, creds: &ProxyCredentials) -> Secret {
+pub fn record_secret(
+    id: &str,
+    namespace: &str,
+    request: &CreateProxyRequest,
+    creds: &ProxyCredentials,
+) -> Secret {
     let request_json = serde_json::to_string(request).unwrap_or_default();
     Secret {
         metadata: ObjectMeta {
             name: Some(id.to_owned()),
             namespace: Some(namespace.to_owned()),
             labels: Some(labels(id)),
-            annotations: Some(BTreeMap::from([(REQUEST_ANNOTATION.to_owned(), request_json)])),
+            annotations: Some(BTreeMap::from([(
+                REQUEST_ANNOTATION.to_owned(),
+                request_json,
+            )])),
             ..Default::default()
         },
         type_: Some("Opaque".into()),
@@ -319,7 +348,10 @@ pub fn record_secret(id: &str, namespace: &str, request: &CreateProxyRequest, cr
 }
 
 /// Owner reference to `owner` (which must have been read from the API server).
-pub fn owner_ref<K: kube::Resource<DynamicType = ()>>(owner: &K, controller: bool) -> Option<OwnerReference> {
+pub fn owner_ref<K: kube::Resource<DynamicType = ()>>(
+    owner: &K,
+    controller: bool,
+) -> Option<OwnerReference> {
     let meta = owner.meta();
     Some(OwnerReference {
         api_version: K::api_version(&()).into_owned(),
@@ -340,13 +372,21 @@ pub fn slot_lease(k: u32, id: &str, record: &Secret) -> Lease {
             owner_references: owner_ref(record, false).map(|o| vec![o]),
             ..Default::default()
         },
-        spec: Some(LeaseSpec { holder_identity: Some(id.to_owned()), ..Default::default() }),
+        spec: Some(LeaseSpec {
+            holder_identity: Some(id.to_owned()),
+            ..Default::default()
+        }),
     }
 }
 
 /// The Mask of proxy `id`, owned by its record.
 pub fn proxy_mask(id: &str, request: &CreateProxyRequest, record: &Secret) -> Mask {
-    let mut mask = Mask::new(id, MaskSpec { providers: request.mask_tags() });
+    let mut mask = Mask::new(
+        id,
+        MaskSpec {
+            providers: request.mask_tags(),
+        },
+    );
     mask.metadata.labels = Some(labels(id));
     mask.metadata.owner_references = owner_ref(record, false).map(|o| vec![o]);
     mask
@@ -363,29 +403,68 @@ pub struct PodTemplate {
 
 /// The gluetun Pod of proxy `id`, owned by its MaskConsumer; `None` until the
 /// consumer has an assignment.
-pub fn proxy_pod(id: &str, request: &CreateProxyRequest, consumer: &MaskConsumer, template: &PodTemplate) -> Option<Pod> {
+pub fn proxy_pod(
+    id: &str,
+    request: &CreateProxyRequest,
+    consumer: &MaskConsumer,
+    template: &PodTemplate,
+) -> Option<Pod> {
     let assignment = consumer.assignment()?;
     let secret_ref = |key: &str| EnvVarSource {
-        secret_key_ref: Some(SecretKeySelector { name: id.to_owned(), key: key.to_owned(), optional: Some(false) }),
+        secret_key_ref: Some(SecretKeySelector {
+            name: id.to_owned(),
+            key: key.to_owned(),
+            optional: Some(false),
+        }),
         ..Default::default()
     };
     let mut env = vec![
-        EnvVar { name: "HTTPPROXY".into(), value: Some("on".into()), ..Default::default() },
-        EnvVar { name: "HTTPPROXY_LISTENING_ADDRESS".into(), value: Some(format!(":{}", template.port)), ..Default::default() },
+        EnvVar {
+            name: "HTTPPROXY".into(),
+            value: Some("on".into()),
+            ..Default::default()
+        },
+        EnvVar {
+            name: "HTTPPROXY_LISTENING_ADDRESS".into(),
+            value: Some(format!(":{}", template.port)),
+            ..Default::default()
+        },
         // gluetun's firewall drops inbound traffic except on listed ports.
-        EnvVar { name: "FIREWALL_INPUT_PORTS".into(), value: Some(template.port.to_string()), ..Default::default() },
-        EnvVar { name: "HTTPPROXY_USER".into(), value_from: Some(secret_ref(USERNAME_KEY)), ..Default::default() },
-        EnvVar { name: "HTTPPROXY_PASSWORD".into(), value_from: Some(secret_ref(PASSWORD_KEY)), ..Default::default() },
+        EnvVar {
+            name: "FIREWALL_INPUT_PORTS".into(),
+            value: Some(template.port.to_string()),
+            ..Default::default()
+        },
+        EnvVar {
+            name: "HTTPPROXY_USER".into(),
+            value_from: Some(secret_ref(USERNAME_KEY)),
+            ..Default::default()
+        },
+        EnvVar {
+            name: "HTTPPROXY_PASSWORD".into(),
+            value_from: Some(secret_ref(PASSWORD_KEY)),
+            ..Default::default()
+        },
     ];
     env.extend(
-        request.gluetun_env().into_iter().map(|(name, value)| EnvVar { name, value: Some(value), ..Default::default() }),
+        request
+            .gluetun_env()
+            .into_iter()
+            .map(|(name, value)| EnvVar {
+                name,
+                value: Some(value),
+                ..Default::default()
+            }),
     );
     let container = Container {
         name: CONTAINER_NAME.into(),
         image: Some(template.image.clone()),
         env: Some(env),
         env_from: Some(vec![EnvFromSource {
-            secret_ref: Some(SecretEnvSource { name: assignment.secret.clone(), optional: Some(false) }),
+            secret_ref: Some(SecretEnvSource {
+                name: assignment.secret.clone(),
+                optional: Some(false),
+            }),
             ..Default::default()
         }]),
         ports: Some(vec![ContainerPort {
@@ -395,7 +474,10 @@ pub fn proxy_pod(id: &str, request: &CreateProxyRequest, consumer: &MaskConsumer
             ..Default::default()
         }]),
         security_context: Some(SecurityContext {
-            capabilities: Some(Capabilities { add: Some(vec!["NET_ADMIN".into()]), drop: None }),
+            capabilities: Some(Capabilities {
+                add: Some(vec!["NET_ADMIN".into()]),
+                drop: None,
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -408,15 +490,29 @@ pub fn proxy_pod(id: &str, request: &CreateProxyRequest, consumer: &MaskConsumer
             owner_references: owner_ref(consumer, true).map(|o| vec![o]),
             ..Default::default()
         },
-        spec: Some(PodSpec { containers: vec![container], restart_policy: Some("Always".into()), ..Default::default() }),
+        spec: Some(PodSpec {
+            containers: vec![container],
+            restart_policy: Some("Always".into()),
+            ..Default::default()
+        }),
         status: None,
     })
 }
 
 /// Name of the credentials Secret a proxy Pod takes its VPN settings from.
 pub fn pod_credentials_secret(pod: &Pod) -> Option<&str> {
-    let container = pod.spec.as_ref()?.containers.iter().find(|c| c.name == CONTAINER_NAME)?;
-    container.env_from.as_ref()?.iter().find_map(|e| e.secret_ref.as_ref()).map(|s| s.name.as_str())
+    let container = pod
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == CONTAINER_NAME)?;
+    container
+        .env_from
+        .as_ref()?
+        .iter()
+        .find_map(|e| e.secret_ref.as_ref())
+        .map(|s| s.name.as_str())
 }
 
 /// The Service in front of the proxy Pod, owned by the MaskConsumer.
@@ -479,26 +575,66 @@ pub fn derive_state(objects: &ProxyObjects) -> (ProxyState, String) {
             format!("the Mask {id} was deleted outside this API; DELETE the proxy to release it"),
         );
     };
-    let mask_message = mask.status.as_ref().and_then(|s| s.message.clone()).unwrap_or_default();
+    let mask_message = mask
+        .status
+        .as_ref()
+        .and_then(|s| s.message.clone())
+        .unwrap_or_default();
     let with_message = |prefix: String| {
-        if mask_message.is_empty() { prefix } else { format!("{prefix}: {mask_message}") }
+        if mask_message.is_empty() {
+            prefix
+        } else {
+            format!("{prefix}: {mask_message}")
+        }
     };
     if mask.metadata.deletion_timestamp.is_some() {
-        return (ProxyState::Failed, format!("the Mask {id} is being deleted outside this API"));
+        return (
+            ProxyState::Failed,
+            format!("the Mask {id} is being deleted outside this API"),
+        );
     }
     match mask.phase() {
-        MaskPhase::Pending => return (ProxyState::Pending, with_message("the Mask is Pending (not yet processed by the controller)".into())),
-        MaskPhase::Waiting => return (ProxyState::Pending, with_message("the Mask is Waiting for a free VPN slot".into())),
-        MaskPhase::ErrNoProviders => return (ProxyState::Failed, with_message("the Mask has no eligible MaskProvider (ErrNoProviders)".into())),
-        MaskPhase::Terminating => return (ProxyState::Failed, with_message("the Mask is Terminating".into())),
+        MaskPhase::Pending => {
+            return (
+                ProxyState::Pending,
+                with_message("the Mask is Pending (not yet processed by the controller)".into()),
+            );
+        }
+        MaskPhase::Waiting => {
+            return (
+                ProxyState::Pending,
+                with_message("the Mask is Waiting for a free VPN slot".into()),
+            );
+        }
+        MaskPhase::ErrNoProviders => {
+            return (
+                ProxyState::Failed,
+                with_message("the Mask has no eligible MaskProvider (ErrNoProviders)".into()),
+            );
+        }
+        MaskPhase::Terminating => {
+            return (
+                ProxyState::Failed,
+                with_message("the Mask is Terminating".into()),
+            );
+        }
         MaskPhase::Active => {}
     }
-    let consumer_ready = objects.consumer.as_ref().is_some_and(|c| c.phase() == MaskPhase::Active && c.assignment().is_some());
+    let consumer_ready = objects
+        .consumer
+        .as_ref()
+        .is_some_and(|c| c.phase() == MaskPhase::Active && c.assignment().is_some());
     if !consumer_ready {
-        return (ProxyState::Starting, "VPN slot assigned; waiting for the MaskConsumer to become Active".into());
+        return (
+            ProxyState::Starting,
+            "VPN slot assigned; waiting for the MaskConsumer to become Active".into(),
+        );
     }
     let Some(pod) = &objects.pod else {
-        return (ProxyState::Starting, "VPN slot assigned; creating the proxy Pod".into());
+        return (
+            ProxyState::Starting,
+            "VPN slot assigned; creating the proxy Pod".into(),
+        );
     };
     if pod.metadata.deletion_timestamp.is_some() {
         return (ProxyState::Failed, "the proxy Pod is being deleted".into());
@@ -516,15 +652,30 @@ pub fn derive_state(objects: &ProxyObjects) -> (ProxyState, String) {
     };
     match status.phase.as_deref() {
         Some("Running") => {
-            let ready = status.conditions.as_ref().and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"));
+            let ready = status
+                .conditions
+                .as_ref()
+                .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"));
             match ready {
-                Some(c) if c.status != "True" => (ProxyState::Starting, "the proxy Pod is running but not ready yet".into()),
+                Some(c) if c.status != "True" => (
+                    ProxyState::Starting,
+                    "the proxy Pod is running but not ready yet".into(),
+                ),
                 _ => (ProxyState::Ready, "the proxy is running".into()),
             }
         }
-        Some("Failed") => (ProxyState::Failed, format!("the proxy Pod failed{}", detail())),
-        Some("Succeeded") => (ProxyState::Failed, format!("the proxy Pod exited{}", detail())),
-        Some(other) => (ProxyState::Starting, format!("the proxy Pod is {other}{}", detail())),
+        Some("Failed") => (
+            ProxyState::Failed,
+            format!("the proxy Pod failed{}", detail()),
+        ),
+        Some("Succeeded") => (
+            ProxyState::Failed,
+            format!("the proxy Pod exited{}", detail()),
+        ),
+        Some(other) => (
+            ProxyState::Starting,
+            format!("the proxy Pod is {other}{}", detail()),
+        ),
         None => (ProxyState::Starting, "the proxy Pod is scheduled".into()),
     }
 }
@@ -546,9 +697,16 @@ pub fn credentials_of(record: &Secret) -> Option<ProxyCredentials> {
         if let Some(v) = record.data.as_ref().and_then(|d| d.get(key)) {
             return String::from_utf8(v.0.clone()).ok();
         }
-        record.string_data.as_ref().and_then(|d| d.get(key)).cloned()
+        record
+            .string_data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .cloned()
     };
-    Some(ProxyCredentials { username: get(USERNAME_KEY)?, password: get(PASSWORD_KEY)? })
+    Some(ProxyCredentials {
+        username: get(USERNAME_KEY)?,
+        password: get(PASSWORD_KEY)?,
+    })
 }
 
 /// The client's view of a proxy.
@@ -559,12 +717,32 @@ pub fn view(objects: &ProxyObjects, namespace: &str, port: u16, with_credentials
         endpoint: format!("{id}.{namespace}.svc:{port}"),
         state,
         message,
-        credentials: if with_credentials { credentials_of(&objects.record) } else { None },
+        credentials: if with_credentials {
+            credentials_of(&objects.record)
+        } else {
+            None
+        },
         request: request_of(&objects.record),
-        mask_phase: objects.mask.as_ref().map(|m| mask_phase_name(m.phase()).to_owned()),
-        assigned_provider: objects.consumer.as_ref().and_then(|c| c.assignment()).map(|a| a.name.clone()),
-        pod_ip: objects.pod.as_ref().and_then(|p| p.status.as_ref()).and_then(|s| s.pod_ip.clone()),
-        created: objects.record.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
+        mask_phase: objects
+            .mask
+            .as_ref()
+            .map(|m| mask_phase_name(m.phase()).to_owned()),
+        assigned_provider: objects
+            .consumer
+            .as_ref()
+            .and_then(|c| c.assignment())
+            .map(|a| a.name.clone()),
+        pod_ip: objects
+            .pod
+            .as_ref()
+            .and_then(|p| p.status.as_ref())
+            .and_then(|s| s.pod_ip.clone()),
+        created: objects
+            .record
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.to_string()),
         id,
     }
 }
@@ -576,14 +754,23 @@ mod tests {
     use vpno_api::{AssignedProvider, MaskConsumerStatus, MaskStatus};
 
     fn record() -> Secret {
-        let mut s = record_secret("px-abc", "ns", &CreateProxyRequest::default(), &ProxyCredentials::generate());
+        let mut s = record_secret(
+            "px-abc",
+            "ns",
+            &CreateProxyRequest::default(),
+            &ProxyCredentials::generate(),
+        );
         s.metadata.uid = Some("rec-uid".into());
         s
     }
 
     fn mask(phase: MaskPhase, message: &str) -> Mask {
         let mut m = proxy_mask("px-abc", &CreateProxyRequest::default(), &record());
-        m.status = Some(MaskStatus { phase: Some(phase), message: Some(message.into()), last_updated: None });
+        m.status = Some(MaskStatus {
+            phase: Some(phase),
+            message: Some(message.into()),
+            last_updated: None,
+        });
         m
     }
 
@@ -608,11 +795,26 @@ mod tests {
 
     fn pod(phase: &str, ready: Option<&str>) -> Pod {
         let request = CreateProxyRequest::default();
-        let mut p = proxy_pod("px-abc", &request, &consumer(), &PodTemplate { image: "g".into(), port: 8888 }).unwrap();
+        let mut p = proxy_pod(
+            "px-abc",
+            &request,
+            &consumer(),
+            &PodTemplate {
+                image: "g".into(),
+                port: 8888,
+            },
+        )
+        .unwrap();
         p.status = Some(PodStatus {
             phase: Some(phase.into()),
             pod_ip: Some("10.0.0.7".into()),
-            conditions: ready.map(|r| vec![PodCondition { type_: "Ready".into(), status: r.into(), ..Default::default() }]),
+            conditions: ready.map(|r| {
+                vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: r.into(),
+                    ..Default::default()
+                }]
+            }),
             ..Default::default()
         });
         p
@@ -620,13 +822,23 @@ mod tests {
 
     #[test]
     fn state_follows_mask_consumer_and_pod() {
-        let mut o = ProxyObjects { record: record(), ..Default::default() };
-        assert_eq!(derive_state(&o).0, ProxyState::Failed, "Mask deleted externally");
+        let mut o = ProxyObjects {
+            record: record(),
+            ..Default::default()
+        };
+        assert_eq!(
+            derive_state(&o).0,
+            ProxyState::Failed,
+            "Mask deleted externally"
+        );
         assert!(derive_state(&o).1.contains("deleted outside"));
         o.mask = Some(mask(MaskPhase::Waiting, "all 2 providers full: a, b"));
         let (state, why) = derive_state(&o);
         assert_eq!(state, ProxyState::Pending);
-        assert!(why.contains("Waiting") && why.contains("all 2 providers full"), "{why}");
+        assert!(
+            why.contains("Waiting") && why.contains("all 2 providers full"),
+            "{why}"
+        );
         o.mask = Some(mask(MaskPhase::ErrNoProviders, "no provider"));
         assert_eq!(derive_state(&o).0, ProxyState::Failed);
         o.mask = Some(mask(MaskPhase::Active, ""));
@@ -661,23 +873,67 @@ mod tests {
             vpn: Some("wireguard".into()),
             ..Default::default()
         };
-        let p = proxy_pod("px-abc", &request, &consumer(), &PodTemplate { image: "img".into(), port: 8888 }).unwrap();
+        let p = proxy_pod(
+            "px-abc",
+            &request,
+            &consumer(),
+            &PodTemplate {
+                image: "img".into(),
+                port: 8888,
+            },
+        )
+        .unwrap();
         let c = &p.spec.as_ref().unwrap().containers[0];
-        let env: BTreeMap<_, _> = c.env.as_ref().unwrap().iter().map(|e| (e.name.as_str(), e)).collect();
+        let env: BTreeMap<_, _> = c
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| (e.name.as_str(), e))
+            .collect();
         assert_eq!(env["HTTPPROXY"].value.as_deref(), Some("on"));
         assert_eq!(env["FIREWALL_INPUT_PORTS"].value.as_deref(), Some("8888"));
-        assert_eq!(env["SERVER_COUNTRIES"].value.as_deref(), Some("Sweden,Norway"));
+        assert_eq!(
+            env["SERVER_COUNTRIES"].value.as_deref(),
+            Some("Sweden,Norway")
+        );
         assert_eq!(env["SERVER_CITIES"].value.as_deref(), Some("Stockholm"));
-        assert_eq!(env["SERVER_HOSTNAMES"].value.as_deref(), Some("se-sto-wg-001"));
-        assert_eq!(env["VPN_SERVICE_PROVIDER"].value.as_deref(), Some("mullvad"));
+        assert_eq!(
+            env["SERVER_HOSTNAMES"].value.as_deref(),
+            Some("se-sto-wg-001")
+        );
+        assert_eq!(
+            env["VPN_SERVICE_PROVIDER"].value.as_deref(),
+            Some("mullvad")
+        );
         assert_eq!(env["VPN_TYPE"].value.as_deref(), Some("wireguard"));
         // Credentials by reference, never inline.
         assert!(env["HTTPPROXY_PASSWORD"].value.is_none());
-        assert_eq!(env["HTTPPROXY_PASSWORD"].value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap().name, "px-abc");
-        assert_eq!(c.env_from.as_ref().unwrap()[0].secret_ref.as_ref().unwrap().name, "px-abc-prov-uid");
+        assert_eq!(
+            env["HTTPPROXY_PASSWORD"]
+                .value_from
+                .as_ref()
+                .unwrap()
+                .secret_key_ref
+                .as_ref()
+                .unwrap()
+                .name,
+            "px-abc"
+        );
+        assert_eq!(
+            c.env_from.as_ref().unwrap()[0]
+                .secret_ref
+                .as_ref()
+                .unwrap()
+                .name,
+            "px-abc-prov-uid"
+        );
         assert_eq!(pod_credentials_secret(&p), Some("px-abc-prov-uid"));
         let owner = &p.metadata.owner_references.as_ref().unwrap()[0];
-        assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("MaskConsumer", "cons-uid"));
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str()),
+            ("MaskConsumer", "cons-uid")
+        );
         assert_eq!(request.mask_tags(), Some(vec!["mullvad".to_owned()]));
     }
 

@@ -55,7 +55,9 @@ impl FromRef<AppState> for TokenSet {
 impl AppState {
     fn store(&self) -> Result<&ProxyStore, HttpError> {
         self.proxies.as_ref().ok_or_else(|| {
-            HttpError::unavailable("proxies are disabled: this API instance runs without Kubernetes (--catalog-only)")
+            HttpError::unavailable(
+                "proxies are disabled: this API instance runs without Kubernetes (--catalog-only)",
+            )
         })
     }
 }
@@ -63,7 +65,11 @@ impl AppState {
 impl From<StoreError> for HttpError {
     fn from(err: StoreError) -> Self {
         match err {
-            StoreError::Full { .. } => HttpError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_proxies", err.to_string()),
+            StoreError::Full { .. } => HttpError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_proxies",
+                err.to_string(),
+            ),
             StoreError::Kube(e) => {
                 tracing::warn!(error = %e, "Kubernetes API request failed");
                 HttpError::unavailable(format!("the Kubernetes API failed: {e}"))
@@ -117,7 +123,10 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
     })
 }
 
-async fn create(state: &AppState, request: CreateProxyRequest) -> Result<(StatusCode, Json<Proxy>), HttpError> {
+async fn create(
+    state: &AppState,
+    request: CreateProxyRequest,
+) -> Result<(StatusCode, Json<Proxy>), HttpError> {
     let store = state.store()?;
     let matching = request.validate(&state.catalog.get())?;
     tracing::debug!(matching, "proxy request validated");
@@ -141,7 +150,10 @@ async fn remove(state: &AppState, id: &str) -> Result<Json<Proxy>, HttpError> {
 
 async fn list(state: &AppState) -> Result<Json<ProxyList>, HttpError> {
     let proxies = state.store()?.list().await?;
-    Ok(Json(ProxyList { total: proxies.len(), proxies }))
+    Ok(Json(ProxyList {
+        total: proxies.len(),
+        proxies,
+    }))
 }
 
 /// Creates an HTTP proxy exiting through a VPN slot.
@@ -208,7 +220,9 @@ pub async fn list_proxies(State(state): State<AppState>) -> Result<Json<ProxyLis
         (status = 503, description = "Kubernetes unavailable or not configured", body = ErrorBody),
     )
 )]
-pub async fn status_list_alias(State(state): State<AppState>) -> Result<Json<ProxyList>, HttpError> {
+pub async fn status_list_alias(
+    State(state): State<AppState>,
+) -> Result<Json<ProxyList>, HttpError> {
     list(&state).await
 }
 
@@ -223,7 +237,10 @@ pub async fn status_list_alias(State(state): State<AppState>) -> Result<Json<Pro
         (status = 503, description = "Kubernetes unavailable or not configured", body = ErrorBody),
     )
 )]
-pub async fn get_proxy(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Proxy>, HttpError> {
+pub async fn get_proxy(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Proxy>, HttpError> {
     fetch(&state, &id).await
 }
 
@@ -238,7 +255,10 @@ pub async fn get_proxy(State(state): State<AppState>, Path(id): Path<String>) ->
         (status = 503, description = "Kubernetes unavailable or not configured", body = ErrorBody),
     )
 )]
-pub async fn status_alias(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Proxy>, HttpError> {
+pub async fn status_alias(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Proxy>, HttpError> {
     fetch(&state, &id).await
 }
 
@@ -253,7 +273,10 @@ pub async fn status_alias(State(state): State<AppState>, Path(id): Path<String>)
         (status = 503, description = "Kubernetes unavailable or not configured", body = ErrorBody),
     )
 )]
-pub async fn delete_proxy(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Proxy>, HttpError> {
+pub async fn delete_proxy(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Proxy>, HttpError> {
     remove(&state, &id).await
 }
 
@@ -268,7 +291,10 @@ pub async fn delete_proxy(State(state): State<AppState>, Path(id): Path<String>)
         (status = 503, description = "Kubernetes unavailable or not configured", body = ErrorBody),
     )
 )]
-pub async fn destroy_alias(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Proxy>, HttpError> {
+pub async fn destroy_alias(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Proxy>, HttpError> {
     remove(&state, &id).await
 }
 
@@ -334,19 +360,30 @@ async fn not_found() -> HttpError {
 }
 
 async fn method_not_allowed() -> HttpError {
-    HttpError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this path; see /openapi.json")
+    HttpError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this path; see /openapi.json",
+    )
 }
 
 /// Prometheus metrics; needs no token.
 pub async fn metrics_text(State(state): State<AppState>) -> Response {
     (
-        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.encode(),
     )
         .into_response()
 }
 
-async fn observe_requests(State(metrics): State<ApiMetrics>, request: Request, next: Next) -> Response {
+async fn observe_requests(
+    State(metrics): State<ApiMetrics>,
+    request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let route = request
@@ -357,10 +394,20 @@ async fn observe_requests(State(metrics): State<ApiMetrics>, request: Request, n
     let response = next.run(request).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
-    metrics.requests.get_or_create(&RequestLabels { method: method.to_string(), route: route.clone(), status }).inc();
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            method: method.to_string(),
+            route: route.clone(),
+            status,
+        })
+        .inc();
     metrics
         .durations
-        .get_or_create(&RouteLabels { method: method.to_string(), route: route.clone() })
+        .get_or_create(&RouteLabels {
+            method: method.to_string(),
+            route: route.clone(),
+        })
         .observe(elapsed.as_secs_f64());
     tracing::debug!(%method, route, status, micros = elapsed.as_micros() as u64, "request");
     response
@@ -381,8 +428,14 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .route("/start", post(start_alias))
         .route("/status", get(status_list_alias))
         .route("/status/{id}", get(status_alias))
-        .route("/destroy/{id}", post(destroy_post_alias).delete(destroy_alias))
-        .route_layer(middleware::from_fn_with_state(state.tokens.clone(), auth::require_token));
+        .route(
+            "/destroy/{id}",
+            post(destroy_post_alias).delete(destroy_alias),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.tokens.clone(),
+            auth::require_token,
+        ));
     Router::new()
         .route("/health", get(health))
         .route("/openapi.json", get(openapi_json))
@@ -390,7 +443,10 @@ pub fn router(state: AppState, body_limit: usize) -> Router {
         .merge(protected)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(state.metrics.clone(), observe_requests))
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            observe_requests,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }

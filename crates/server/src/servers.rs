@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use axum::extract::{RawQuery, State};
 use axum::Json;
+use axum::extract::{RawQuery, State};
 use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 use vpno_catalog::{Catalog, Flag, LocationTree, ProviderSummary, Server, ServerFilter, TextField};
@@ -25,19 +25,27 @@ pub struct CatalogHandle {
 
 impl std::fmt::Debug for CatalogHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CatalogHandle").field("path", &self.path).finish()
+        f.debug_struct("CatalogHandle")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
 impl CatalogHandle {
     /// Wraps a loaded catalog that was read from `path`.
     pub fn new(path: PathBuf, catalog: Catalog) -> Self {
-        CatalogHandle { path, current: Arc::new(RwLock::new(Arc::new(catalog))) }
+        CatalogHandle {
+            path,
+            current: Arc::new(RwLock::new(Arc::new(catalog))),
+        }
     }
 
     /// The catalog in force.
     pub fn get(&self) -> Arc<Catalog> {
-        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Reads the catalog again from disk; on failure the old one stays.
@@ -139,30 +147,47 @@ fn parse_bool(name: &str, value: &str) -> Result<bool, HttpError> {
     match value.to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" => Ok(true),
         "false" | "0" | "no" => Ok(false),
-        _ => Err(HttpError::bad_request(format!("{name} must be true or false, not {value:?}"))),
+        _ => Err(HttpError::bad_request(format!(
+            "{name} must be true or false, not {value:?}"
+        ))),
     }
 }
 
 fn parse_usize(name: &str, value: &str) -> Result<usize, HttpError> {
-    value.parse().map_err(|_| HttpError::bad_request(format!("{name} must be a non-negative integer, not {value:?}")))
+    value.parse().map_err(|_| {
+        HttpError::bad_request(format!(
+            "{name} must be a non-negative integer, not {value:?}"
+        ))
+    })
 }
 
 /// Parses the query string of `GET /servers` (with `paging`) or `GET /locations`.
 /// Unknown parameters, malformed booleans and out-of-range paging are 400s.
 pub fn parse_server_query(raw: Option<&str>, paging: bool) -> Result<ServerQuery, HttpError> {
-    let mut query = ServerQuery { filter: ServerFilter::default(), offset: 0, limit: DEFAULT_LIMIT };
+    let mut query = ServerQuery {
+        filter: ServerFilter::default(),
+        offset: 0,
+        limit: DEFAULT_LIMIT,
+    };
     for (name, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
         if let Some(field) = TextField::from_name(&name) {
             if value.trim().is_empty() {
                 return Err(HttpError::bad_request(format!("{name} must not be empty")));
             }
-            query.filter.text.entry(field).or_default().push(value.into_owned());
+            query
+                .filter
+                .text
+                .entry(field)
+                .or_default()
+                .push(value.into_owned());
         } else if let Some(flag) = Flag::from_name(&name) {
             query.filter.flags.insert(flag, parse_bool(&name, &value)?);
         } else if paging && name == "limit" {
             query.limit = parse_usize(&name, &value)?;
             if !(1..=MAX_LIMIT).contains(&query.limit) {
-                return Err(HttpError::bad_request(format!("limit must be between 1 and {MAX_LIMIT}")));
+                return Err(HttpError::bad_request(format!(
+                    "limit must be between 1 and {MAX_LIMIT}"
+                )));
             }
         } else if paging && name == "offset" {
             query.offset = parse_usize(&name, &value)?;
@@ -179,9 +204,14 @@ pub fn parse_server_query(raw: Option<&str>, paging: bool) -> Result<ServerQuery
         }
     }
     if let Some(values) = query.filter.text.get(&TextField::Vpn)
-        && let Some(bad) = values.iter().find(|v| !matches!(v.to_ascii_lowercase().as_str(), "wireguard" | "openvpn")) {
-            return Err(HttpError::bad_request(format!("vpn must be wireguard or openvpn, not {bad:?}")));
-        }
+        && let Some(bad) = values
+            .iter()
+            .find(|v| !matches!(v.to_ascii_lowercase().as_str(), "wireguard" | "openvpn"))
+    {
+        return Err(HttpError::bad_request(format!(
+            "vpn must be wireguard or openvpn, not {bad:?}"
+        )));
+    }
     Ok(query)
 }
 
@@ -253,7 +283,9 @@ pub async fn list_servers(
 ) -> Result<Json<ServerList>, HttpError> {
     let query = parse_server_query(raw.as_deref(), true)?;
     let catalog = catalog.get();
-    let page = catalog.query(&query.filter, query.offset, query.limit).map_err(HttpError::unknown_value)?;
+    let page = catalog
+        .query(&query.filter, query.offset, query.limit)
+        .map_err(HttpError::unknown_value)?;
     Ok(Json(ServerList {
         total: page.total,
         offset: query.offset,
@@ -278,9 +310,18 @@ pub async fn locations(
 ) -> Result<Json<Locations>, HttpError> {
     let query = parse_server_query(raw.as_deref(), false)?;
     let catalog = catalog.get();
-    let tree = catalog.locations(&query.filter).map_err(HttpError::unknown_value)?;
-    let total = tree.values().flat_map(|c| c.values()).flat_map(|c| c.values()).sum();
-    Ok(Json(Locations { total, providers: tree }))
+    let tree = catalog
+        .locations(&query.filter)
+        .map_err(HttpError::unknown_value)?;
+    let total = tree
+        .values()
+        .flat_map(|c| c.values())
+        .flat_map(|c| c.values())
+        .sum();
+    Ok(Json(Locations {
+        total,
+        providers: tree,
+    }))
 }
 
 /// Reloads the catalog from disk; on failure the previous catalog stays in force.
@@ -292,7 +333,9 @@ pub async fn locations(
         (status = 500, description = "The catalog on disk could not be read; the old one stays", body = ErrorBody),
     )
 )]
-pub async fn refresh(State(catalog): State<CatalogHandle>) -> Result<Json<CatalogSummary>, HttpError> {
+pub async fn refresh(
+    State(catalog): State<CatalogHandle>,
+) -> Result<Json<CatalogSummary>, HttpError> {
     match catalog.reload().await {
         Ok(c) => Ok(Json(CatalogSummary::of(&c))),
         Err(e) => {
@@ -312,15 +355,27 @@ mod tests {
 
     #[test]
     fn query_parsing() {
-        let q = parse_server_query(Some("country=Sweden&country=Norway&port_forward=true&limit=5&offset=10"), true)
-            .unwrap();
+        let q = parse_server_query(
+            Some("country=Sweden&country=Norway&port_forward=true&limit=5&offset=10"),
+            true,
+        )
+        .unwrap();
         assert_eq!(q.filter.text[&TextField::Country], ["Sweden", "Norway"]);
         assert!(q.filter.flags[&Flag::PortForward]);
         assert_eq!((q.offset, q.limit), (10, 5));
         let q = parse_server_query(Some("city=Washington%2C+DC"), true).unwrap();
         assert_eq!(q.filter.text[&TextField::City], ["Washington, DC"]);
         assert_eq!(parse_server_query(None, true).unwrap().limit, DEFAULT_LIMIT);
-        for bad in ["limit=0", "limit=1001", "limit=x", "offset=-1", "tor=maybe", "colour=red", "vpn=ipsec", "country="] {
+        for bad in [
+            "limit=0",
+            "limit=1001",
+            "limit=x",
+            "offset=-1",
+            "tor=maybe",
+            "colour=red",
+            "vpn=ipsec",
+            "country=",
+        ] {
             let err = parse_server_query(Some(bad), true).unwrap_err();
             assert_eq!(err.status, 400, "{bad}");
         }

@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use vpno_api::{Mask, MaskConsumer, MaskPhase};
 
 use crate::proxy::{
-    self, CreateProxyRequest, MANAGED_BY, MANAGED_BY_LABEL, PROXY_LABEL, PodTemplate, Proxy, ProxyCredentials,
-    ProxyObjects,
+    self, CreateProxyRequest, MANAGED_BY, MANAGED_BY_LABEL, PROXY_LABEL, PodTemplate, Proxy,
+    ProxyCredentials, ProxyObjects,
 };
 
 /// Failures of proxy storage.
@@ -58,14 +58,25 @@ impl std::fmt::Debug for ProxyStore {
 
 fn is_managed(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool {
     meta.labels.as_ref().is_some_and(|l| {
-        l.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY) && l.contains_key(PROXY_LABEL)
+        l.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
+            && l.contains_key(PROXY_LABEL)
     })
 }
 
 impl ProxyStore {
     /// A store for proxies in `namespace`, at most `max_proxies` of them.
-    pub fn new(client: Client, namespace: String, max_proxies: Option<u32>, template: PodTemplate) -> Self {
-        ProxyStore { client, namespace, max_proxies, template }
+    pub fn new(
+        client: Client,
+        namespace: String,
+        max_proxies: Option<u32>,
+        template: PodTemplate,
+    ) -> Self {
+        ProxyStore {
+            client,
+            namespace,
+            max_proxies,
+            template,
+        }
     }
 
     /// The namespace proxies live in.
@@ -104,7 +115,10 @@ impl ProxyStore {
         let creds = ProxyCredentials::generate();
         let record = self
             .secrets()
-            .create(&PostParams::default(), &proxy::record_secret(&id, &self.namespace, &request, &creds))
+            .create(
+                &PostParams::default(),
+                &proxy::record_secret(&id, &self.namespace, &request, &creds),
+            )
             .await?;
         if let Some(max) = self.max_proxies {
             match self.take_slot(&id, &record, max).await {
@@ -119,7 +133,14 @@ impl ProxyStore {
                 }
             }
         }
-        let mask = match self.masks().create(&PostParams::default(), &proxy::proxy_mask(&id, &request, &record)).await {
+        let mask = match self
+            .masks()
+            .create(
+                &PostParams::default(),
+                &proxy::proxy_mask(&id, &request, &record),
+            )
+            .await
+        {
             Ok(mask) => mask,
             Err(e) => {
                 self.delete_slots(&id).await;
@@ -127,14 +148,32 @@ impl ProxyStore {
                 return Err(e.into());
             }
         };
-        tracing::info!(proxies_limited = self.max_proxies.is_some(), "proxy created");
-        let objects = ProxyObjects { record, mask: Some(mask), consumer: None, pod: None };
-        Ok(proxy::view(&objects, &self.namespace, self.template.port, true))
+        tracing::info!(
+            proxies_limited = self.max_proxies.is_some(),
+            "proxy created"
+        );
+        let objects = ProxyObjects {
+            record,
+            mask: Some(mask),
+            consumer: None,
+            pod: None,
+        };
+        Ok(proxy::view(
+            &objects,
+            &self.namespace,
+            self.template.port,
+            true,
+        ))
     }
 
     /// Takes one of `max` slot Leases for `id`; `None` when all are held.
     /// Leases whose holder record is gone are reclaimed.
-    async fn take_slot(&self, id: &str, record: &Secret, max: u32) -> Result<Option<u32>, StoreError> {
+    async fn take_slot(
+        &self,
+        id: &str,
+        record: &Secret,
+        max: u32,
+    ) -> Result<Option<u32>, StoreError> {
         if max == 0 {
             return Ok(None);
         }
@@ -142,7 +181,10 @@ impl ProxyStore {
         let start = rand::rng().random_range(0..max);
         for i in 0..max {
             let k = (start + i) % max;
-            match leases.create(&PostParams::default(), &proxy::slot_lease(k, id, record)).await {
+            match leases
+                .create(&PostParams::default(), &proxy::slot_lease(k, id, record))
+                .await
+            {
                 Ok(_) => return Ok(Some(k)),
                 Err(e) if is_status(&e, 409) => continue,
                 Err(e) => return Err(e.into()),
@@ -153,18 +195,32 @@ impl ProxyStore {
         // between the two writes).
         for k in 0..max {
             let Some(lease) = leases.get_opt(&proxy::slot_name(k)).await? else {
-                if leases.create(&PostParams::default(), &proxy::slot_lease(k, id, record)).await.is_ok() {
+                if leases
+                    .create(&PostParams::default(), &proxy::slot_lease(k, id, record))
+                    .await
+                    .is_ok()
+                {
                     return Ok(Some(k));
                 }
                 continue;
             };
-            let Some(owner) = lease.metadata.owner_references.as_ref().and_then(|o| o.first()) else { continue };
+            let Some(owner) = lease
+                .metadata
+                .owner_references
+                .as_ref()
+                .and_then(|o| o.first())
+            else {
+                continue;
+            };
             let holder = self.secrets().get_opt(&owner.name).await?;
             if holder.as_ref().and_then(|h| h.metadata.uid.as_deref()) == Some(owner.uid.as_str()) {
                 continue;
             }
             let dp = DeleteParams {
-                preconditions: Some(Preconditions { uid: lease.metadata.uid.clone(), resource_version: None }),
+                preconditions: Some(Preconditions {
+                    uid: lease.metadata.uid.clone(),
+                    resource_version: None,
+                }),
                 ..Default::default()
             };
             match leases.delete(&proxy::slot_name(k), &dp).await {
@@ -172,7 +228,10 @@ impl ProxyStore {
                 Err(e) if is_status(&e, 404) || is_status(&e, 409) => {}
                 Err(e) => return Err(e.into()),
             }
-            match leases.create(&PostParams::default(), &proxy::slot_lease(k, id, record)).await {
+            match leases
+                .create(&PostParams::default(), &proxy::slot_lease(k, id, record))
+                .await
+            {
                 Ok(_) => return Ok(Some(k)),
                 Err(e) if is_status(&e, 409) => continue,
                 Err(e) => return Err(e.into()),
@@ -183,16 +242,21 @@ impl ProxyStore {
 
     async fn delete_slots(&self, id: &str) {
         let lp = ListParams::default().labels(&format!("{PROXY_LABEL}={id}"));
-        if let Err(e) = self.leases().delete_collection(&DeleteParams::default(), &lp).await {
+        if let Err(e) = self
+            .leases()
+            .delete_collection(&DeleteParams::default(), &lp)
+            .await
+        {
             tracing::warn!(error = %e, "deleting proxy slot failed; it is reclaimed later");
         }
     }
 
     async fn delete_record(&self, id: &str) {
         if let Err(e) = self.secrets().delete(id, &DeleteParams::default()).await
-            && !is_status(&e, 404) {
-                tracing::warn!(error = %e, "deleting proxy record failed");
-            }
+            && !is_status(&e, 404)
+        {
+            tracing::warn!(error = %e, "deleting proxy record failed");
+        }
     }
 
     /// The record of `id`, if it exists and is a proxy record of this API.
@@ -200,46 +264,80 @@ impl ProxyStore {
         if !proxy::is_valid_id(id) {
             return Ok(None);
         }
-        Ok(self.secrets().get_opt(id).await?.filter(|s| is_managed(&s.metadata)))
+        Ok(self
+            .secrets()
+            .get_opt(id)
+            .await?
+            .filter(|s| is_managed(&s.metadata)))
     }
 
     /// One proxy, with credentials. Creates its Pod and Service when they
     /// are due and missing (the watcher normally does it first).
     pub async fn get(&self, id: &str) -> Result<Option<Proxy>, StoreError> {
-        let Some(record) = self.record(id).await? else { return Ok(None) };
+        let Some(record) = self.record(id).await? else {
+            return Ok(None);
+        };
         let mask = self.masks().get_opt(id).await?;
         let consumer = self.consumers().get_opt(id).await?;
         let mut pod = self.pods().get_opt(id).await?;
-        if pod.is_none() && mask.is_some()
+        if pod.is_none()
+            && mask.is_some()
             && let Some(c) = &consumer
-                && self.ensure_workload(&record, c).await? {
-                    pod = self.pods().get_opt(id).await?;
-                }
-        let objects = ProxyObjects { record, mask, consumer, pod };
-        Ok(Some(proxy::view(&objects, &self.namespace, self.template.port, true)))
+            && self.ensure_workload(&record, c).await?
+        {
+            pod = self.pods().get_opt(id).await?;
+        }
+        let objects = ProxyObjects {
+            record,
+            mask,
+            consumer,
+            pod,
+        };
+        Ok(Some(proxy::view(
+            &objects,
+            &self.namespace,
+            self.template.port,
+            true,
+        )))
     }
 
     /// Every proxy, oldest first, without credentials.
     pub async fn list(&self) -> Result<Vec<Proxy>, StoreError> {
         let lp = ListParams::default().labels(&proxy::managed_selector());
         let all = ListParams::default();
-        let (secrets, masks_api, consumers_api, pods_api) = (self.secrets(), self.masks(), self.consumers(), self.pods());
+        let (secrets, masks_api, consumers_api, pods_api) =
+            (self.secrets(), self.masks(), self.consumers(), self.pods());
         let (records, masks, consumers, pods) = futures::try_join!(
             secrets.list(&lp),
             masks_api.list(&lp),
             consumers_api.list(&all),
             pods_api.list(&lp),
         )?;
-        let mut masks: HashMap<String, Mask> =
-            masks.items.into_iter().filter_map(|m| Some((m.metadata.name.clone()?, m))).collect();
-        let mut consumers: HashMap<String, MaskConsumer> =
-            consumers.items.into_iter().filter_map(|c| Some((c.metadata.name.clone()?, c))).collect();
-        let mut pods: HashMap<String, Pod> =
-            pods.items.into_iter().filter_map(|p| Some((p.metadata.name.clone()?, p))).collect();
+        let mut masks: HashMap<String, Mask> = masks
+            .items
+            .into_iter()
+            .filter_map(|m| Some((m.metadata.name.clone()?, m)))
+            .collect();
+        let mut consumers: HashMap<String, MaskConsumer> = consumers
+            .items
+            .into_iter()
+            .filter_map(|c| Some((c.metadata.name.clone()?, c)))
+            .collect();
+        let mut pods: HashMap<String, Pod> = pods
+            .items
+            .into_iter()
+            .filter_map(|p| Some((p.metadata.name.clone()?, p)))
+            .collect();
         let mut records = records.items;
         records.sort_by(|a, b| {
-            (a.metadata.creation_timestamp.as_ref().map(|t| t.0), &a.metadata.name)
-                .cmp(&(b.metadata.creation_timestamp.as_ref().map(|t| t.0), &b.metadata.name))
+            (
+                a.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                &a.metadata.name,
+            )
+                .cmp(&(
+                    b.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                    &b.metadata.name,
+                ))
         });
         Ok(records
             .into_iter()
@@ -260,9 +358,16 @@ impl ProxyStore {
     /// Deletes a proxy: its Mask (and through it the consumer, Pod and
     /// Service), its slot and its record. `None` when there is no such proxy.
     pub async fn delete(&self, id: &str) -> Result<Option<Proxy>, StoreError> {
-        let Some(record) = self.record(id).await? else { return Ok(None) };
+        let Some(record) = self.record(id).await? else {
+            return Ok(None);
+        };
         let mask = self.masks().get_opt(id).await?;
-        let objects = ProxyObjects { record: record.clone(), mask, consumer: None, pod: None };
+        let objects = ProxyObjects {
+            record: record.clone(),
+            mask,
+            consumer: None,
+            pod: None,
+        };
         let mut view = proxy::view(&objects, &self.namespace, self.template.port, false);
         let dp = DeleteParams::background();
         match self.masks().delete(id, &dp).await {
@@ -272,7 +377,10 @@ impl ProxyStore {
         }
         self.delete_slots(id).await;
         let dp = DeleteParams {
-            preconditions: Some(Preconditions { uid: record.metadata.uid.clone(), resource_version: None }),
+            preconditions: Some(Preconditions {
+                uid: record.metadata.uid.clone(),
+                resource_version: None,
+            }),
             ..DeleteParams::background()
         };
         match self.secrets().delete(id, &dp).await {
@@ -288,19 +396,32 @@ impl ProxyStore {
 
     /// Creates the Pod and Service of the proxy whose record is `record` once
     /// `consumer` is Active. Returns whether the consumer was ready for them.
-    async fn ensure_workload(&self, record: &Secret, consumer: &MaskConsumer) -> Result<bool, StoreError> {
+    async fn ensure_workload(
+        &self,
+        record: &Secret,
+        consumer: &MaskConsumer,
+    ) -> Result<bool, StoreError> {
         if consumer.phase() != MaskPhase::Active || record.metadata.deletion_timestamp.is_some() {
             return Ok(false);
         }
         let id = record.metadata.name.clone().unwrap_or_default();
         let request = proxy::request_of(record);
-        let Some(pod) = proxy::proxy_pod(&id, &request, consumer, &self.template) else { return Ok(false) };
+        let Some(pod) = proxy::proxy_pod(&id, &request, consumer, &self.template) else {
+            return Ok(false);
+        };
         match self.pods().create(&PostParams::default(), &pod).await {
             Ok(_) => tracing::info!("proxy pod created"),
             Err(e) if is_status(&e, 409) => {}
             Err(e) => return Err(e.into()),
         }
-        match self.services().create(&PostParams::default(), &proxy::proxy_service(&id, consumer, &self.template)).await {
+        match self
+            .services()
+            .create(
+                &PostParams::default(),
+                &proxy::proxy_service(&id, consumer, &self.template),
+            )
+            .await
+        {
             Ok(_) => {}
             Err(e) if is_status(&e, 409) => {}
             Err(e) => return Err(e.into()),
@@ -312,7 +433,9 @@ impl ProxyStore {
     /// consumer is Active, deleted when the consumer loses its slot or is
     /// assigned other credentials (it is then created again).
     async fn on_consumer(&self, consumer: MaskConsumer) -> Result<(), StoreError> {
-        let Some(name) = consumer.metadata.name.clone() else { return Ok(()) };
+        let Some(name) = consumer.metadata.name.clone() else {
+            return Ok(());
+        };
         if !proxy::is_valid_id(&name) {
             return Ok(());
         }
@@ -320,20 +443,33 @@ impl ProxyStore {
             (MaskPhase::Active, Some(a)) => Some(a.secret.clone()),
             _ => None,
         };
-        let pod = self.pods().get_opt(&name).await?.filter(|p| is_managed(&p.metadata));
+        let pod = self
+            .pods()
+            .get_opt(&name)
+            .await?
+            .filter(|p| is_managed(&p.metadata));
         match (&wanted_secret, pod) {
-            (Some(secret), Some(pod)) if proxy::pod_credentials_secret(&pod) == Some(secret.as_str()) => Ok(()),
+            (Some(secret), Some(pod))
+                if proxy::pod_credentials_secret(&pod) == Some(secret.as_str()) =>
+            {
+                Ok(())
+            }
             (None, None) => Ok(()),
             (_, Some(pod)) => {
                 if pod.metadata.deletion_timestamp.is_some() {
                     return Ok(());
                 }
                 let dp = DeleteParams {
-                    preconditions: Some(Preconditions { uid: pod.metadata.uid.clone(), resource_version: None }),
+                    preconditions: Some(Preconditions {
+                        uid: pod.metadata.uid.clone(),
+                        resource_version: None,
+                    }),
                     ..DeleteParams::background()
                 };
                 match self.pods().delete(&name, &dp).await {
-                    Ok(_) => tracing::info!("proxy pod deleted: its VPN slot was lost or reassigned"),
+                    Ok(_) => {
+                        tracing::info!("proxy pod deleted: its VPN slot was lost or reassigned")
+                    }
                     Err(e) if is_status(&e, 404) || is_status(&e, 409) => {}
                     Err(e) => return Err(e.into()),
                 }
@@ -351,7 +487,9 @@ impl ProxyStore {
     /// Watches MaskConsumers and creates each proxy's Pod and Service as soon
     /// as its consumer turns Active. Runs until `cancel`.
     pub async fn run_workload_watcher(self, cancel: CancellationToken) {
-        let stream = watcher(self.consumers(), watcher::Config::default()).default_backoff().applied_objects();
+        let stream = watcher(self.consumers(), watcher::Config::default())
+            .default_backoff()
+            .applied_objects();
         let mut stream = std::pin::pin!(stream);
         loop {
             let next = tokio::select! {
