@@ -3,14 +3,18 @@
 //! are gone.
 
 use std::collections::BTreeMap;
+use std::fmt::Debug;
 use std::sync::Arc;
 
-use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::{ByteString, NamespaceResourceScope};
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
 use serde_json::json;
 use vpno_api::names::{credentials_secret_name, reservation_name, slot_of_reservation};
 use vpno_api::{
@@ -20,6 +24,7 @@ use vpno_api::{
 use crate::context::{Ctx, controller_ref, ns_of, uid_of};
 use crate::error::{ControllerError, is_status};
 use crate::plan::assign::{AssignmentPlan, SlotRequest, plan_assignment};
+use crate::plan::release::{holding_message, pod_holds_secret};
 use crate::plan::status::now_rfc3339;
 use crate::plan::{CONSUMER_FINALIZER, PIN_ANNOTATION};
 
@@ -512,8 +517,9 @@ async fn complete(
     Ok(Action::await_change())
 }
 
-/// The consumer is being deleted: its Pods go first, then its credentials,
-/// then the reservation; only then the finalizer.
+/// The consumer is being deleted: the workloads it owns (and through the
+/// garbage collector theirs) and every Pod using its credentials go first,
+/// then its credentials, then the reservation; only then the finalizer.
 async fn release(
     consumer: &Arc<MaskConsumer>,
     ns: &str,
@@ -528,33 +534,55 @@ async fn release(
         return Ok(Action::await_change());
     }
     let uid = uid_of(consumer.as_ref(), KIND)?;
-    if consumer.phase() != MaskPhase::Terminating {
+    // Workloads owned by the consumer are deleted in the foreground, so the
+    // garbage collector removes their ReplicaSets and Pods before them.
+    let mut owned = Vec::new();
+    owned.extend(delete_owned::<Deployment>(ctx, ns, &uid, "Deployment").await?);
+    owned.extend(delete_owned::<StatefulSet>(ctx, ns, &uid, "StatefulSet").await?);
+    owned.extend(delete_owned::<DaemonSet>(ctx, ns, &uid, "DaemonSet").await?);
+    owned.extend(delete_owned::<ReplicaSet>(ctx, ns, &uid, "ReplicaSet").await?);
+    owned.extend(delete_owned::<Job>(ctx, ns, &uid, "Job").await?);
+    let owned_pods = delete_owned::<Pod>(ctx, ns, &uid, "Pod").await?;
+    // Any Pod still using the credentials holds the slot, whoever owns it
+    // (e.g. a Pod of a ReplicaSet of a Deployment owned by the consumer).
+    let mut using = Vec::new();
+    if let Some(a) = consumer.assignment() {
+        let papi: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+        let pods = ctx
+            .metrics()
+            .read("Pod", papi.list(&ListParams::default()))
+            .await
+            .map_err(|e| ControllerError::kube(format!("listing Pods in {ns}"), e))?;
+        using = pods
+            .items
+            .iter()
+            .filter(|p| pod_holds_secret(p, &a.secret))
+            .map(|p| format!("Pod {}", p.name_any()))
+            .filter(|p| !owned_pods.contains(p))
+            .collect();
+    }
+    // Deleted Pods the consumer owns wake this reconcile; nothing watches the
+    // other kinds or indirectly owned Pods, so poll for those.
+    let poll = !owned.is_empty() || !using.is_empty();
+    owned.extend(owned_pods);
+    let message = holding_message(&owned, &using);
+    let current = consumer.status.as_ref().and_then(|s| s.message.as_deref());
+    if consumer.phase() != MaskPhase::Terminating || current != Some(message.as_str()) {
         let _ = ctx
-            .patch_status(api, KIND, &consumer.name_any(), json!({"status": {
-                "phase": MaskPhase::Terminating, "message": "releasing the slot once every Pod of this consumer is gone",
-                "lastUpdated": now_rfc3339()}}))
+            .patch_status(
+                api,
+                KIND,
+                &consumer.name_any(),
+                json!({"status": {
+                "phase": MaskPhase::Terminating, "message": message,
+                "lastUpdated": now_rfc3339()}}),
+            )
             .await;
     }
-    let papi: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    let pods = ctx
-        .metrics()
-        .read("Pod", papi.list_metadata(&ListParams::default()))
-        .await
-        .map_err(|e| ControllerError::kube(format!("listing Pods in {ns}"), e))?;
-    let mine: Vec<_> = pods
-        .items
-        .into_iter()
-        .filter(|p| p.owner_references().iter().any(|o| o.uid == uid))
-        .collect();
-    if !mine.is_empty() {
-        for pod in mine
-            .iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-        {
-            ctx.delete_if(&papi, "Pod", &pod.name_any(), pod.uid().as_deref())
-                .await?;
-            ctx.metrics().action("delete_pod");
-        }
+    if poll {
+        return Ok(Action::requeue(std::time::Duration::from_secs(1)));
+    }
+    if !owned.is_empty() {
         // Pods take their grace period to stop; their deletion wakes this
         // reconcile (the timer is only a safety net).
         return Ok(Action::requeue(std::time::Duration::from_secs(5)));
@@ -594,4 +622,45 @@ async fn release(
     ctx.remove_finalizer(api, KIND, consumer.as_ref(), CONSUMER_FINALIZER)
         .await?;
     Ok(Action::await_change())
+}
+
+/// Deletes, with foreground propagation, the `kind` objects in `ns` owned
+/// directly by the consumer `uid`; returns `"<kind> <name>"` of each one
+/// still present (being deleted included).
+async fn delete_owned<K>(
+    ctx: &Ctx,
+    ns: &str,
+    uid: &str,
+    kind: &'static str,
+) -> Result<Vec<String>, ControllerError>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    let list = ctx
+        .metrics()
+        .read(kind, api.list_metadata(&ListParams::default()))
+        .await
+        .map_err(|e| ControllerError::kube(format!("listing {kind}s in {ns}"), e))?;
+    let mut left = Vec::new();
+    for o in list
+        .items
+        .into_iter()
+        .filter(|o| o.owner_references().iter().any(|r| r.uid == uid))
+    {
+        if o.metadata.deletion_timestamp.is_none() {
+            ctx.delete_foreground_if(&api, kind, &o.name_any(), o.uid().as_deref())
+                .await?;
+            ctx.metrics().action(if kind == "Pod" {
+                "delete_pod"
+            } else {
+                "delete_workload"
+            });
+        }
+        left.push(format!("{kind} {}", o.name_any()));
+    }
+    Ok(left)
 }

@@ -107,7 +107,38 @@ impl Ctx {
     where
         K: Resource + Clone + DeserializeOwned + Debug,
     {
-        let mut dp = DeleteParams::background();
+        self.delete_with(api, kind, name, uid, DeleteParams::background())
+            .await
+    }
+
+    /// Like [`Ctx::delete_if`], with foreground propagation: the object stays
+    /// (with a `deletionTimestamp`) until the garbage collector has deleted
+    /// its blocking dependents, e.g. a Deployment's ReplicaSets and Pods.
+    pub async fn delete_foreground_if<K>(
+        &self,
+        api: &Api<K>,
+        kind: &'static str,
+        name: &str,
+        uid: Option<&str>,
+    ) -> Result<(), ControllerError>
+    where
+        K: Resource + Clone + DeserializeOwned + Debug,
+    {
+        self.delete_with(api, kind, name, uid, DeleteParams::foreground())
+            .await
+    }
+
+    async fn delete_with<K>(
+        &self,
+        api: &Api<K>,
+        kind: &'static str,
+        name: &str,
+        uid: Option<&str>,
+        mut dp: DeleteParams,
+    ) -> Result<(), ControllerError>
+    where
+        K: Resource + Clone + DeserializeOwned + Debug,
+    {
         if let Some(uid) = uid {
             dp.preconditions = Some(Preconditions {
                 uid: Some(uid.to_string()),

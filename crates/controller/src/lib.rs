@@ -6,10 +6,16 @@
 //!   (slot < maxSlots); a 409 means someone holds it, so any number of
 //!   controller replicas can never over-assign.
 //! - Every MaskConsumer carries the finalizer `vpn.beebs.dev/release-slot`.
-//!   When it is deleted, the controller deletes the Pods it owns (directly,
-//!   through ownerReferences), waits until they are gone, deletes the
-//!   credentials Secret, and only then deletes the reservation and lets the
-//!   consumer go. Workloads using the credentials must be owned by the consumer.
+//!   When it is deleted, the controller deletes the workloads it owns directly
+//!   (Deployments, ReplicaSets, StatefulSets, DaemonSets, Jobs, Pods) with
+//!   foreground propagation, so the garbage collector removes their
+//!   ReplicaSets and Pods first. The slot stays held while any such owned
+//!   object, or any unfinished Pod in the namespace that references the
+//!   credentials Secret (envFrom, env secretKeyRef, secret or projected
+//!   volume), remains; then the controller deletes the credentials Secret,
+//!   the reservation, and lets the consumer go. Deleted owned Pods wake the
+//!   consumer; the other kinds are polled every second while it waits. The
+//!   consumer's Terminating status message names what is holding the slot.
 //! - A reservation's deletion wakes the unassigned consumers that provider
 //!   could serve (watch event, no polling), so a waiting Mask gets the slot at once.
 //! - A consumer that lost its slot (provider deleted, reservation removed,

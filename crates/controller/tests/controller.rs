@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::events::v1::Event as K8sEvent;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -629,6 +630,156 @@ async fn waiting_mask_gets_the_slot_once_the_consumer_and_its_pods_are_gone() {
             .iter()
             .all(|o| Some(&o.uid) != c1.uid().as_ref())
     }));
+    assert_no_leaks(&client, ns).await;
+}
+
+#[tokio::test]
+async fn slot_is_held_until_pods_of_workloads_owned_by_the_consumer_are_gone() {
+    let Some((client, ns)) = setup(&["workloads"]).await else {
+        return;
+    };
+    let ns = &ns[0];
+    let _ctl = Running::start(&client, &[ns]);
+    provider("solo", 1).create(&client, ns).await;
+    wait_provider_phase(&client, ns, "solo", ProviderPhase::Ready).await;
+    create_mask(&client, ns, "first", None).await;
+    wait_mask_phase(&client, ns, "first", MaskPhase::Active).await;
+    create_mask(&client, ns, "second", None).await;
+    wait_mask_phase(&client, ns, "second", MaskPhase::Waiting).await;
+    let c1 = consumer(&client, ns, "first").await.unwrap();
+    let c1_uid = c1.uid().unwrap();
+    let secret = c1.assignment().unwrap().secret.clone();
+    let held = reservations(&client, ns).await;
+    assert_eq!(held.len(), 1);
+    let held_uid = held[0].uid().unwrap();
+    assert_eq!(held[0].spec.uid, c1_uid);
+
+    // A Deployment owned by the consumer, with the ReplicaSet and Pod a real
+    // deployment controller would make (the test env runs only the GC).
+    let template = json!({
+        "metadata": {"labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "app", "image": "busybox",
+            "envFrom": [{"secretRef": {"name": secret}}]}]}
+    });
+    let deployments = Api::<Deployment>::namespaced(client.clone(), ns);
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web", "ownerReferences": [{"apiVersion": "vpn.beebs.dev/v1",
+            "kind": "MaskConsumer", "name": "first", "uid": c1_uid}]},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": template}
+    }))
+    .unwrap();
+    let deployment = deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+    let replicasets = Api::<ReplicaSet>::namespaced(client.clone(), ns);
+    let rs: ReplicaSet = serde_json::from_value(json!({
+        "metadata": {"name": "web-5d8f", "ownerReferences": [{"apiVersion": "apps/v1",
+            "kind": "Deployment", "name": "web", "uid": deployment.uid().unwrap(),
+            "controller": true, "blockOwnerDeletion": true}]},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": template}
+    }))
+    .unwrap();
+    let rs = replicasets
+        .create(&PostParams::default(), &rs)
+        .await
+        .unwrap();
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    // "web-5d8f-x2k" as the ReplicaSet controller makes it (blocking its
+    // owner's deletion); "web-5d8f-old" without blockOwnerDeletion, so only
+    // its use of the credentials can hold the slot once its owners are gone.
+    for (name, block) in [("web-5d8f-x2k", true), ("web-5d8f-old", false)] {
+        let mut pod = template.clone();
+        pod["metadata"] = json!({"name": name, "labels": {"app": "web"},
+            "finalizers": ["test.vpn.beebs.dev/hold"],
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d8f",
+                "uid": rs.uid().unwrap(), "controller": true, "blockOwnerDeletion": block}]});
+        let pod: Pod = serde_json::from_value(pod).unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+    }
+    let release_pod = async |name: &str| {
+        pods.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+    };
+    // While a Pod using the credentials exists, the slot does not change hands.
+    let assert_slot_held = async |why: &str| {
+        let window = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < window {
+            let now: Vec<_> = reservations(&client, ns)
+                .await
+                .into_iter()
+                .map(|r| (r.uid().unwrap(), r.spec.uid))
+                .collect();
+            assert_eq!(
+                now,
+                [(held_uid.clone(), c1_uid.clone())],
+                "slot released while {why}"
+            );
+            let second = Api::<Mask>::namespaced(client.clone(), ns)
+                .get("second")
+                .await
+                .unwrap();
+            assert_eq!(second.phase(), MaskPhase::Waiting, "while {why}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+
+    delete(&Api::<Mask>::namespaced(client.clone(), ns), "first").await;
+    // The controller deletes the Deployment in the foreground; the GC then
+    // deletes the ReplicaSet and its Pods, which the test keeps stopping.
+    for name in ["web-5d8f-x2k", "web-5d8f-old"] {
+        eventually(&format!("Pod {name} to be deleted"), async || {
+            pods.get(name).await.unwrap().metadata.deletion_timestamp
+        })
+        .await;
+    }
+    assert_slot_held("a Pod of the consumer's Deployment still used the credentials").await;
+    let d = deployments
+        .get_opt("web")
+        .await
+        .unwrap()
+        .expect("the Deployment stays while its Pod is stopping (foreground deletion)");
+    assert!(
+        d.metadata.deletion_timestamp.is_some()
+            && d.finalizers().iter().any(|f| f == "foregroundDeletion"),
+        "the Deployment is deleted in the foreground: {:?}",
+        d.metadata
+    );
+    let c = consumer(&client, ns, "first")
+        .await
+        .expect("consumer held by its finalizer while the Pods remain");
+    let msg = c.status.and_then(|s| s.message).unwrap_or_default();
+    assert!(
+        msg.contains("Pod web-5d8f-") && msg.contains("Deployment web"),
+        "the consumer says what holds the slot: {msg}"
+    );
+
+    // The blocking Pod stops: the GC removes the ReplicaSet and Deployment,
+    // but the other Pod still uses the credentials.
+    release_pod("web-5d8f-x2k").await;
+    eventually("the Deployment and ReplicaSet to be gone", async || {
+        (deployments.get_opt("web").await.unwrap().is_none()
+            && replicasets.get_opt("web-5d8f").await.unwrap().is_none())
+        .then_some(())
+    })
+    .await;
+    assert_slot_held("a Pod no longer owned by anything still used the credentials").await;
+
+    // The last Pod stops: the waiting Mask gets the slot.
+    release_pod("web-5d8f-old").await;
+    wait_mask_phase(&client, ns, "second", MaskPhase::Active).await;
+    eventually("first consumer gone", async || {
+        consumer(&client, ns, "first").await.is_none().then_some(())
+    })
+    .await;
+    let r = reservations(&client, ns).await;
+    assert_eq!(r.len(), 1);
+    assert_ne!(r[0].spec.uid, c1_uid);
     assert_no_leaks(&client, ns).await;
 }
 

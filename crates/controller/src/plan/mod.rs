@@ -2,6 +2,7 @@
 
 pub mod assign;
 pub mod evict;
+pub mod release;
 pub mod status;
 pub mod verify;
 pub mod verify_pod;
