@@ -39,6 +39,11 @@ fn sh(ns: &NamedNetns, args: &[&str]) {
     ns.ip(args).unwrap_or_else(|e| panic!("{e}"));
 }
 
+fn veth(a: &NamedNetns, local: (&str, &str), b: &NamedNetns, remote: (&str, &str)) {
+    a.link_veth(local, b, remote)
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
 fn nft(ns: &NamedNetns, script: &str) -> String {
     let out = ns.exec("nft", &[script]).expect("nft runs");
     assert!(
@@ -69,74 +74,32 @@ fn topology() -> Topology {
     let provider = NamedNetns::create(format!("vpno-gw-p-{id}")).unwrap();
     let internet = NamedNetns::create(format!("vpno-gw-i-{id}")).unwrap();
 
-    sh(
+    veth(
         &client,
-        &[
-            "link",
-            "add",
-            "c0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "lan0",
-            "netns",
-            gateway.name(),
-        ],
-    );
-    sh(&client, &["addr", "add", "10.77.0.100/24", "dev", "c0"]);
-    sh(&client, &["link", "set", "c0", "up"]);
-    sh(&client, &["route", "add", "default", "via", "10.77.0.11"]);
-    sh(&gateway, &["addr", "add", "10.77.0.11/24", "dev", "lan0"]);
-    sh(&gateway, &["link", "set", "lan0", "up"]);
-
-    sh(
+        ("c0", "10.77.0.100/24"),
         &gateway,
-        &[
-            "link",
-            "add",
-            "up0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "gw0",
-            "netns",
-            provider.name(),
-        ],
+        ("lan0", "10.77.0.11/24"),
     );
-    sh(&gateway, &["addr", "add", "198.51.100.2/30", "dev", "up0"]);
-    sh(&gateway, &["link", "set", "up0", "up"]);
+    sh(&client, &["route", "add", "default", "via", "10.77.0.11"]);
+
+    veth(
+        &gateway,
+        ("up0", "198.51.100.2/30"),
+        &provider,
+        ("gw0", "198.51.100.1/30"),
+    );
     // A main-table default route: without the kill switch, traffic could leak here.
     sh(
         &gateway,
         &["route", "add", "default", "via", "198.51.100.1"],
     );
-    sh(&provider, &["addr", "add", "198.51.100.1/30", "dev", "gw0"]);
-    sh(&provider, &["link", "set", "gw0", "up"]);
 
-    sh(
+    veth(
         &provider,
-        &[
-            "link",
-            "add",
-            "wan0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            internet.name(),
-        ],
-    );
-    sh(&provider, &["addr", "add", "203.0.113.1/24", "dev", "wan0"]);
-    sh(&provider, &["link", "set", "wan0", "up"]);
-    sh(
+        ("wan0", "203.0.113.1/24"),
         &internet,
-        &["addr", "add", "203.0.113.10/24", "dev", "eth0"],
+        ("eth0", "203.0.113.10/24"),
     );
-    sh(&internet, &["link", "set", "eth0", "up"]);
     // Leaked packets need a way back too, so that a leak would "work".
     sh(
         &internet,

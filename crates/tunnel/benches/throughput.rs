@@ -62,25 +62,12 @@ fn main() {
     let id = std::process::id();
     let a = NamedNetns::create(format!("vpno-bench-a-{id}")).unwrap();
     let b = NamedNetns::create(format!("vpno-bench-b-{id}")).unwrap();
-    a.ip(&[
-        "link",
-        "add",
-        "veth-a",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "veth-b",
-        "netns",
-        b.name(),
-    ])
+    a.link_veth(
+        ("veth-a", "198.51.100.1/30"),
+        &b,
+        ("veth-b", "198.51.100.2/30"),
+    )
     .unwrap();
-    a.ip(&["addr", "add", "198.51.100.1/30", "dev", "veth-a"])
-        .unwrap();
-    a.ip(&["link", "set", "veth-a", "up"]).unwrap();
-    b.ip(&["addr", "add", "198.51.100.2/30", "dev", "veth-b"])
-        .unwrap();
-    b.ip(&["link", "set", "veth-b", "up"]).unwrap();
     let rt_a = a.runtime().unwrap();
     let rt_b = b.runtime().unwrap();
 

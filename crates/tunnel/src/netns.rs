@@ -102,6 +102,33 @@ impl NamedNetns {
         exec(&self.name, program, args)
     }
 
+    /// Joins this namespace to `peer` with a veth pair: `local` (address
+    /// `local_cidr`) here and `remote` (address `remote_cidr`) in `peer`, both up.
+    pub fn link_veth(
+        &self,
+        (local, local_cidr): (&str, &str),
+        peer: &NamedNetns,
+        (remote, remote_cidr): (&str, &str),
+    ) -> Result<(), NetnsError> {
+        self.ip(&[
+            "link",
+            "add",
+            local,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            remote,
+            "netns",
+            peer.name(),
+        ])?;
+        self.ip(&["addr", "add", local_cidr, "dev", local])?;
+        self.ip(&["link", "set", local, "up"])?;
+        peer.ip(&["addr", "add", remote_cidr, "dev", remote])?;
+        peer.ip(&["link", "set", remote, "up"])?;
+        Ok(())
+    }
+
     /// Starts a thread inside this namespace running a tokio runtime.
     pub fn runtime(&self) -> Result<NetnsRuntime, NetnsError> {
         NetnsRuntime::start(&self.name)

@@ -30,25 +30,12 @@ fn pair() -> Pair {
     );
     let a = NamedNetns::create(format!("vpno-tun-a-{id}")).unwrap();
     let b = NamedNetns::create(format!("vpno-tun-b-{id}")).unwrap();
-    a.ip(&[
-        "link",
-        "add",
-        "veth-a",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "veth-b",
-        "netns",
-        b.name(),
-    ])
+    a.link_veth(
+        ("veth-a", "198.51.100.1/30"),
+        &b,
+        ("veth-b", "198.51.100.2/30"),
+    )
     .unwrap();
-    a.ip(&["addr", "add", "198.51.100.1/30", "dev", "veth-a"])
-        .unwrap();
-    a.ip(&["link", "set", "veth-a", "up"]).unwrap();
-    b.ip(&["addr", "add", "198.51.100.2/30", "dev", "veth-b"])
-        .unwrap();
-    b.ip(&["link", "set", "veth-b", "up"]).unwrap();
     Pair {
         rt_a: a.runtime().unwrap(),
         rt_b: b.runtime().unwrap(),
@@ -306,26 +293,12 @@ async fn server_with_two_peers_and_per_peer_block() {
     );
     let c = NamedNetns::create(format!("vpno-tun-c-{id}")).unwrap();
     pair.a
-        .ip(&[
-            "link",
-            "add",
-            "veth-ac",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "veth-c",
-            "netns",
-            c.name(),
-        ])
+        .link_veth(
+            ("veth-ac", "198.51.100.5/30"),
+            &c,
+            ("veth-c", "198.51.100.6/30"),
+        )
         .unwrap();
-    pair.a
-        .ip(&["addr", "add", "198.51.100.5/30", "dev", "veth-ac"])
-        .unwrap();
-    pair.a.ip(&["link", "set", "veth-ac", "up"]).unwrap();
-    c.ip(&["addr", "add", "198.51.100.6/30", "dev", "veth-c"])
-        .unwrap();
-    c.ip(&["link", "set", "veth-c", "up"]).unwrap();
     let rt_c = c.runtime().unwrap();
 
     let Configs {
