@@ -16,6 +16,7 @@ use crate::ControllerConfig;
 use crate::error::{ControllerError, is_status};
 use crate::metrics::{ControllerMetrics, Metrics};
 use crate::plan::assign::ProviderSlots;
+use crate::plan::finalizers;
 use crate::view::Scope;
 
 /// Everything a reconciler may use.
@@ -172,60 +173,65 @@ impl Ctx {
             .map_err(|e| ControllerError::kube(format!("writing status of {kind} {name}"), e))
     }
 
-    /// Adds `finalizer` to an object if it lacks it.
-    pub async fn ensure_finalizer<K>(
+    /// Gives a live object the finalizers it should carry: `ours` (when the
+    /// kind has one) instead of the original vpn-operator's. No write when the
+    /// list is already right.
+    pub async fn adopt_finalizers<K>(
         &self,
         api: &Api<K>,
         kind: &'static str,
         obj: &K,
-        finalizer: &str,
+        ours: Option<&str>,
     ) -> Result<(), ControllerError>
     where
         K: Resource + Clone + DeserializeOwned + Debug,
     {
-        if obj.finalizers().iter().any(|f| f == finalizer) {
-            return Ok(());
+        match finalizers::adopted(obj.finalizers(), ours) {
+            None => Ok(()),
+            Some(new) => {
+                if obj
+                    .finalizers()
+                    .iter()
+                    .any(|f| f == finalizers::LEGACY_FINALIZER)
+                {
+                    self.metrics().action("adopt_legacy");
+                }
+                self.set_finalizers(api, kind, obj, &new).await
+            }
         }
-        let mut finalizers = obj.finalizers().to_vec();
-        finalizers.push(finalizer.to_string());
-        let patch = finalizer_patch(obj.finalizers(), &finalizers)?;
-        self.metrics()
-            .write(
-                kind,
-                api.patch(
-                    &obj.name_any(),
-                    &PatchParams::default(),
-                    &Patch::<()>::Json(patch),
-                ),
-            )
-            .await
-            .map_err(|e| {
-                ControllerError::kube(format!("adding finalizer to {kind} {}", obj.name_any()), e)
-            })?;
-        Ok(())
     }
 
-    /// Removes `finalizer` from an object (no-op when absent or the object is gone).
-    pub async fn remove_finalizer<K>(
+    /// Removes `ours` and the original vpn-operator's finalizer once the
+    /// release work is done (no-op when neither is present or the object is gone).
+    pub async fn release_finalizers<K>(
         &self,
         api: &Api<K>,
         kind: &'static str,
         obj: &K,
-        finalizer: &str,
+        ours: Option<&str>,
     ) -> Result<(), ControllerError>
     where
         K: Resource + Clone + DeserializeOwned + Debug,
     {
-        if !obj.finalizers().iter().any(|f| f == finalizer) {
-            return Ok(());
+        match finalizers::released(obj.finalizers(), ours) {
+            None => Ok(()),
+            Some(new) => self.set_finalizers(api, kind, obj, &new).await,
         }
-        let finalizers: Vec<String> = obj
-            .finalizers()
-            .iter()
-            .filter(|f| *f != finalizer)
-            .cloned()
-            .collect();
-        let patch = finalizer_patch(obj.finalizers(), &finalizers)?;
+    }
+
+    /// Replaces the finalizer list if it is still the one `obj` shows (a 404
+    /// counts as done: the object is gone).
+    async fn set_finalizers<K>(
+        &self,
+        api: &Api<K>,
+        kind: &'static str,
+        obj: &K,
+        new: &[String],
+    ) -> Result<(), ControllerError>
+    where
+        K: Resource + Clone + DeserializeOwned + Debug,
+    {
+        let patch = finalizer_patch(obj.finalizers(), new)?;
         match self
             .metrics()
             .write(
@@ -241,7 +247,7 @@ impl Ctx {
             Ok(_) => Ok(()),
             Err(e) if is_status(&e, 404) => Ok(()),
             Err(e) => Err(ControllerError::kube(
-                format!("removing finalizer from {kind} {}", obj.name_any()),
+                format!("updating finalizers of {kind} {}", obj.name_any()),
                 e,
             )),
         }

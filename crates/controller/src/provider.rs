@@ -23,7 +23,7 @@ use crate::plan::evict::{HeldSlot, eviction_plan};
 use crate::plan::status::now_rfc3339;
 use crate::plan::verify::{Attempt, VerifyAction, VerifyDecision, VerifyInputs, decide};
 use crate::plan::verify_pod::{VerifyPodParams, pod_progress, render_pod};
-use crate::plan::{PIN_ANNOTATION, PROVIDER_FINALIZER, verify_object_name};
+use crate::plan::{PIN_ANNOTATION, PROVIDER_FINALIZER, finalizers, verify_object_name};
 use crate::reservation::owned_by;
 
 const KIND: &str = "MaskProvider";
@@ -42,7 +42,7 @@ pub(crate) async fn reconcile(
     if p.meta().deletion_timestamp.is_some() {
         return unassign_all(&p, &ns, &api, &ctx).await;
     }
-    ctx.ensure_finalizer(&api, KIND, p.as_ref(), PROVIDER_FINALIZER)
+    ctx.adopt_finalizers(&api, KIND, p.as_ref(), Some(PROVIDER_FINALIZER))
         .await?;
     let name = p.name_any();
     let uid = uid_of(p.as_ref(), KIND)?;
@@ -389,7 +389,7 @@ async fn unassign_all(
     api: &Api<MaskProvider>,
     ctx: &Ctx,
 ) -> Result<Action, ControllerError> {
-    if !p.finalizers().iter().any(|f| f == PROVIDER_FINALIZER) {
+    if !finalizers::awaits_release(p.finalizers(), Some(PROVIDER_FINALIZER)) {
         return Ok(Action::await_change());
     }
     let name = p.name_any();
@@ -473,7 +473,7 @@ async fn unassign_all(
         // Reservation and consumer deletions trigger this reconcile; the timer is a safety net.
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
-    ctx.remove_finalizer(api, KIND, p.as_ref(), PROVIDER_FINALIZER)
+    ctx.release_finalizers(api, KIND, p.as_ref(), Some(PROVIDER_FINALIZER))
         .await?;
     Ok(Action::await_change())
 }
