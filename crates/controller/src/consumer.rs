@@ -21,9 +21,9 @@ use vpno_api::{
     AssignedProvider, MaskConsumer, MaskPhase, MaskProvider, MaskReservation, MaskReservationSpec,
 };
 
-use crate::context::{Ctx, controller_ref, ns_of, uid_of};
+use crate::context::{Ctx, controller_ref, ns_of, provider_view, uid_of};
 use crate::error::{ControllerError, is_status};
-use crate::plan::assign::{AssignmentPlan, SlotRequest, plan_assignment};
+use crate::plan::assign::{AssignmentPlan, SlotRequest, admits, plan_assignment};
 use crate::plan::release::{holding_message, pod_holds_secret};
 use crate::plan::status::now_rfc3339;
 use crate::plan::{CONSUMER_FINALIZER, OWNER_LABEL, PIN_ANNOTATION, finalizers};
@@ -161,6 +161,23 @@ async fn keep_assignment(
     let Some(provider) = ctx.provider(&a.namespace, &a.name) else {
         return Ok(Action::requeue(std::time::Duration::from_secs(1)));
     };
+    if let Some(why) = no_longer_admitted(consumer, ns, &provider) {
+        // Its Mask's `providers` were edited: release (through deleting this
+        // consumer, as for a lost slot) and let the Mask's new consumer be
+        // assigned from the new set.
+        ctx.metrics().action("move");
+        ctx.event(
+            consumer.as_ref(),
+            EventType::Normal,
+            "ProvidersChanged",
+            "Unassign",
+            format!("{why}; deleting this consumer so its Mask is assigned from the new set"),
+        )
+        .await;
+        ctx.delete_if(api, KIND, &consumer.name_any(), consumer.uid().as_deref())
+            .await?;
+        return Ok(Action::await_change());
+    }
     // Keep the credentials copy equal to the provider Secret.
     let sapi: Api<Secret> = Api::namespaced(ctx.client.clone(), &a.namespace);
     let Some(source) = ctx.get_opt(&sapi, "Secret", &provider.spec.secret).await? else {
@@ -193,6 +210,30 @@ async fn keep_assignment(
         .await?;
     }
     Ok(Action::await_change())
+}
+
+/// Why the assigned `provider` no longer admits the consumer (tags or
+/// namespace allow-list), if it does not; phase and free slots do not count.
+fn no_longer_admitted(
+    consumer: &MaskConsumer,
+    ns: &str,
+    provider: &MaskProvider,
+) -> Option<String> {
+    let view = provider_view(provider, Default::default())?;
+    let uid = consumer.uid().unwrap_or_default();
+    let pinned = consumer.annotations().get(PIN_ANNOTATION).cloned();
+    let req = SlotRequest {
+        namespace: ns,
+        tags: consumer.spec.providers.as_deref(),
+        pinned: pinned.as_deref(),
+        seed: &uid,
+    };
+    admits(&view, &req).err().map(|why| {
+        format!(
+            "provider {}/{} no longer matches ({why})",
+            view.namespace, view.name
+        )
+    })
 }
 
 /// Creates or updates the credentials Secret so its data is exactly the

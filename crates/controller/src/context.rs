@@ -29,9 +29,6 @@ pub(crate) struct Context {
     pub consumers: Store<MaskConsumer>,
     pub reservations: Store<MaskReservation>,
     pub recorder: Recorder,
-    /// Provider UID -> `metadata.generation` whose verification failed (in
-    /// memory: after a restart, failed providers are verified once more).
-    pub failed_generations: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 /// The reconcile context plus the metrics of one controller.
@@ -298,32 +295,44 @@ impl Context {
             .state()
             .into_iter()
             .filter_map(|p| {
-                let uid = p.uid()?;
-                let taken = self
-                    .reservations_of(&p)
-                    .into_iter()
-                    .map(|(s, _)| s)
-                    .collect();
-                let slots = ProviderSlots {
-                    namespace: p.namespace().unwrap_or_default(),
-                    name: p.name_any(),
-                    uid,
-                    phase: p.phase(),
-                    terminating: p.meta().deletion_timestamp.is_some(),
-                    max_slots: p.spec.max_slots,
-                    taken,
-                    tags: p.spec.tags.clone().unwrap_or_default(),
-                    namespaces: p.spec.namespaces.clone(),
-                };
+                let slots = self.slots_of(&p)?;
                 Some((p, slots))
             })
             .collect()
+    }
+
+    /// The planner's view of one provider (`None` before it has a uid).
+    pub fn slots_of(&self, p: &MaskProvider) -> Option<ProviderSlots> {
+        let taken = self
+            .reservations_of(p)
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        provider_view(p, taken)
     }
 
     /// A provider from the store by namespace and name.
     pub fn provider(&self, namespace: &str, name: &str) -> Option<Arc<MaskProvider>> {
         self.providers.get(&ObjectRef::new(name).within(namespace))
     }
+}
+
+/// The planner's view of `p` with `taken` slots (`None` before it has a uid).
+pub(crate) fn provider_view(
+    p: &MaskProvider,
+    taken: std::collections::BTreeSet<u32>,
+) -> Option<ProviderSlots> {
+    Some(ProviderSlots {
+        namespace: p.namespace().unwrap_or_default(),
+        name: p.name_any(),
+        uid: p.uid()?,
+        phase: p.phase(),
+        terminating: p.meta().deletion_timestamp.is_some(),
+        max_slots: p.spec.max_slots,
+        taken,
+        tags: p.spec.tags.clone().unwrap_or_default(),
+        namespaces: p.spec.namespaces.clone(),
+    })
 }
 
 /// Namespace of a namespaced object (always set by the API server).

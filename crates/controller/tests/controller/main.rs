@@ -5,6 +5,7 @@
 //! kubelet for verification Pods.
 
 mod assign;
+mod edits;
 mod metrics;
 mod provider;
 mod release;

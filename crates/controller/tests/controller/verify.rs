@@ -357,3 +357,82 @@ async fn reverification_waits_for_a_free_slot_and_never_exceeds_max_slots() {
     watch.abort();
     let _ = p;
 }
+
+#[tokio::test]
+async fn a_failed_verification_stays_failed_across_a_restart_until_the_secret_changes() {
+    let Some((client, ns)) = setup(&["verify-restart"]).await else {
+        return;
+    };
+    let ns = &ns[0];
+    let ctl = Running::start(&client, &[ns]);
+    provider("f", 1)
+        .verify(VerifySpec {
+            skip: None,
+            timeout: Some("1m".into()),
+            interval: None,
+            overrides: None,
+        })
+        .create(&client, ns)
+        .await;
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    eventually("the verification pod", async || {
+        pods.get_opt("vpno-verify-f").await.unwrap()
+    })
+    .await;
+    play_kubelet(&client, ns, "vpno-verify-f", json!({"phase": "Failed"})).await;
+    let failed = wait_provider_phase(&client, ns, "f", ProviderPhase::ErrVerifyFailed).await;
+    let message = failed.status.as_ref().unwrap().message.clone();
+    assert!(
+        failed.status.as_ref().unwrap().verify_failure.is_some(),
+        "the failure is remembered in status: {:?}",
+        failed.status
+    );
+    let masks = Api::<Mask>::namespaced(client.clone(), ns);
+    eventually("the verification Mask and Pod gone", async || {
+        (masks.get_opt("vpno-verify-f").await.unwrap().is_none()
+            && pods.get_opt("vpno-verify-f").await.unwrap().is_none())
+        .then_some(())
+    })
+    .await;
+    drop(ctl);
+
+    // A new controller process: it reconciles the provider and leaves it failed.
+    let metrics = Arc::new(vpno_controller::Metrics::default());
+    let _ctl = Running::start_with(
+        &client,
+        ControllerConfig {
+            metrics: metrics.clone(),
+            ..ControllerConfig::for_namespaces([ns.as_str()])
+        },
+    );
+    eventually(
+        "the restarted controller to reconcile the provider",
+        async || (metrics.provider.reconcile_count("ok") > 0).then_some(()),
+    )
+    .await;
+    assert_eq!(metrics.provider.action_count("start_verification"), 0);
+    assert!(masks.get_opt("vpno-verify-f").await.unwrap().is_none());
+    let p = Api::<MaskProvider>::namespaced(client.clone(), ns)
+        .get("f")
+        .await
+        .unwrap();
+    assert_eq!(p.phase(), ProviderPhase::ErrVerifyFailed);
+    assert_eq!(p.status.unwrap().message, message);
+
+    // The user fixes the credentials: verification runs again.
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .patch(
+            "f-creds",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"OPENVPN_USER": "Zml4ZWQ="}})),
+        )
+        .await
+        .unwrap();
+    eventually("a new verification pod", async || {
+        pods.get_opt("vpno-verify-f").await.unwrap()
+    })
+    .await;
+    play_kubelet(&client, ns, "vpno-verify-f", json!({"phase": "Succeeded"})).await;
+    let p = wait_provider_phase(&client, ns, "f", ProviderPhase::Ready).await;
+    assert_eq!(p.status.unwrap().verify_failure, None);
+}
