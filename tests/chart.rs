@@ -633,3 +633,345 @@ fn chart_app_version_is_the_crate_version() {
     assert_eq!(chart["appVersion"], env!("CARGO_PKG_VERSION"));
     assert_eq!(chart["name"], "vpn-operator");
 }
+
+mod cluster {
+    //! The chart installed by Helm into the real API server of
+    //! `vpno_testenv::TestEnv` (no kubelet: Pods stay Pending), its
+    //! components' permissions exercised by the real controller and API
+    //! running in-process under the chart's ServiceAccounts, then uninstalled.
+
+    use std::time::{Duration, Instant};
+
+    use http_body_util::{BodyExt as _, Full};
+    use hyper::body::Bytes;
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{Pod, Secret, Service, ServiceAccount};
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+    use kube::Client;
+    use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+    use serde_json::{Value, json};
+    use vpno_api::{Mask, MaskProvider, MaskProviderSpec, VerifySpec};
+    use vpno_testenv::TestEnv;
+
+    const TIMEOUT: Duration = Duration::from_secs(60);
+    const TOKEN: &str = "tok-from-the-chart";
+
+    async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(out) = f().await {
+                return out;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// `scripts/helm ARGS` off the async runtime.
+    async fn helm(args: Vec<String>) -> Result<String, String> {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            super::helm(&args)
+        })
+        .await
+        .unwrap()
+    }
+
+    /// A client acting as ServiceAccount `ns/name` (impersonation).
+    fn as_service_account(env: &TestEnv, ns: &str, name: &str) -> Client {
+        let mut config = env.config();
+        config.auth_info.impersonate = Some(format!("system:serviceaccount:{ns}:{name}"));
+        config.auth_info.impersonate_groups = Some(vec![
+            "system:serviceaccounts".into(),
+            format!("system:serviceaccounts:{ns}"),
+            "system:authenticated".into(),
+        ]);
+        Client::try_from(config).unwrap()
+    }
+
+    /// One HTTP request to the in-process API; `(status, JSON body)`.
+    async fn call(base: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<Full<Bytes>>();
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{base}{path}"))
+            .header("authorization", format!("Bearer {TOKEN}"));
+        let payload = match body {
+            Some(b) => {
+                req = req.header("content-type", "application/json");
+                Bytes::from(b.to_string())
+            }
+            None => Bytes::new(),
+        };
+        let reply = client
+            .request(req.body(Full::new(payload)).unwrap())
+            .await
+            .unwrap();
+        let status = reply.status().as_u16();
+        let bytes = reply.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn create_provider(admin: &Client, ns: &str) {
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some("mullvad-creds".into()),
+                ..Default::default()
+            },
+            string_data: Some([("VPN_SERVICE_PROVIDER".to_string(), "mullvad".to_string())].into()),
+            ..Default::default()
+        };
+        Api::<Secret>::namespaced(admin.clone(), ns)
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+        let provider = MaskProvider::new(
+            "mullvad",
+            MaskProviderSpec {
+                secret: "mullvad-creds".into(),
+                max_slots: 1,
+                tags: Some(vec!["mullvad".into()]),
+                namespaces: None,
+                verify: Some(VerifySpec {
+                    skip: Some(true),
+                    ..Default::default()
+                }),
+            },
+        );
+        Api::<MaskProvider>::namespaced(admin.clone(), ns)
+            .create(&PostParams::default(), &provider)
+            .await
+            .unwrap();
+    }
+
+    /// Names of the objects labelled with the release.
+    async fn labelled<K>(api: Api<K>, release: &str) -> Vec<String>
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        selected(api, &format!("app.kubernetes.io/instance={release}")).await
+    }
+
+    /// Names of the objects matching a label selector.
+    async fn selected<K>(api: Api<K>, selector: &str) -> Vec<String>
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        api.list(&ListParams::default().labels(selector))
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|o| o.meta().name.clone().unwrap_or_default())
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn installs_works_under_its_own_rbac_and_uninstalls_to_only_the_crds() {
+        if !super::helm_available(
+            "installs_works_under_its_own_rbac_and_uninstalls_to_only_the_crds",
+        ) {
+            return;
+        }
+        let Some(env) = TestEnv::shared() else { return };
+        let admin = env.client().await;
+        let ns = env.new_namespace("chart").await;
+        let release = vpno_testenv::unique_name("vpno");
+        let fullname = format!("{release}-vpn-operator");
+        let kubeconfig = env.kubeconfig_path().to_str().unwrap().to_owned();
+
+        let out = helm(
+            [
+                "install",
+                &release,
+                "--namespace",
+                &ns,
+                "--kubeconfig",
+                &kubeconfig,
+                "--set",
+                "imagePullPolicy=Never,api.enabled=true,api.maxProxies=2",
+                "--set",
+                &format!("namespaces={{{ns}}},api.tokens.values={{{TOKEN}}}"),
+            ]
+            .map(String::from)
+            .to_vec(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("helm install failed: {e}"));
+        assert!(out.contains("STATUS: deployed"), "{out}");
+
+        // Everything the chart renders exists, accepted by the API server.
+        let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
+        for name in [format!("{fullname}-controller"), format!("{fullname}-api")] {
+            let d = deployments.get(&name).await.unwrap();
+            let c = &d.spec.unwrap().template.spec.unwrap().containers[0];
+            assert_eq!(c.image_pull_policy.as_deref(), Some("Never"), "{name}");
+        }
+        for name in [fullname.clone(), format!("{fullname}-api")] {
+            Api::<ServiceAccount>::namespaced(admin.clone(), &ns)
+                .get(&name)
+                .await
+                .unwrap();
+        }
+        for name in [format!("{fullname}-metrics"), format!("{fullname}-api")] {
+            Api::<Service>::namespaced(admin.clone(), &ns)
+                .get(&name)
+                .await
+                .unwrap();
+        }
+        let roles: Api<Role> = Api::namespaced(admin.clone(), &ns);
+        roles.get(&format!("{fullname}-controller")).await.unwrap();
+        roles.get(&format!("{fullname}-api")).await.unwrap();
+        Api::<Secret>::namespaced(admin.clone(), &ns)
+            .get(&format!("{fullname}-api-tokens"))
+            .await
+            .unwrap();
+
+        // The controller, as the chart's controller ServiceAccount, assigns a
+        // slot; the API, as the API's, reads its token Secret, creates a proxy
+        // (record Secret, Lease, Mask, then Pod and Service) and deletes it.
+        let ctl = as_service_account(env, &ns, &fullname);
+        let api = as_service_account(env, &ns, &format!("{fullname}-api"));
+        eventually("the RoleBindings to take effect", async || {
+            Api::<Mask>::namespaced(api.clone(), &ns)
+                .list(&ListParams::default())
+                .await
+                .ok()
+        })
+        .await;
+        create_provider(&admin, &ns).await;
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let _stop = shutdown.clone().drop_guard();
+        let controller = tokio::spawn(vpno_controller::run_with_client(
+            ctl,
+            vpno_controller::ControllerConfig::for_namespaces([ns.clone()]),
+            shutdown.clone(),
+        ));
+
+        let tokens = vpno_server::load_tokens(
+            None,
+            Some(&format!("{fullname}-api-tokens")),
+            Some(&api),
+            &ns,
+        )
+        .await
+        .expect("the API's ServiceAccount reads the chart's token Secret");
+        let catalog = super::repo().join("crates/catalog/testdata/manifest");
+        let mut config = vpno_server::ApiConfig::new(catalog, tokens, ns.clone());
+        config.max_proxies = Some(2);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let running = vpno_server::start(config, Some(api), listener)
+            .await
+            .unwrap();
+        let base = running.url();
+
+        let (status, created) = call(
+            &base,
+            "POST",
+            "/proxies",
+            Some(json!({"provider": "mullvad"})),
+        )
+        .await;
+        assert_eq!(status, 201, "{created}");
+        let id = created["id"].as_str().unwrap().to_owned();
+        let proxy = format!("/proxies/{id}");
+        eventually(
+            "the proxy Pod, created by the API's ServiceAccount",
+            async || {
+                let (status, body) = call(&base, "GET", &proxy, None).await;
+                assert_eq!(status, 200, "{body}");
+                (body["state"] == "starting").then_some(())
+            },
+        )
+        .await;
+        Api::<Pod>::namespaced(admin.clone(), &ns)
+            .get(&id)
+            .await
+            .unwrap();
+        Api::<Service>::namespaced(admin.clone(), &ns)
+            .get(&id)
+            .await
+            .unwrap();
+        let (status, body) = call(&base, "DELETE", &proxy, None).await;
+        assert!(
+            (200..300).contains(&status),
+            "DELETE {proxy}: {status} {body}"
+        );
+        eventually("the proxy's Mask to go", async || {
+            Api::<Mask>::namespaced(admin.clone(), &ns)
+                .get_opt(&id)
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        })
+        .await;
+        drop(running);
+        shutdown.cancel();
+        let _ = controller.await;
+
+        // Uninstall leaves nothing of the release; the CRDs stay.
+        let out = helm(
+            [
+                "uninstall",
+                &release,
+                "--namespace",
+                &ns,
+                "--kubeconfig",
+                &kubeconfig,
+                "--wait",
+            ]
+            .map(String::from)
+            .to_vec(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("helm uninstall failed: {e}"));
+        assert!(out.contains("uninstalled"), "{out}");
+        eventually("every object of the release to be gone", async || {
+            let mut left = Vec::new();
+            left.extend(
+                labelled(Api::<Deployment>::namespaced(admin.clone(), &ns), &release).await,
+            );
+            left.extend(labelled(Api::<Pod>::namespaced(admin.clone(), &ns), &release).await);
+            left.extend(labelled(Api::<Service>::namespaced(admin.clone(), &ns), &release).await);
+            left.extend(labelled(Api::<Secret>::namespaced(admin.clone(), &ns), &release).await);
+            left.extend(
+                labelled(
+                    Api::<ServiceAccount>::namespaced(admin.clone(), &ns),
+                    &release,
+                )
+                .await,
+            );
+            left.extend(labelled(Api::<Role>::namespaced(admin.clone(), &ns), &release).await);
+            left.extend(
+                labelled(Api::<RoleBinding>::namespaced(admin.clone(), &ns), &release).await,
+            );
+            left.extend(labelled(Api::<ClusterRole>::all(admin.clone()), &release).await);
+            left.extend(labelled(Api::<ClusterRoleBinding>::all(admin.clone()), &release).await);
+            // Helm's own record of the release.
+            let helm_records = format!("owner=helm,name={release}");
+            left.extend(
+                selected(Api::<Secret>::namespaced(admin.clone(), &ns), &helm_records).await,
+            );
+            left.is_empty().then_some(()).or_else(|| {
+                eprintln!("still there: {left:?}");
+                None
+            })
+        })
+        .await;
+        let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+            Api::all(admin.clone());
+        for crd in vpno_api::crd::all() {
+            let name = crd.metadata.name.unwrap();
+            assert!(
+                crds.get_opt(&name).await.unwrap().is_some(),
+                "{name} must stay"
+            );
+        }
+    }
+}
