@@ -654,7 +654,6 @@ mod cluster {
     use vpno_testenv::TestEnv;
 
     const TIMEOUT: Duration = Duration::from_secs(60);
-    const TOKEN: &str = "tok-from-the-chart";
 
     async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
         let deadline = Instant::now() + TIMEOUT;
@@ -690,14 +689,20 @@ mod cluster {
     }
 
     /// One HTTP request to the in-process API; `(status, JSON body)`.
-    async fn call(base: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    async fn call(
+        base: &str,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http::<Full<Bytes>>();
         let mut req = hyper::Request::builder()
             .method(method)
             .uri(format!("{base}{path}"))
-            .header("authorization", format!("Bearer {TOKEN}"));
+            .header("authorization", format!("Bearer {token}"));
         let payload = match body {
             Some(b) => {
                 req = req.header("content-type", "application/json");
@@ -749,6 +754,16 @@ mod cluster {
             .unwrap();
     }
 
+    /// The token in the Secret the chart generated.
+    async fn generated_token(admin: &Client, ns: &str, fullname: &str) -> String {
+        let secret = Api::<Secret>::namespaced(admin.clone(), ns)
+            .get(&format!("{fullname}-api-tokens"))
+            .await
+            .unwrap();
+        let data = secret.data.expect("token Secret data");
+        String::from_utf8(data["tokens"].0.clone()).unwrap()
+    }
+
     /// Names of the objects labelled with the release.
     async fn labelled<K>(api: Api<K>, release: &str) -> Vec<String>
     where
@@ -796,7 +811,7 @@ mod cluster {
                 "--set",
                 "imagePullPolicy=Never,api.enabled=true,api.maxProxies=2",
                 "--set",
-                &format!("namespaces={{{ns}}},api.tokens.values={{{TOKEN}}}"),
+                &format!("namespaces={{{ns}}}"),
             ]
             .map(String::from)
             .to_vec(),
@@ -827,10 +842,35 @@ mod cluster {
         let roles: Api<Role> = Api::namespaced(admin.clone(), &ns);
         roles.get(&format!("{fullname}-controller")).await.unwrap();
         roles.get(&format!("{fullname}-api")).await.unwrap();
-        Api::<Secret>::namespaced(admin.clone(), &ns)
-            .get(&format!("{fullname}-api-tokens"))
+        let token = generated_token(&admin, &ns, &fullname).await;
+        assert_eq!(token.len(), 48, "one random token generated at install");
+
+        // An upgrade changes what it is asked to and keeps the generated token.
+        let out = helm(
+            [
+                "upgrade",
+                &release,
+                "--namespace",
+                &ns,
+                "--kubeconfig",
+                &kubeconfig,
+                "--set",
+                "imagePullPolicy=Never,api.enabled=true,api.maxProxies=2,controller.replicas=0",
+                "--set",
+                &format!("namespaces={{{ns}}}"),
+            ]
+            .map(String::from)
+            .to_vec(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("helm upgrade failed: {e}"));
+        assert!(out.contains("REVISION: 2"), "{out}");
+        let controller = deployments
+            .get(&format!("{fullname}-controller"))
             .await
             .unwrap();
+        assert_eq!(controller.spec.unwrap().replicas, Some(0));
+        assert_eq!(generated_token(&admin, &ns, &fullname).await, token);
 
         // The controller, as the chart's controller ServiceAccount, assigns a
         // slot; the API, as the API's, reads its token Secret, creates a proxy
@@ -872,6 +912,7 @@ mod cluster {
 
         let (status, created) = call(
             &base,
+            &token,
             "POST",
             "/proxies",
             Some(json!({"provider": "mullvad"})),
@@ -883,7 +924,7 @@ mod cluster {
         eventually(
             "the proxy Pod, created by the API's ServiceAccount",
             async || {
-                let (status, body) = call(&base, "GET", &proxy, None).await;
+                let (status, body) = call(&base, &token, "GET", &proxy, None).await;
                 assert_eq!(status, 200, "{body}");
                 (body["state"] == "starting").then_some(())
             },
@@ -897,7 +938,7 @@ mod cluster {
             .get(&id)
             .await
             .unwrap();
-        let (status, body) = call(&base, "DELETE", &proxy, None).await;
+        let (status, body) = call(&base, &token, "DELETE", &proxy, None).await;
         assert!(
             (200..300).contains(&status),
             "DELETE {proxy}: {status} {body}"
