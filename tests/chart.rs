@@ -233,6 +233,45 @@ fn controller_rules_are_those_of_the_plain_manifest() {
     }
 }
 
+/// The chart's controller Pod is the plain manifest's: same probes, port,
+/// security contexts, resources and environment (the image may differ).
+#[test]
+fn controller_pod_matches_the_plain_manifest() {
+    if !helm_available("controller_pod_matches_the_plain_manifest") {
+        return;
+    }
+    let plain = repo_docs("deploy/controller.yaml");
+    let plain = of_kind(&plain, "Deployment")[0];
+    let docs = render(&[]);
+    let chart = get(&docs, "Deployment", "vpn-operator-controller");
+    for key in [
+        "livenessProbe",
+        "readinessProbe",
+        "ports",
+        "securityContext",
+        "resources",
+        "env",
+    ] {
+        assert_eq!(
+            container(chart)[key],
+            container(plain)[key],
+            "container {key}"
+        );
+    }
+    for key in ["securityContext", "serviceAccountName"] {
+        assert_eq!(
+            chart["spec"]["template"]["spec"][key], plain["spec"]["template"]["spec"][key],
+            "pod {key}"
+        );
+    }
+    let plain_args = args(plain);
+    assert_eq!(
+        args(chart)[..3],
+        plain_args[..3],
+        "controller --metrics-addr ..."
+    );
+}
+
 #[test]
 fn original_values_work_unchanged() {
     if !helm_available("original_values_work_unchanged") {
