@@ -328,6 +328,36 @@ fn original_values_work_unchanged() {
     );
 }
 
+/// Early versions of the original chart had `prometheus: true|false` and
+/// one top-level `resources`.
+#[test]
+fn early_original_keys_work() {
+    if !helm_available("early_original_keys_work") {
+        return;
+    }
+    let docs = render(&["--set", "prometheus=false"]);
+    assert!(find(&docs, "Service", "vpn-operator-metrics").is_none());
+    assert!(of_kind(&docs, "PodMonitor").is_empty());
+    let docs = render(&["--set", "prometheus=true"]);
+    get(&docs, "Service", "vpn-operator-metrics");
+    get(&docs, "PodMonitor", "vpn-operator-controller");
+
+    let resources = json!({"limits": {"memory": "128Mi", "cpu": "100m"}});
+    let docs = render(&["--set-json", &format!("resources={resources}")]);
+    let c = container(get(&docs, "Deployment", "vpn-operator-controller"));
+    assert_eq!(c["resources"], resources);
+    // The four controllers' keys win over it.
+    let original = fixture("original-values.yaml");
+    let docs = render(&[
+        "-f",
+        original.to_str().unwrap(),
+        "--set-json",
+        &format!("resources={resources}"),
+    ]);
+    let c = container(get(&docs, "Deployment", "vpn-operator-controller"));
+    assert_eq!(c["resources"]["limits"]["cpu"], "400m");
+}
+
 /// The documented rule: requests add up; a limit exists when any controller
 /// sets one and adds the others' limits, or their requests where they set none.
 #[test]

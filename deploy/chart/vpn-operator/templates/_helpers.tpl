@@ -111,14 +111,19 @@ priorityClassName: {{ . }}
 {{- if $a }}{{ toYaml $a }}{{ end -}}
 {{- end -}}
 
-{{/* "true" when metrics are advertised (prometheus.expose). */}}
+{{/* "true" when metrics are advertised (prometheus.expose; early versions
+     of the original chart said `prometheus: true|false` for both). */}}
 {{- define "vpno.expose" -}}
-{{- if (.Values.prometheus | default dict).expose -}}true{{- end -}}
+{{- $p := .Values.prometheus -}}
+{{- if kindIs "bool" $p -}}{{- if $p -}}true{{- end -}}
+{{- else if ($p | default dict).expose -}}true{{- end -}}
 {{- end -}}
 
-{{/* "true" when PodMonitors are wanted (prometheus.podMonitors). */}}
+{{/* "true" when PodMonitors are wanted (prometheus.podMonitors, or `prometheus: true`). */}}
 {{- define "vpno.podMonitors" -}}
-{{- if (.Values.prometheus | default dict).podMonitors -}}true{{- end -}}
+{{- $p := .Values.prometheus -}}
+{{- if kindIs "bool" $p -}}{{- if $p -}}true{{- end -}}
+{{- else if ($p | default dict).podMonitors -}}true{{- end -}}
 {{- end -}}
 
 {{/*
@@ -129,8 +134,9 @@ controllers.<kind>.resources. When any of those is given, the controller
 container gets their sum: requests add up per resource; a limit is set for a
 resource when any controller limits it, and is the sum over the controllers
 of their limit, or of their request where they set no limit (so the limit
-never falls below the summed request). Otherwise controller.resources is used
-as it is.
+never falls below the summed request). Otherwise the top-level `resources`
+(early versions of the original chart, one Deployment) or else
+controller.resources is used as it is.
 */}}
 {{- define "vpno.controllerResources" -}}
 {{- $given := list -}}
@@ -142,7 +148,7 @@ as it is.
 {{- end -}}
 {{- end -}}
 {{- if not $given -}}
-{{- toYaml (.Values.controller.resources | default dict) -}}
+{{- toYaml (.Values.resources | default .Values.controller.resources | default dict) -}}
 {{- else -}}
 {{- $requestNames := dict -}}
 {{- $limitNames := dict -}}
