@@ -1025,6 +1025,54 @@ mod cluster {
         shutdown.cancel();
         let _ = controller.await;
 
+        // `upgrade` of a missing release fails; with --install it installs.
+        let other = vpno_testenv::unique_name("other");
+        let minimal = "rbac.create=false,serviceAccount.create=false,prometheus.expose=false";
+        let cluster = [
+            "--namespace",
+            &ns,
+            "--kubeconfig",
+            &kubeconfig,
+            "--set",
+            minimal,
+        ];
+        let mut upgrade: Vec<String> = ["upgrade", &other].map(String::from).to_vec();
+        upgrade.extend(cluster.map(String::from));
+        let err = helm(upgrade.clone())
+            .await
+            .expect_err("upgrading a release that does not exist");
+        assert!(
+            err.contains("not found") || err.contains("no deployed releases"),
+            "{err}"
+        );
+        upgrade.push("--install".into());
+        let out = helm(upgrade.clone())
+            .await
+            .unwrap_or_else(|e| panic!("upgrade --install: {e}"));
+        assert!(out.contains("REVISION: 1"), "{out}");
+        let out = helm(upgrade)
+            .await
+            .unwrap_or_else(|e| panic!("upgrade --install: {e}"));
+        assert!(out.contains("REVISION: 2"), "{out}");
+        deployments
+            .get(&format!("{other}-vpn-operator-controller"))
+            .await
+            .unwrap();
+        helm(
+            [
+                "uninstall",
+                &other,
+                "--namespace",
+                &ns,
+                "--kubeconfig",
+                &kubeconfig,
+            ]
+            .map(String::from)
+            .to_vec(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("helm uninstall {other}: {e}"));
+
         // Uninstall leaves nothing of the release; the CRDs stay.
         let out = helm(
             [
