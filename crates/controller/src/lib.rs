@@ -40,9 +40,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod cache;
 mod consumer;
 mod context;
 mod error;
+mod index;
 mod mask;
 pub mod metrics;
 pub mod plan;
@@ -50,6 +52,7 @@ mod provider;
 mod reservation;
 mod runtime;
 mod server;
+mod triggers;
 mod view;
 
 use std::net::SocketAddr;
