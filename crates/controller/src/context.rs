@@ -257,7 +257,7 @@ impl Ctx {
 
 /// A JSON patch replacing the finalizer list only if it is still `current`
 /// (other fields, e.g. a status written moments ago, do not cause conflicts).
-fn finalizer_patch(
+pub(crate) fn finalizer_patch(
     current: &[String],
     new: &[String],
 ) -> Result<json_patch::Patch, ControllerError> {

@@ -43,7 +43,9 @@
 mod cache;
 mod consumer;
 mod context;
+mod effect;
 mod error;
+mod executor;
 mod index;
 mod mask;
 pub mod metrics;
