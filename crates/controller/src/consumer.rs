@@ -402,8 +402,7 @@ async fn assign(
     // A reservation already made for this consumer (e.g. before a crash, or by
     // another replica) is adopted rather than leaked.
     let adoptable = ctx
-        .reservations
-        .state()
+        .reservations_for(consumer)
         .into_iter()
         .find(|r| r.spec.uid == uid && r.meta().deletion_timestamp.is_none());
     if let Some(r) = adoptable {
@@ -652,8 +651,7 @@ async fn release(
     }
     let mut released = 0;
     for r in ctx
-        .reservations
-        .state()
+        .reservations_for(consumer)
         .into_iter()
         .filter(|r| r.spec.uid == uid)
     {

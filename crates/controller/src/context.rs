@@ -6,13 +6,12 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use vpno_api::names::slot_of_reservation;
-use vpno_api::{Mask, MaskConsumer, MaskProvider, MaskReservation};
+use vpno_api::MaskProvider;
 
 use crate::ControllerConfig;
+use crate::cache::Cache;
 use crate::error::{ControllerError, is_status};
 use crate::metrics::{ControllerMetrics, Metrics};
 use crate::plan::assign::ProviderSlots;
@@ -24,11 +23,16 @@ pub(crate) struct Context {
     pub client: Client,
     pub config: ControllerConfig,
     pub scope: Scope,
-    pub providers: Store<MaskProvider>,
-    pub masks: Store<Mask>,
-    pub consumers: Store<MaskConsumer>,
-    pub reservations: Store<MaskReservation>,
+    /// Stores and indexes of every watched kind.
+    pub cache: Cache,
     pub recorder: Recorder,
+}
+
+impl std::ops::Deref for Context {
+    type Target = Cache;
+    fn deref(&self) -> &Cache {
+        &self.cache
+    }
 }
 
 /// The reconcile context plus the metrics of one controller.
@@ -253,7 +257,7 @@ impl Ctx {
 
 /// A JSON patch replacing the finalizer list only if it is still `current`
 /// (other fields, e.g. a status written moments ago, do not cause conflicts).
-fn finalizer_patch(
+pub(crate) fn finalizer_patch(
     current: &[String],
     new: &[String],
 ) -> Result<json_patch::Patch, ControllerError> {
@@ -269,52 +273,6 @@ fn finalizer_patch(
         ])
     };
     serde_json::from_value(ops).map_err(|e| ControllerError::Finalizer(e.to_string()))
-}
-
-impl Context {
-    /// Reservations held against `provider` (owned by it, named after it).
-    pub fn reservations_of(&self, provider: &MaskProvider) -> Vec<(u32, Arc<MaskReservation>)> {
-        let ns = provider.namespace();
-        let uid = provider.uid();
-        let name = provider.name_any();
-        self.reservations
-            .state()
-            .into_iter()
-            .filter(|r| r.namespace() == ns)
-            .filter(|r| match &uid {
-                Some(uid) => r.owner_references().iter().any(|o| &o.uid == uid),
-                None => true,
-            })
-            .filter_map(|r| slot_of_reservation(&name, &r.name_any()).map(|s| (s, r)))
-            .collect()
-    }
-
-    /// The planner's view of every provider in scope.
-    pub fn provider_slots(&self) -> Vec<(Arc<MaskProvider>, ProviderSlots)> {
-        self.providers
-            .state()
-            .into_iter()
-            .filter_map(|p| {
-                let slots = self.slots_of(&p)?;
-                Some((p, slots))
-            })
-            .collect()
-    }
-
-    /// The planner's view of one provider (`None` before it has a uid).
-    pub fn slots_of(&self, p: &MaskProvider) -> Option<ProviderSlots> {
-        let taken = self
-            .reservations_of(p)
-            .into_iter()
-            .map(|(s, _)| s)
-            .collect();
-        provider_view(p, taken)
-    }
-
-    /// A provider from the store by namespace and name.
-    pub fn provider(&self, namespace: &str, name: &str) -> Option<Arc<MaskProvider>> {
-        self.providers.get(&ObjectRef::new(name).within(namespace))
-    }
 }
 
 /// The planner's view of `p` with `taken` slots (`None` before it has a uid).

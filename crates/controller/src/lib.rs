@@ -40,9 +40,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod cache;
 mod consumer;
 mod context;
+mod effect;
 mod error;
+mod executor;
+mod index;
 mod mask;
 pub mod metrics;
 pub mod plan;
@@ -50,6 +54,7 @@ mod provider;
 mod reservation;
 mod runtime;
 mod server;
+mod triggers;
 mod view;
 
 use std::net::SocketAddr;

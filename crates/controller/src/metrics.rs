@@ -64,6 +64,19 @@ impl ControllerMetrics {
             read: Family::new_with_constructor(io_histogram as fn() -> Histogram),
             write: Family::new_with_constructor(io_histogram as fn() -> Histogram),
         };
+        // Known label values are exposed from the start (at zero), so that
+        // dashboards and alerts see every family before its first call.
+        for kind in [
+            "Mask",
+            "MaskConsumer",
+            "MaskProvider",
+            "MaskReservation",
+            "Secret",
+            "Pod",
+        ] {
+            let _ = m.read.get_or_create(&IoLabels { kind });
+            let _ = m.write.get_or_create(&IoLabels { kind });
+        }
         let p = format!("vpno_{controller}");
         registry.register(
             format!("{p}_reconcile_counter"),
@@ -197,6 +210,16 @@ pub struct Metrics {
     pub reservation: ControllerMetrics,
     /// `vpno_http_*`.
     pub http: HttpMetrics,
+    /// `vpno_watch_channel_full_total{kind}`: times a watch's change had to
+    /// wait because a controller's trigger channel was full.
+    pub watch_channel_full: Family<KindLabels, Counter>,
+}
+
+/// Labels of the watch metrics: the watched kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// Kind of the watched objects.
+    pub kind: &'static str,
 }
 
 impl Default for Metrics {
@@ -220,8 +243,15 @@ impl Default for Metrics {
             "HTTP request durations",
             http.duration.clone(),
         );
+        let watch_channel_full = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "vpno_watch_channel_full",
+            "Watch changes that waited for a full controller trigger channel",
+            watch_channel_full.clone(),
+        );
         Metrics {
             registry,
+            watch_channel_full,
             mask,
             consumer,
             provider,

@@ -48,16 +48,12 @@ pub(crate) async fn reconcile(
     let name = p.name_any();
     let uid = uid_of(p.as_ref(), KIND)?;
 
-    let sapi: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let secret = ctx.get_opt(&sapi, "Secret", &p.spec.secret).await?;
-    let secret_exists = secret.is_some();
+    let secret_version = secret_version(&p, &ns, &ctx).await?;
+    let secret_exists = secret_version.is_some();
     // What a failure now would be recorded with (and what a recorded one is compared to).
     let failure_now = VerifyFailure {
         generation: p.meta().generation.unwrap_or_default(),
-        secret_version: secret
-            .as_ref()
-            .and_then(|s| s.metadata.resource_version.clone())
-            .unwrap_or_default(),
+        secret_version: secret_version.unwrap_or_default(),
     };
 
     let held = ctx.reservations_of(&p);
@@ -273,6 +269,24 @@ pub(crate) async fn reconcile(
     })
 }
 
+/// The resourceVersion of the provider's credentials Secret, `None` when it
+/// does not exist: from the cache, confirmed with the API server when the
+/// cache has not seen it (it may lag behind a Secret created just now).
+async fn secret_version(
+    p: &MaskProvider,
+    ns: &str,
+    ctx: &Ctx,
+) -> Result<Option<String>, ControllerError> {
+    if let Some(s) = ctx.secret(ns, &p.spec.secret) {
+        return Ok(Some(
+            s.metadata.resource_version.clone().unwrap_or_default(),
+        ));
+    }
+    let sapi: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let fresh = ctx.get_opt(&sapi, "Secret", &p.spec.secret).await?;
+    Ok(fresh.map(|s| s.metadata.resource_version.unwrap_or_default()))
+}
+
 async fn write_status(
     p: &MaskProvider,
     api: &Api<MaskProvider>,
@@ -406,12 +420,7 @@ async fn unassign_all(
     ctx.delete_if(&mapi, "Mask", &verify_object_name(&name), None)
         .await?;
     // Consumers assigned to this provider (by status or by reservation).
-    let mut victims: Vec<Arc<MaskConsumer>> = ctx
-        .consumers
-        .state()
-        .into_iter()
-        .filter(|c| c.assignment().is_some_and(|a| a.uid == uid))
-        .collect();
+    let mut victims: Vec<Arc<MaskConsumer>> = ctx.consumers_assigned_to(&uid);
     for (_, r) in ctx.reservations_of(p) {
         if let Some(c) = ctx
             .consumers

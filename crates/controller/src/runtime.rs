@@ -1,12 +1,13 @@
 //! Wiring: client, watches, triggers between kinds, the four controllers,
-//! and shutdown.
+//! and shutdown. Which change wakes what is a table of named pure functions
+//! from [`crate::triggers`]; see `run_controllers`.
 
 use std::fmt::Debug;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures::channel::mpsc::UnboundedReceiver;
+use futures::channel::mpsc::Receiver;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::PartialObjectMeta;
@@ -19,12 +20,13 @@ use tokio::sync::watch as signal;
 use tokio_util::sync::CancellationToken;
 use vpno_api::{Mask, MaskConsumer, MaskProvider, MaskReservation};
 
+use crate::cache::Cache;
 use crate::context::{Context, Ctx};
 use crate::error::ControllerError;
+use crate::index::SlotIndex;
 use crate::metrics::{ControllerMetrics, Metrics};
-use crate::plan::assign::{SlotRequest, admits};
-use crate::plan::{PIN_ANNOTATION, VERIFY_LABEL};
-use crate::view::{Change, Scope, watch_kind, watch_meta};
+use crate::triggers::{self as t, ProviderChanges};
+use crate::view::{Change, OnChange, Scope, WatchSpec, metadata, objects, watch_kind};
 use crate::{ControllerConfig, consumer, mask, provider, reservation};
 
 /// Builds a client from `kubeconfig`, or the default (KUBECONFIG, ~/.kube/config, in-cluster).
@@ -70,7 +72,7 @@ pub(crate) async fn wait_for_signal() {
 }
 
 fn live<K>(
-    rx: UnboundedReceiver<Change<K>>,
+    rx: Receiver<Change<K>>,
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
     K: Clone + Send + Sync + 'static,
@@ -78,8 +80,9 @@ where
     rx.filter_map(|c| async move { (!c.deleted).then(|| Ok((*c.obj).clone())) })
 }
 
+/// A trigger stream: each change of `K` mapped to the `T`s it wakes.
 fn mapped<K, T, F, I>(
-    rx: UnboundedReceiver<Change<K>>,
+    rx: Receiver<Change<K>>,
     f: F,
 ) -> impl Stream<Item = ObjectRef<T>> + Send + 'static
 where
@@ -110,6 +113,7 @@ where
 fn run_controller<K, F, Fut>(
     controller: Controller<K>,
     ctx: Arc<Ctx>,
+    synced: signal::Receiver<bool>,
     shutdown: CancellationToken,
     reconcile: F,
 ) -> impl Future<Output = ()> + Send
@@ -131,7 +135,11 @@ where
         .run(
             move |obj, ctx: Arc<Ctx>| {
                 let reconcile = reconcile.clone();
+                let mut synced = synced.clone();
                 async move {
+                    // The controller drains its (bounded) trigger channels from
+                    // the start; reconciling waits until every store is listed.
+                    let _ = synced.wait_for(|v| *v).await;
                     let name = obj.name_any();
                     let res = reconcile(obj, ctx.clone()).await;
                     tracing::trace!(kind = ctx.kind, %name, result = ?res, "reconciled");
@@ -154,86 +162,23 @@ where
         })
 }
 
-/// The unassigned consumers that `provider` could serve (by namespace, tags or pin; any phase).
-fn unassigned_candidates(ctx: &Context, provider: &MaskProvider) -> Vec<ObjectRef<MaskConsumer>> {
-    let Some(slots) = ctx.slots_of(provider) else {
-        return Vec::new();
-    };
-    ctx.consumers
-        .state()
-        .into_iter()
-        .filter(|c| c.assignment().is_none() && c.meta().deletion_timestamp.is_none())
-        .filter(|c| {
-            let ns = c.namespace().unwrap_or_default();
-            let uid = c.uid().unwrap_or_default();
-            let pinned = c.annotations().get(PIN_ANNOTATION).cloned();
-            let req = SlotRequest {
-                namespace: &ns,
-                tags: c.spec.providers.as_deref(),
-                pinned: pinned.as_deref(),
-                seed: &uid,
-            };
-            // Phase changes matter too: only what the provider admits counts here.
-            admits(&slots, &req).is_ok()
-        })
-        .map(|c| ObjectRef::from_obj(c.as_ref()))
-        .collect()
-}
-
-fn consumers_assigned_to(ctx: &Context, provider_uid: &str) -> Vec<ObjectRef<MaskConsumer>> {
-    ctx.consumers
-        .state()
-        .into_iter()
-        .filter(|c| c.assignment().is_some_and(|a| a.uid == provider_uid))
-        .map(|c| ObjectRef::from_obj(c.as_ref()))
-        .collect()
-}
-
-fn provider_owning(ctx: &Context, r: &MaskReservation) -> Option<Arc<MaskProvider>> {
-    let ns = r.namespace()?;
-    let owner = r
-        .owner_references()
-        .iter()
-        .find(|o| o.kind == "MaskProvider")?;
-    ctx.provider(&ns, &owner.name)
-        .filter(|p| p.uid().as_deref() == Some(owner.uid.as_str()))
-}
-
-fn provider_by_uid(ctx: &Context, uid: &str) -> Option<Arc<MaskProvider>> {
-    ctx.providers
-        .state()
-        .into_iter()
-        .find(|p| p.uid().as_deref() == Some(uid))
-}
-
-fn providers_using_secret(ctx: &Context, namespace: &str, secret: &str) -> Vec<Arc<MaskProvider>> {
-    ctx.providers
-        .state()
-        .into_iter()
-        .filter(|p| p.namespace().as_deref() == Some(namespace) && p.spec.secret == secret)
-        .collect()
-}
-
-/// The parts of a provider that decide who may be assigned to it.
-#[derive(PartialEq, Eq)]
-struct ProviderFingerprint {
-    phase: vpno_api::ProviderPhase,
-    spec: String,
-    terminating: bool,
-}
-
-impl ProviderFingerprint {
-    fn of(p: &MaskProvider) -> Self {
-        ProviderFingerprint {
-            phase: p.phase(),
-            spec: serde_json::to_string(&p.spec).unwrap_or_default(),
-            terminating: p.metadata.deletion_timestamp.is_some(),
-        }
-    }
-}
-
 async fn wait_ready(mut rx: signal::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
+}
+
+/// An index hook for the watch of `K`.
+fn hook<K: 'static>(
+    index: &Arc<RwLock<SlotIndex>>,
+    f: fn(&mut SlotIndex, &K, bool),
+) -> Option<OnChange<K>> {
+    let index = index.clone();
+    Some(Arc::new(move |obj: &K, deleted| {
+        f(
+            &mut index.write().unwrap_or_else(|e| e.into_inner()),
+            obj,
+            deleted,
+        )
+    }))
 }
 
 /// Runs the four controllers until `shutdown` is cancelled.
@@ -243,6 +188,8 @@ pub(crate) async fn run_controllers(
     shutdown: CancellationToken,
 ) -> Result<(), ControllerError> {
     let scope = Scope::new(&config.namespaces);
+    let metrics = config.metrics.clone();
+    let index: Arc<RwLock<SlotIndex>> = Arc::default();
     let mut readies = Vec::new();
     let mut pumps = Vec::new();
     let mut sig = || {
@@ -250,39 +197,42 @@ pub(crate) async fn run_controllers(
         readies.push(rx);
         tx
     };
-    let (providers, f) = watch_kind::<MaskProvider>(
+    macro_rules! watch {
+        ($kind:literal, $start:expr, $store:expr, $hook:expr) => {{
+            let spec = WatchSpec {
+                kind: $kind,
+                start: $start,
+                store: $store,
+                on_change: $hook,
+            };
+            let (w, f) = watch_kind(spec, &client, &scope, &metrics, sig());
+            pumps.push(f);
+            w
+        }};
+    }
+    let providers = watch!(
         "MaskProvider",
-        &client,
-        &scope,
-        watcher::Config::default(),
-        sig(),
+        objects::<MaskProvider>,
+        true,
+        hook(&index, SlotIndex::provider)
     );
-    pumps.push(f);
-    let (masks, f) = watch_kind::<Mask>("Mask", &client, &scope, watcher::Config::default(), sig());
-    pumps.push(f);
-    let (consumers, f) = watch_kind::<MaskConsumer>(
+    let masks = watch!("Mask", objects::<Mask>, true, None);
+    let consumers = watch!(
         "MaskConsumer",
-        &client,
-        &scope,
-        watcher::Config::default(),
-        sig(),
+        objects::<MaskConsumer>,
+        true,
+        hook(&index, SlotIndex::consumer)
     );
-    pumps.push(f);
-    let (reservations, f) = watch_kind::<MaskReservation>(
+    let reservations = watch!(
         "MaskReservation",
-        &client,
-        &scope,
-        watcher::Config::default(),
-        sig(),
+        objects::<MaskReservation>,
+        true,
+        hook(&index, SlotIndex::reservation)
     );
-    pumps.push(f);
-    let (secrets, f) =
-        watch_meta::<Secret>("Secret", &client, &scope, watcher::Config::default(), sig());
-    pumps.push(f);
-    // Pod metadata only: verification Pods wake their provider, and a deleted
-    // Pod wakes the consumer owning it, whose release may be waiting for it.
-    let (pods, f) = watch_meta::<Pod>("Pod", &client, &scope, watcher::Config::default(), sig());
-    pumps.push(f);
+    let secrets = watch!("Secret", metadata::<Secret>, true, None);
+    // Pod metadata only, without a store: verification Pods wake their
+    // provider, and a deleted Pod wakes the consumer owning it.
+    let pods = watch!("Pod", metadata::<Pod>, false, None);
 
     let recorder = Recorder::new(
         client.clone(),
@@ -291,14 +241,19 @@ pub(crate) async fn run_controllers(
             instance: std::env::var("POD_NAME").ok(),
         },
     );
-    let shared = Arc::new(Context {
-        client: client.clone(),
-        config: config.clone(),
-        scope: scope.clone(),
+    let cache = Cache {
         providers: providers.store.clone(),
         masks: masks.store.clone(),
         consumers: consumers.store.clone(),
         reservations: reservations.store.clone(),
+        secrets: secrets.store.clone(),
+        index,
+    };
+    let shared = Arc::new(Context {
+        client: client.clone(),
+        config: config.clone(),
+        scope: scope.clone(),
+        cache: cache.clone(),
         recorder,
     });
     let ctx_for = |kind: &'static str, m: fn(&Metrics) -> &ControllerMetrics| {
@@ -308,241 +263,110 @@ pub(crate) async fn run_controllers(
             m,
         })
     };
+    let run_config = |concurrency: u16| ControllerRunConfig::default().concurrency(concurrency);
 
-    // Subscribe every trigger before the watches start, so nothing is missed.
-    // Mask controller: Masks, and their consumers.
-    let s = shared.clone();
+    // The wiring table: which change of which kind wakes which objects.
+    // Every trigger is subscribed before the watches start, so nothing is missed.
     let mask_ctl = Controller::for_stream(live(masks.hub.subscribe()), masks.store.clone())
-        .with_config(ControllerRunConfig::default().concurrency(32))
-        .reconcile_on(mapped(
-            consumers.hub.subscribe(),
-            move |c: &Change<MaskConsumer>| {
-                let _ = &s;
-                c.obj
-                    .owner_references()
-                    .iter()
-                    .filter(|o| o.kind == "Mask")
-                    .map(|o| ObjectRef::new(&o.name).within(&c.obj.namespace().unwrap_or_default()))
-                    .collect::<Vec<_>>()
-            },
-        ));
+        .with_config(run_config(32))
+        .reconcile_on(mapped(consumers.hub.subscribe(), t::mask_of_consumer));
 
-    // MaskConsumer controller.
-    let s1 = shared.clone();
-    let s2 = shared.clone();
-    let s3 = shared.clone();
+    let (c1, c2, c3) = (cache.clone(), cache.clone(), cache.clone());
+    let provider_changes = ProviderChanges::default();
     let consumer_ctl =
         Controller::for_stream(live(consumers.hub.subscribe()), consumers.store.clone())
-            .with_config(ControllerRunConfig::default().concurrency(32))
-            .reconcile_on(mapped(
-                reservations.hub.subscribe(),
-                move |c: &Change<MaskReservation>| {
-                    let r = &c.obj;
-                    let mut out = vec![ObjectRef::new(&r.spec.name).within(&r.spec.namespace)];
-                    if c.deleted {
-                        // A freed slot: wake the consumers that could take it.
-                        if let Some(p) = provider_owning(&s1, r) {
-                            out.extend(unassigned_candidates(&s1, &p));
-                        }
-                    }
-                    out
-                },
-            ))
-            .reconcile_on(mapped(providers.hub.subscribe(), {
-                // Only changes that can alter assignments matter (not activeSlots or lastUpdated).
-                let seen: std::sync::Mutex<std::collections::HashMap<String, ProviderFingerprint>> =
-                    Default::default();
-                move |c: &Change<MaskProvider>| {
-                    let uid = c.obj.uid().unwrap_or_default();
-                    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-                    if c.deleted {
-                        seen.remove(&uid);
-                        return consumers_assigned_to(&s2, &uid);
-                    }
-                    let fp = ProviderFingerprint::of(&c.obj);
-                    if seen.get(&uid) == Some(&fp) {
-                        return Vec::new();
-                    }
-                    seen.insert(uid.clone(), fp);
-                    drop(seen);
-                    let mut out = consumers_assigned_to(&s2, &uid);
-                    out.extend(unassigned_candidates(&s2, &c.obj));
-                    out
-                }
+            .with_config(run_config(32))
+            .reconcile_on(mapped(reservations.hub.subscribe(), move |c| {
+                t::consumers_of_reservation(&c1, c)
             }))
-            .reconcile_on(mapped(
-                secrets.subscribe(),
-                move |c: &Change<PartialObjectMeta<Secret>>| {
-                    let ns = c.obj.namespace().unwrap_or_default();
-                    let mut out: Vec<ObjectRef<MaskConsumer>> = c
-                        .obj
-                        .owner_references()
-                        .iter()
-                        .filter(|o| o.kind == "MaskConsumer")
-                        .map(|o| ObjectRef::new(&o.name).within(&ns))
-                        .collect();
-                    for p in providers_using_secret(&s3, &ns, &c.obj.name_any()) {
-                        out.extend(consumers_assigned_to(&s3, &p.uid().unwrap_or_default()));
-                    }
-                    out
-                },
-            ))
-            .reconcile_on(mapped(
-                pods.subscribe(),
-                move |c: &Change<PartialObjectMeta<Pod>>| {
-                    let gone = c.deleted || c.obj.metadata.deletion_timestamp.is_some();
-                    let ns = c.obj.namespace().unwrap_or_default();
-                    c.obj
-                        .owner_references()
-                        .iter()
-                        .filter(|o| gone && o.kind == "MaskConsumer")
-                        .map(|o| ObjectRef::new(&o.name).within(&ns))
-                        .collect::<Vec<_>>()
-                },
-            ));
+            .reconcile_on(mapped(providers.hub.subscribe(), move |c| {
+                t::consumers_of_provider(&c2, &provider_changes, c)
+            }))
+            .reconcile_on(mapped(secrets.hub.subscribe(), move |c| {
+                t::consumers_of_secret(&c3, c)
+            }))
+            .reconcile_on(mapped(pods.hub.subscribe(), t::consumer_of_gone_pod))
+            .reconcile_on(mapped(masks.hub.subscribe(), t::consumer_of_gone_mask));
 
-    let consumer_ctl =
-        consumer_ctl.reconcile_on(mapped(masks.hub.subscribe(), |c: &Change<Mask>| {
-            // A deleted Mask: its consumer releases at once instead of waiting for the garbage collector.
-            let gone = c.deleted || c.obj.metadata.deletion_timestamp.is_some();
-            gone.then(|| {
-                ObjectRef::new(&c.obj.name_any()).within(&c.obj.namespace().unwrap_or_default())
-            })
-        }));
-
-    // MaskProvider controller.
-    let s1 = shared.clone();
-    let s2 = shared.clone();
-    let s3 = shared.clone();
-    let s4 = shared.clone();
+    let (c1, c2, c3) = (cache.clone(), cache.clone(), cache.clone());
     let provider_ctl =
         Controller::for_stream(live(providers.hub.subscribe()), providers.store.clone())
-            .with_config(
-                ControllerRunConfig::default()
-                    .concurrency(8)
-                    .debounce(Duration::from_millis(100)),
-            )
+            .with_config(run_config(8).debounce(Duration::from_millis(100)))
             .reconcile_on(mapped(
                 reservations.hub.subscribe(),
-                move |c: &Change<MaskReservation>| {
-                    let ns = c.obj.namespace().unwrap_or_default();
-                    let _ = &s1;
-                    c.obj
-                        .owner_references()
-                        .iter()
-                        .filter(|o| o.kind == "MaskProvider")
-                        .map(|o| ObjectRef::new(&o.name).within(&ns))
-                        .collect::<Vec<_>>()
-                },
+                t::provider_of_reservation,
             ))
-            .reconcile_on(mapped(masks.hub.subscribe(), move |c: &Change<Mask>| {
-                let ns = c.obj.namespace().unwrap_or_default();
-                let _ = &s2;
-                c.obj
-                    .owner_references()
-                    .iter()
-                    .filter(|o| o.kind == "MaskProvider")
-                    .map(|o| ObjectRef::new(&o.name).within(&ns))
-                    .collect::<Vec<_>>()
+            .reconcile_on(mapped(masks.hub.subscribe(), t::provider_of_mask))
+            .reconcile_on(mapped(consumers.hub.subscribe(), move |c| {
+                t::provider_of_pinned_consumer(&c1, c)
             }))
             .reconcile_on(mapped(
-                consumers.hub.subscribe(),
-                move |c: &Change<MaskConsumer>| {
-                    c.obj
-                        .annotations()
-                        .get(PIN_ANNOTATION)
-                        .and_then(|uid| provider_by_uid(&s3, uid))
-                        .map(|p| ObjectRef::from_obj(p.as_ref()))
-                },
+                pods.hub.subscribe(),
+                move |c: &Change<PartialObjectMeta<Pod>>| t::provider_of_verify_pod(&c2, c),
             ))
-            .reconcile_on(mapped(pods.subscribe(), {
-                let s = shared.clone();
-                move |c: &Change<PartialObjectMeta<Pod>>| {
-                    c.obj
-                        .labels()
-                        .get(VERIFY_LABEL)
-                        .and_then(|uid| provider_by_uid(&s, uid))
-                        .map(|p| ObjectRef::from_obj(p.as_ref()))
-                }
-            }))
-            .reconcile_on(mapped(
-                secrets.subscribe(),
-                move |c: &Change<PartialObjectMeta<Secret>>| {
-                    let ns = c.obj.namespace().unwrap_or_default();
-                    providers_using_secret(&s4, &ns, &c.obj.name_any())
-                        .iter()
-                        .map(|p| ObjectRef::from_obj(p.as_ref()))
-                        .collect::<Vec<_>>()
-                },
-            ));
+            .reconcile_on(mapped(secrets.hub.subscribe(), move |c| {
+                t::providers_of_secret(&c3, c)
+            }));
 
-    // MaskReservation controller.
-    let s1 = shared.clone();
+    let c1 = cache.clone();
     let reservation_ctl = Controller::for_stream(
         live(reservations.hub.subscribe()),
         reservations.store.clone(),
     )
-    .with_config(ControllerRunConfig::default().concurrency(16))
-    .reconcile_on(mapped(
-        consumers.hub.subscribe(),
-        move |c: &Change<MaskConsumer>| {
-            let uid = c.obj.uid().unwrap_or_default();
-            let ns = c.obj.namespace().unwrap_or_default();
-            let name = c.obj.name_any();
-            s1.reservations
-                .state()
-                .into_iter()
-                .filter(|r| r.spec.uid == uid || (r.spec.namespace == ns && r.spec.name == name))
-                .map(|r| ObjectRef::from_obj(r.as_ref()))
-                .collect::<Vec<_>>()
-        },
-    ));
+    .with_config(run_config(16))
+    .reconcile_on(mapped(consumers.hub.subscribe(), move |c| {
+        t::reservations_of_consumer(&c1, c)
+    }));
 
-    // Start watching, wait for the initial lists, then run.
+    // Start watching and the controllers; reconciles wait for the initial lists.
+    let (synced_tx, synced_rx) = signal::channel(false);
     let mut pump_tasks = tokio::task::JoinSet::new();
     for p in pumps {
         pump_tasks.spawn(p.for_each(|_| async {}));
     }
-    let all_ready = futures::future::join_all(readies.into_iter().map(wait_ready));
-    tokio::select! {
-        _ = all_ready => {}
-        _ = shutdown.cancelled() => {
-            pump_tasks.abort_all();
-            return Ok(());
-        }
-    }
-    tracing::info!(namespaces = ?config.namespaces, "caches synced; controllers running");
-    config
-        .synced
-        .store(true, std::sync::atomic::Ordering::SeqCst);
     let controllers = futures::future::join4(
         run_controller(
             mask_ctl,
             ctx_for("Mask", |m| &m.mask),
+            synced_rx.clone(),
             shutdown.clone(),
             mask::reconcile,
         ),
         run_controller(
             consumer_ctl,
             ctx_for("MaskConsumer", |m| &m.consumer),
+            synced_rx.clone(),
             shutdown.clone(),
             consumer::reconcile,
         ),
         run_controller(
             provider_ctl,
             ctx_for("MaskProvider", |m| &m.provider),
+            synced_rx.clone(),
             shutdown.clone(),
             provider::reconcile,
         ),
         run_controller(
             reservation_ctl,
             ctx_for("MaskReservation", |m| &m.reservation),
+            synced_rx,
             shutdown.clone(),
             reservation::reconcile,
         ),
     );
+    let all_ready = futures::future::join_all(readies.into_iter().map(wait_ready));
+    let announce = async {
+        all_ready.await;
+        tracing::info!(namespaces = ?config.namespaces, "caches synced; controllers running");
+        config
+            .synced
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = synced_tx.send(true);
+        futures::future::pending::<()>().await
+    };
     tokio::select! {
         _ = controllers => {}
+        _ = announce => {}
         _ = shutdown.cancelled() => {}
     }
     pump_tasks.abort_all();

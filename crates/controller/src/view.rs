@@ -5,12 +5,18 @@
 //! Several namespaces are watched by one watcher each; their events are
 //! merged into a single store, so a relist of one namespace must not wipe the
 //! others — hence the small adapter below instead of `reflector()`.
+//!
+//! Full objects and metadata-only objects (`PartialObjectMeta<K>`) go
+//! through the same [`watch`]; only how the per-namespace stream starts
+//! differs. Trigger channels are bounded: a full one makes the watch wait
+//! (nothing is dropped) and is counted in `vpno_watch_channel_full_total`.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 
-use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
+use futures::SinkExt;
+use futures::channel::mpsc::{Receiver, Sender, channel};
 use futures::stream::{BoxStream, SelectAll};
 use futures::{Stream, StreamExt};
 use kube::api::{Api, PartialObjectMeta};
@@ -32,23 +38,30 @@ pub(crate) struct Change<K> {
     pub deleted: bool,
 }
 
-/// Fan-out of changes of one kind to any number of subscribers.
+/// Room for changes in each subscriber's channel before the watch waits.
+pub(crate) const CHANNEL_CAPACITY: usize = 4096;
+
+/// Fan-out of changes of one kind to any number of subscribers, over bounded
+/// channels.
 pub(crate) struct Hub<K> {
-    subscribers: Mutex<Vec<UnboundedSender<Change<K>>>>,
+    subscribers: Mutex<Vec<Sender<Change<K>>>>,
+    full: prometheus_client::metrics::counter::Counter,
 }
 
-impl<K> Default for Hub<K> {
-    fn default() -> Self {
+impl<K> Hub<K> {
+    /// A hub counting full channels in `full`.
+    pub fn new(full: prometheus_client::metrics::counter::Counter) -> Self {
         Hub {
             subscribers: Mutex::new(Vec::new()),
+            full,
         }
     }
 }
 
 impl<K: Clone> Hub<K> {
     /// A new stream of every change published from now on.
-    pub fn subscribe(&self) -> UnboundedReceiver<Change<K>> {
-        let (tx, rx) = unbounded();
+    pub fn subscribe(&self) -> Receiver<Change<K>> {
+        let (tx, rx) = channel(CHANNEL_CAPACITY);
         self.subscribers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -56,9 +69,27 @@ impl<K: Clone> Hub<K> {
         rx
     }
 
-    fn publish(&self, change: Change<K>) {
-        let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
-        subs.retain(|tx| tx.unbounded_send(change.clone()).is_ok());
+    /// Hands `change` to every subscriber, waiting where a channel is full;
+    /// subscribers that went away are forgotten.
+    async fn publish(&self, change: Change<K>) {
+        let mut subs =
+            std::mem::take(&mut *self.subscribers.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut kept = Vec::with_capacity(subs.len());
+        for mut tx in subs.drain(..) {
+            match tx.try_send(change.clone()) {
+                Ok(()) => kept.push(tx),
+                Err(e) if e.is_full() => {
+                    self.full.inc();
+                    if tx.send(e.into_inner()).await.is_ok() {
+                        kept.push(tx);
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        let mut guard = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+        kept.append(&mut guard);
+        *guard = kept;
     }
 }
 
@@ -105,7 +136,42 @@ impl Scope {
 
 type Tagged<K> = BoxStream<'static, (Option<String>, Result<Event<K>, watcher::Error>)>;
 
-fn tagged_watches<K>(scope: &Scope, client: &Client, cfg: &watcher::Config) -> SelectAll<Tagged<K>>
+/// How one namespace's (or the cluster's) watch stream of `T` starts from an `Api<K>`.
+pub(crate) type StartWatch<K, T> =
+    fn(Api<K>, watcher::Config) -> BoxStream<'static, Result<Event<T>, watcher::Error>>;
+
+/// Full objects.
+pub(crate) fn objects<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+) -> BoxStream<'static, Result<Event<K>, watcher::Error>>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default,
+{
+    watch(api, cfg).boxed()
+}
+
+/// Metadata only (`PartialObjectMeta<K>`): Secrets and Pods, whose bodies the
+/// controllers never need from a watch.
+pub(crate) fn metadata<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+) -> BoxStream<'static, Result<Event<PartialObjectMeta<K>>, watcher::Error>>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default,
+{
+    #[allow(deprecated)]
+    metadata_watcher(api, cfg).boxed()
+}
+
+fn tagged_watches<K, T>(
+    scope: &Scope,
+    client: &Client,
+    cfg: &watcher::Config,
+    start: StartWatch<K, T>,
+) -> SelectAll<Tagged<T>>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -115,38 +181,19 @@ where
         + Sync
         + 'static,
     K::DynamicType: Default,
+    T: Send + 'static,
 {
     futures::stream::select_all(scope.apis::<K>(client).into_iter().map(|(ns, api)| {
-        watch(api, cfg.clone())
+        start(api, cfg.clone())
             .default_backoff()
             .map(move |ev| (ns.clone(), ev))
             .boxed()
     }))
 }
 
-fn tagged_meta_watches<K>(
-    scope: &Scope,
-    client: &Client,
-    cfg: &watcher::Config,
-) -> SelectAll<Tagged<PartialObjectMeta<K>>>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Debug
-        + Send
-        + Sync
-        + 'static,
-    K::DynamicType: Default,
-{
-    futures::stream::select_all(scope.apis::<K>(client).into_iter().map(|(ns, api)| {
-        #[allow(deprecated)]
-        metadata_watcher(api, cfg.clone())
-            .default_backoff()
-            .map(move |ev| (ns.clone(), ev))
-            .boxed()
-    }))
-}
+/// Called with every object the store applied (`false`) or deleted (`true`),
+/// right after the store: keeps secondary indexes in step.
+pub(crate) type OnChange<K> = Arc<dyn Fn(&K, bool) + Send + Sync>;
 
 /// Applies merged per-namespace watch events to one store (when given) and
 /// publishes every change. Returns when the watch streams end.
@@ -154,6 +201,7 @@ async fn pump<K>(
     kind: &'static str,
     mut events: impl Stream<Item = (Option<String>, Result<Event<K>, watcher::Error>)> + Unpin,
     mut writer: Option<Writer<K>>,
+    on_change: Option<OnChange<K>>,
     hub: Arc<Hub<K>>,
     watched: usize,
     ready: signal::Sender<bool>,
@@ -183,19 +231,27 @@ async fn pump<K>(
                 if let Some(w) = writer.as_mut() {
                     w.apply_watcher_event(&Event::Apply(obj.clone()));
                 }
+                if let Some(f) = &on_change {
+                    f(&obj, false);
+                }
                 hub.publish(Change {
                     obj: Arc::new(obj),
                     deleted: false,
-                });
+                })
+                .await;
             }
             Event::Delete(obj) => {
                 if let Some(w) = writer.as_mut() {
                     w.apply_watcher_event(&Event::Delete(obj.clone()));
                 }
+                if let Some(f) = &on_change {
+                    f(&obj, true);
+                }
                 hub.publish(Change {
                     obj: Arc::new(obj),
                     deleted: true,
-                });
+                })
+                .await;
             }
             Event::InitDone => {
                 let seen = listing.remove(&ns).unwrap_or_default();
@@ -210,7 +266,10 @@ async fn pump<K>(
                         .collect();
                     for obj in gone {
                         w.apply_watcher_event(&Event::Delete((*obj).clone()));
-                        hub.publish(Change { obj, deleted: true });
+                        if let Some(f) = &on_change {
+                            f(&obj, true);
+                        }
+                        hub.publish(Change { obj, deleted: true }).await;
                     }
                 }
                 listed.insert(ns);
@@ -244,46 +303,28 @@ where
     pub hub: Arc<Hub<K>>,
 }
 
-/// Starts watching `K` in `scope`, keeping a store. The returned future drives the watch.
-pub(crate) fn watch_kind<K>(
-    kind: &'static str,
-    client: &Client,
-    scope: &Scope,
-    cfg: watcher::Config,
-    ready: signal::Sender<bool>,
-) -> (Watched<K>, BoxStream<'static, ()>)
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Debug
-        + Send
-        + Sync
-        + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
-{
-    let writer: Writer<K> = Writer::default();
-    let store = writer.as_reader();
-    let hub: Arc<Hub<K>> = Arc::new(Hub::default());
-    let events = tagged_watches::<K>(scope, client, &cfg);
-    let watched = scope.namespaces.len().max(1);
-    let h = hub.clone();
-    let fut =
-        futures::stream::once(
-            async move { pump(kind, events, Some(writer), h, watched, ready).await },
-        )
-        .boxed();
-    (Watched { store, hub }, fut)
+/// How to watch one kind.
+pub(crate) struct WatchSpec<K, T: Resource> {
+    /// Kind name, for logs and metrics.
+    pub kind: &'static str,
+    /// How each namespace's stream starts ([`objects`] or [`metadata`]).
+    pub start: StartWatch<K, T>,
+    /// Whether to keep a store of `T`.
+    pub store: bool,
+    /// Index hook called after the store (see [`OnChange`]).
+    pub on_change: Option<OnChange<T>>,
 }
 
-/// Starts watching only the metadata of `K` in `scope`, without a store.
-pub(crate) fn watch_meta<K>(
-    kind: &'static str,
+/// Starts watching `K` in `scope` as `T` (the objects, or their metadata).
+/// The returned stream drives the watch; `ready` turns true once every
+/// namespace has been listed.
+pub(crate) fn watch_kind<K, T>(
+    spec: WatchSpec<K, T>,
     client: &Client,
     scope: &Scope,
-    cfg: watcher::Config,
+    metrics: &crate::Metrics,
     ready: signal::Sender<bool>,
-) -> (Arc<Hub<PartialObjectMeta<K>>>, BoxStream<'static, ()>)
+) -> (Watched<T>, BoxStream<'static, ()>)
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -292,17 +333,27 @@ where
         + Send
         + Sync
         + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
-    PartialObjectMeta<K>: Resource<DynamicType = ()>,
+    K::DynamicType: Default,
+    T: Resource + Clone + Debug + Send + Sync + 'static,
+    T::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    let hub: Arc<Hub<PartialObjectMeta<K>>> = Arc::new(Hub::default());
-    let events = tagged_meta_watches::<K>(scope, client, &cfg);
+    let writer: Writer<T> = Writer::default();
+    let store = writer.as_reader();
+    let full = metrics
+        .watch_channel_full
+        .get_or_create(&crate::metrics::KindLabels { kind: spec.kind })
+        .clone();
+    let hub: Arc<Hub<T>> = Arc::new(Hub::new(full));
+    let events = tagged_watches::<K, T>(scope, client, &watcher::Config::default(), spec.start);
     let watched = scope.namespaces.len().max(1);
     let h = hub.clone();
-    let fut =
-        futures::stream::once(async move { pump(kind, events, None, h, watched, ready).await })
-            .boxed();
-    (hub, fut)
+    let writer = spec.store.then_some(writer);
+    let (kind, on_change) = (spec.kind, spec.on_change);
+    let fut = futures::stream::once(async move {
+        pump(kind, events, writer, on_change, h, watched, ready).await
+    })
+    .boxed();
+    (Watched { store, hub }, fut)
 }
 
 #[cfg(test)]
@@ -333,7 +384,7 @@ mod tests {
     async fn relisting_one_namespace_keeps_the_others_and_publishes_vanished_objects() {
         let writer: Writer<ConfigMap> = Writer::default();
         let store = writer.as_reader();
-        let hub: Arc<Hub<ConfigMap>> = Arc::new(Hub::default());
+        let hub: Arc<Hub<ConfigMap>> = Arc::new(Hub::new(Default::default()));
         let mut changes = hub.subscribe();
         let (tx, mut ready) = signal::channel(false);
         let events = futures::stream::iter(vec![
@@ -350,7 +401,33 @@ mod tests {
             ev("b", Event::Apply(cm("b", "w"))),
             ev("b", Event::Delete(cm("b", "w"))),
         ]);
-        pump("ConfigMap", events, Some(writer), hub.clone(), 2, tx).await;
+        let seen_by_hook: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
+        let hook = seen_by_hook.clone();
+        let on_change: OnChange<ConfigMap> = Arc::new(move |c: &ConfigMap, deleted| {
+            hook.lock().unwrap().push((c.name_any(), deleted))
+        });
+        pump(
+            "ConfigMap",
+            events,
+            Some(writer),
+            Some(on_change),
+            hub.clone(),
+            2,
+            tx,
+        )
+        .await;
+        assert!(
+            seen_by_hook
+                .lock()
+                .unwrap()
+                .contains(&("x".to_string(), true))
+        );
+        assert!(
+            seen_by_hook
+                .lock()
+                .unwrap()
+                .contains(&("w".to_string(), false))
+        );
         assert!(
             *ready.borrow_and_update(),
             "ready once both namespaces listed"

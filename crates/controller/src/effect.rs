@@ -1,0 +1,253 @@
+//! What a reconciler wants done, as data: [`Effect`]s that a pure `decide`
+//! returns and one [`Executor`] carries out. The executor owns every `Api`,
+//! kind name, metric and the 404/409 rules, so a decision can be unit-tested
+//! against [`tests::Recording`] without a cluster (like the router's fake
+//! kernel), and the rules live in one place.
+//!
+//! Status writes are typed ([`StatusWrite`]); whether a status changed is
+//! decided in one place, [`status_changed`], which ignores `lastUpdated`.
+
+use std::future::Future;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::EventType;
+use vpno_api::{Mask, MaskConsumer, MaskConsumerStatus, MaskReservationStatus, MaskStatus};
+
+use crate::error::ControllerError;
+
+/// The kinds effects address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Mask,
+    MaskConsumer,
+    MaskReservation,
+}
+
+impl Kind {
+    /// The kind's name (metric label and messages).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Mask => "Mask",
+            Kind::MaskConsumer => "MaskConsumer",
+            Kind::MaskReservation => "MaskReservation",
+        }
+    }
+}
+
+/// Namespace, name and kind of the object an effect addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Target {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// An object to create.
+#[derive(Debug, Clone)]
+pub(crate) enum NewObject {
+    MaskConsumer(Box<MaskConsumer>),
+}
+
+/// A typed status to write (a merge patch of the status subresource;
+/// `lastUpdated` is stamped by the executor).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum StatusWrite {
+    Mask(MaskStatus),
+    Reservation(MaskReservationStatus),
+}
+
+/// One thing a reconciler wants done.
+#[derive(Debug, Clone)]
+pub(crate) enum Effect {
+    /// Create an object; one that exists already (409) counts as done, and so
+    /// does a namespace being deleted (the owner goes with it).
+    Create(NewObject),
+    /// Delete the object if it still has `uid` (when given), background
+    /// propagation; gone (404) or changed (409) counts as done.
+    DeleteIf { target: Target, uid: Option<String> },
+    /// Write the status; a deleted object (404) counts as done.
+    PatchStatus { target: Target, status: StatusWrite },
+    /// Replace the finalizers if they still are `current`.
+    SetFinalizers {
+        target: Target,
+        current: Vec<String>,
+        new: Vec<String>,
+    },
+    /// Set a consumer's `spec.providers` (copied from its Mask).
+    SetConsumerProviders {
+        target: Target,
+        providers: Option<Vec<String>>,
+    },
+    /// Publish an Event about an object; failures are logged, never fatal.
+    Event(EventNote),
+    /// Count an action in the controller's metrics.
+    Count(&'static str),
+}
+
+/// An Event to publish.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct EventNote {
+    pub regarding: ObjectReference,
+    pub warning: bool,
+    pub reason: String,
+    pub action: String,
+    pub note: String,
+}
+
+impl EventNote {
+    /// The Event type.
+    pub fn event_type(&self) -> EventType {
+        if self.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        }
+    }
+}
+
+/// Carries out effects, and reads the API server where a decision must not
+/// rest on the cache alone (the act-then-look-again steps).
+pub(crate) trait Executor: Send + Sync {
+    /// Applies one effect.
+    fn apply(&self, effect: Effect) -> impl Future<Output = Result<(), ControllerError>> + Send;
+
+    /// A fresh GET of a consumer (`None`: it does not exist).
+    fn fresh_consumer(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<MaskConsumer>, ControllerError>> + Send;
+
+    /// Applies effects in order, stopping at the first error.
+    fn apply_all(
+        &self,
+        effects: Vec<Effect>,
+    ) -> impl Future<Output = Result<(), ControllerError>> + Send {
+        async move {
+            for e in effects {
+                self.apply(e).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The parts of a status that say something; `lastUpdated` is when it was said.
+pub(crate) trait Stamped: Clone + PartialEq {
+    /// The same status without its timestamp.
+    fn unstamped(&self) -> Self;
+}
+
+impl Stamped for MaskStatus {
+    fn unstamped(&self) -> Self {
+        MaskStatus {
+            last_updated: None,
+            ..self.clone()
+        }
+    }
+}
+
+impl Stamped for MaskReservationStatus {
+    fn unstamped(&self) -> Self {
+        MaskReservationStatus {
+            last_updated: None,
+            ..self.clone()
+        }
+    }
+}
+
+impl Stamped for MaskConsumerStatus {
+    fn unstamped(&self) -> Self {
+        MaskConsumerStatus {
+            last_updated: None,
+            ..self.clone()
+        }
+    }
+}
+
+/// Whether writing `desired` over `current` changes anything but the timestamp.
+pub(crate) fn status_changed<S: Stamped>(current: Option<&S>, desired: &S) -> bool {
+    current.is_none_or(|c| c.unstamped() != desired.unstamped())
+}
+
+/// The target of `obj` of kind `kind`.
+pub(crate) fn target_of<K: kube::Resource>(kind: Kind, obj: &K) -> Target {
+    Target {
+        kind,
+        namespace: obj.meta().namespace.clone().unwrap_or_default(),
+        name: obj.meta().name.clone().unwrap_or_default(),
+    }
+}
+
+/// The reference an Event about `obj` points at.
+pub(crate) fn regarding<K: kube::Resource<DynamicType = ()>>(obj: &K) -> ObjectReference {
+    obj.object_ref(&())
+}
+
+/// A Mask's target.
+pub(crate) fn mask_target(m: &Mask) -> Target {
+    target_of(Kind::Mask, m)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// An executor that records effects and answers fresh reads from a map
+    /// (the tests' view of the API server).
+    #[derive(Default)]
+    pub(crate) struct Recording {
+        pub effects: Mutex<Vec<Effect>>,
+        pub consumers: Mutex<HashMap<(String, String), MaskConsumer>>,
+    }
+
+    impl Recording {
+        /// The effects applied so far.
+        pub fn taken(&self) -> Vec<Effect> {
+            self.effects.lock().unwrap().clone()
+        }
+    }
+
+    impl Executor for Recording {
+        async fn apply(&self, effect: Effect) -> Result<(), ControllerError> {
+            self.effects.lock().unwrap().push(effect);
+            Ok(())
+        }
+
+        async fn fresh_consumer(
+            &self,
+            namespace: &str,
+            name: &str,
+        ) -> Result<Option<MaskConsumer>, ControllerError> {
+            Ok(self
+                .consumers
+                .lock()
+                .unwrap()
+                .get(&(namespace.to_string(), name.to_string()))
+                .cloned())
+        }
+    }
+
+    #[test]
+    fn only_what_a_status_says_counts_as_a_change() {
+        let a = MaskStatus {
+            phase: Some(vpno_api::MaskPhase::Active),
+            message: Some("ok".into()),
+            last_updated: Some("2026-01-01T00:00:00Z".into()),
+        };
+        let later = MaskStatus {
+            last_updated: Some("2026-01-02T00:00:00Z".into()),
+            ..a.clone()
+        };
+        assert!(!status_changed(Some(&a), &later));
+        assert!(status_changed(None, &later));
+        let other = MaskStatus {
+            message: Some("different".into()),
+            ..a.clone()
+        };
+        assert!(status_changed(Some(&a), &other));
+    }
+}
