@@ -152,32 +152,33 @@ mod tests {
     }
 }
 
-/// `deploy/crds/` must hold exactly what the types render; regenerate with
-/// `cargo run -- crds --write deploy/crds`.
+/// `deploy/crds/` and the chart's `crds/` must hold exactly what the types
+/// render; regenerate with `cargo run -- crds --write <dir>`.
 #[cfg(test)]
 mod drift {
     use std::path::Path;
 
-    #[test]
-    fn deploy_crds_match_the_types() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/crds");
+    /// Asserts that `dir` (relative to the repository root) holds one file
+    /// per CRD, each exactly as rendered, and nothing else.
+    fn assert_generated(dir: &str) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(dir);
+        let regenerate = format!("run `cargo run -- crds --write {dir}`");
         let mut expected: Vec<String> = Vec::new();
         for crd in super::all() {
             let name = super::file_name(&crd);
             expected.push(name.clone());
-            let on_disk = std::fs::read_to_string(dir.join(&name)).unwrap_or_else(|e| {
-                panic!(
-                    "deploy/crds/{name} missing ({e}); run `cargo run -- crds --write deploy/crds`"
-                )
-            });
+            let on_disk = std::fs::read_to_string(path.join(&name))
+                .unwrap_or_else(|e| panic!("{dir}/{name} missing ({e}); {regenerate}"));
             assert_eq!(
                 on_disk,
                 super::to_yaml(&crd).unwrap(),
-                "deploy/crds/{name} drifted from the types; run `cargo run -- crds --write deploy/crds`"
+                "{dir}/{name} drifted from the types; {regenerate}"
             );
         }
-        let mut present: Vec<String> = std::fs::read_dir(&dir)
-            .unwrap()
+        let mut present: Vec<String> = std::fs::read_dir(&path)
+            .unwrap_or_else(|e| panic!("reading {dir}: {e}"))
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .filter(|n| n.ends_with(".yaml"))
             .collect();
@@ -185,8 +186,18 @@ mod drift {
         expected.sort();
         assert_eq!(
             present, expected,
-            "deploy/crds holds files that are not generated"
+            "{dir} holds files that are not generated"
         );
+    }
+
+    #[test]
+    fn deploy_crds_match_the_types() {
+        assert_generated("deploy/crds");
+    }
+
+    #[test]
+    fn chart_crds_match_the_types() {
+        assert_generated("deploy/chart/vpn-operator/crds");
     }
 }
 

@@ -19,7 +19,7 @@ pub use mask::{
 };
 pub use provider::{
     ContainerOverrides, MaskProvider, MaskProviderSpec, MaskProviderStatus, ProviderPhase,
-    VerifyOverrides, VerifySpec,
+    VerifyFailure, VerifyOverrides, VerifySpec,
 };
 pub use reservation::{
     MaskReservation, MaskReservationSpec, MaskReservationStatus, ReservationPhase,

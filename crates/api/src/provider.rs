@@ -137,6 +137,23 @@ pub struct MaskProviderStatus {
     /// Number of slots currently reserved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_slots: Option<u32>,
+    /// What the last failed verification was made with, while the phase is
+    /// `ErrVerifyFailed`: verification is tried again once the spec or the
+    /// Secret differ from this (or `verify.interval` says to retry), also
+    /// after a controller restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_failure: Option<VerifyFailure>,
+}
+
+/// The inputs of a failed verification, so that a restarted controller knows
+/// whether anything changed since.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyFailure {
+    /// `metadata.generation` of the provider (its spec) that failed.
+    pub generation: i64,
+    /// `metadata.resourceVersion` of the credentials Secret that failed.
+    pub secret_version: String,
 }
 
 impl MaskProvider {

@@ -21,12 +21,12 @@ use vpno_api::{
     AssignedProvider, MaskConsumer, MaskPhase, MaskProvider, MaskReservation, MaskReservationSpec,
 };
 
-use crate::context::{Ctx, controller_ref, ns_of, uid_of};
+use crate::context::{Ctx, controller_ref, ns_of, provider_view, uid_of};
 use crate::error::{ControllerError, is_status};
-use crate::plan::assign::{AssignmentPlan, SlotRequest, plan_assignment};
+use crate::plan::assign::{AssignmentPlan, SlotRequest, admits, plan_assignment};
 use crate::plan::release::{holding_message, pod_holds_secret};
 use crate::plan::status::now_rfc3339;
-use crate::plan::{CONSUMER_FINALIZER, PIN_ANNOTATION};
+use crate::plan::{CONSUMER_FINALIZER, OWNER_LABEL, PIN_ANNOTATION, finalizers};
 
 const KIND: &str = "MaskConsumer";
 
@@ -47,7 +47,7 @@ pub(crate) async fn reconcile(
             .await?;
         return Ok(Action::await_change());
     }
-    ctx.ensure_finalizer(&api, KIND, consumer.as_ref(), CONSUMER_FINALIZER)
+    ctx.adopt_finalizers(&api, KIND, consumer.as_ref(), Some(CONSUMER_FINALIZER))
         .await?;
     match consumer.assignment() {
         Some(a) => keep_assignment(&consumer, &ns, a, &api, &ctx).await,
@@ -161,6 +161,23 @@ async fn keep_assignment(
     let Some(provider) = ctx.provider(&a.namespace, &a.name) else {
         return Ok(Action::requeue(std::time::Duration::from_secs(1)));
     };
+    if let Some(why) = no_longer_admitted(consumer, ns, &provider) {
+        // Its Mask's `providers` were edited: release (through deleting this
+        // consumer, as for a lost slot) and let the Mask's new consumer be
+        // assigned from the new set.
+        ctx.metrics().action("move");
+        ctx.event(
+            consumer.as_ref(),
+            EventType::Normal,
+            "ProvidersChanged",
+            "Unassign",
+            format!("{why}; deleting this consumer so its Mask is assigned from the new set"),
+        )
+        .await;
+        ctx.delete_if(api, KIND, &consumer.name_any(), consumer.uid().as_deref())
+            .await?;
+        return Ok(Action::await_change());
+    }
     // Keep the credentials copy equal to the provider Secret.
     let sapi: Api<Secret> = Api::namespaced(ctx.client.clone(), &a.namespace);
     let Some(source) = ctx.get_opt(&sapi, "Secret", &provider.spec.secret).await? else {
@@ -177,7 +194,7 @@ async fn keep_assignment(
         .await;
         return Ok(Action::await_change());
     };
-    ensure_credentials(consumer, ns, &a.secret, &source, ctx, false).await?;
+    ensure_credentials(consumer, ns, &a.secret, &a.uid, &source, ctx, false).await?;
     if consumer.phase() != MaskPhase::Active {
         let message = format!(
             "assigned slot {} of provider {}/{}",
@@ -195,13 +212,38 @@ async fn keep_assignment(
     Ok(Action::await_change())
 }
 
+/// Why the assigned `provider` no longer admits the consumer (tags or
+/// namespace allow-list), if it does not; phase and free slots do not count.
+fn no_longer_admitted(
+    consumer: &MaskConsumer,
+    ns: &str,
+    provider: &MaskProvider,
+) -> Option<String> {
+    let view = provider_view(provider, Default::default())?;
+    let uid = consumer.uid().unwrap_or_default();
+    let pinned = consumer.annotations().get(PIN_ANNOTATION).cloned();
+    let req = SlotRequest {
+        namespace: ns,
+        tags: consumer.spec.providers.as_deref(),
+        pinned: pinned.as_deref(),
+        seed: &uid,
+    };
+    admits(&view, &req).err().map(|why| {
+        format!(
+            "provider {}/{} no longer matches ({why})",
+            view.namespace, view.name
+        )
+    })
+}
+
 /// Creates or updates the credentials Secret so its data is exactly the
-/// provider Secret's. `fresh`: the Secret most likely does not exist yet, so
-/// try creating it before reading it.
+/// provider Secret's, labelled with the provider's UID. `fresh`: the Secret
+/// most likely does not exist yet, so try creating it before reading it.
 async fn ensure_credentials(
     consumer: &MaskConsumer,
     ns: &str,
     name: &str,
+    provider_uid: &str,
     source: &Secret,
     ctx: &Ctx,
     fresh: bool,
@@ -224,6 +266,7 @@ async fn ensure_credentials(
                     name: Some(name.to_string()),
                     namespace: Some(ns.to_string()),
                     owner_references: Some(vec![owner.clone()]),
+                    labels: Some(owner_label(provider_uid)),
                     ..Default::default()
                 },
                 data: Some(data.clone()),
@@ -243,7 +286,17 @@ async fn ensure_credentials(
                     // Left over or made by another replica: make it match.
                     match ctx.get_opt(&api, "Secret", name).await? {
                         Some(s) => {
-                            update_credentials(consumer, ns, name, s, data, owner, ctx).await
+                            update_credentials(
+                                consumer,
+                                ns,
+                                name,
+                                s,
+                                data,
+                                owner,
+                                provider_uid,
+                                ctx,
+                            )
+                            .await
                         }
                         None => Ok(()),
                     }
@@ -254,10 +307,16 @@ async fn ensure_credentials(
                 )),
             }
         }
-        Some(s) => update_credentials(consumer, ns, name, s, data, owner, ctx).await,
+        Some(s) => update_credentials(consumer, ns, name, s, data, owner, provider_uid, ctx).await,
     }
 }
 
+/// The labels of a credentials Secret copied from provider `provider_uid`.
+fn owner_label(provider_uid: &str) -> BTreeMap<String, String> {
+    [(OWNER_LABEL.to_string(), provider_uid.to_string())].into()
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn update_credentials(
     consumer: &MaskConsumer,
     ns: &str,
@@ -265,6 +324,7 @@ async fn update_credentials(
     mut s: Secret,
     data: BTreeMap<String, ByteString>,
     owner: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+    provider_uid: &str,
     ctx: &Ctx,
 ) -> Result<(), ControllerError> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
@@ -272,12 +332,15 @@ async fn update_credentials(
         .owner_references()
         .iter()
         .any(|o| Some(&o.uid) == consumer.uid().as_ref());
-    if s.data.clone().unwrap_or_default() == data && owned {
+    let labelled = s.labels().get(OWNER_LABEL).map(String::as_str) == Some(provider_uid);
+    if s.data.clone().unwrap_or_default() == data && owned && labelled {
         return Ok(());
     }
     s.data = Some(data);
     s.string_data = None;
     s.metadata.owner_references = Some(vec![owner]);
+    s.labels_mut()
+        .insert(OWNER_LABEL.to_string(), provider_uid.to_string());
     ctx.metrics()
         .write("Secret", api.replace(name, &PostParams::default(), &s))
         .await
@@ -494,7 +557,7 @@ async fn complete(
         return Ok(Action::requeue(std::time::Duration::from_secs(5)));
     };
     let secret = credentials_secret_name(&consumer.name_any(), &p_uid);
-    ensure_credentials(consumer, ns, &secret, &source, ctx, true).await?;
+    ensure_credentials(consumer, ns, &secret, &p_uid, &source, ctx, true).await?;
     let assigned = AssignedProvider {
         name: provider.name_any(),
         namespace: p_ns.clone(),
@@ -526,11 +589,7 @@ async fn release(
     api: &Api<MaskConsumer>,
     ctx: &Ctx,
 ) -> Result<Action, ControllerError> {
-    if !consumer
-        .finalizers()
-        .iter()
-        .any(|f| f == CONSUMER_FINALIZER)
-    {
+    if !finalizers::awaits_release(consumer.finalizers(), Some(CONSUMER_FINALIZER)) {
         return Ok(Action::await_change());
     }
     let uid = uid_of(consumer.as_ref(), KIND)?;
@@ -619,7 +678,7 @@ async fn release(
     if released > 0 {
         ctx.metrics().action("release");
     }
-    ctx.remove_finalizer(api, KIND, consumer.as_ref(), CONSUMER_FINALIZER)
+    ctx.release_finalizers(api, KIND, consumer.as_ref(), Some(CONSUMER_FINALIZER))
         .await?;
     Ok(Action::await_change())
 }

@@ -16,6 +16,7 @@ use crate::ControllerConfig;
 use crate::error::{ControllerError, is_status};
 use crate::metrics::{ControllerMetrics, Metrics};
 use crate::plan::assign::ProviderSlots;
+use crate::plan::finalizers;
 use crate::view::Scope;
 
 /// Everything a reconciler may use.
@@ -28,9 +29,6 @@ pub(crate) struct Context {
     pub consumers: Store<MaskConsumer>,
     pub reservations: Store<MaskReservation>,
     pub recorder: Recorder,
-    /// Provider UID -> `metadata.generation` whose verification failed (in
-    /// memory: after a restart, failed providers are verified once more).
-    pub failed_generations: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 /// The reconcile context plus the metrics of one controller.
@@ -172,60 +170,65 @@ impl Ctx {
             .map_err(|e| ControllerError::kube(format!("writing status of {kind} {name}"), e))
     }
 
-    /// Adds `finalizer` to an object if it lacks it.
-    pub async fn ensure_finalizer<K>(
+    /// Gives a live object the finalizers it should carry: `ours` (when the
+    /// kind has one) instead of the original vpn-operator's. No write when the
+    /// list is already right.
+    pub async fn adopt_finalizers<K>(
         &self,
         api: &Api<K>,
         kind: &'static str,
         obj: &K,
-        finalizer: &str,
+        ours: Option<&str>,
     ) -> Result<(), ControllerError>
     where
         K: Resource + Clone + DeserializeOwned + Debug,
     {
-        if obj.finalizers().iter().any(|f| f == finalizer) {
-            return Ok(());
+        match finalizers::adopted(obj.finalizers(), ours) {
+            None => Ok(()),
+            Some(new) => {
+                if obj
+                    .finalizers()
+                    .iter()
+                    .any(|f| f == finalizers::LEGACY_FINALIZER)
+                {
+                    self.metrics().action("adopt_legacy");
+                }
+                self.set_finalizers(api, kind, obj, &new).await
+            }
         }
-        let mut finalizers = obj.finalizers().to_vec();
-        finalizers.push(finalizer.to_string());
-        let patch = finalizer_patch(obj.finalizers(), &finalizers)?;
-        self.metrics()
-            .write(
-                kind,
-                api.patch(
-                    &obj.name_any(),
-                    &PatchParams::default(),
-                    &Patch::<()>::Json(patch),
-                ),
-            )
-            .await
-            .map_err(|e| {
-                ControllerError::kube(format!("adding finalizer to {kind} {}", obj.name_any()), e)
-            })?;
-        Ok(())
     }
 
-    /// Removes `finalizer` from an object (no-op when absent or the object is gone).
-    pub async fn remove_finalizer<K>(
+    /// Removes `ours` and the original vpn-operator's finalizer once the
+    /// release work is done (no-op when neither is present or the object is gone).
+    pub async fn release_finalizers<K>(
         &self,
         api: &Api<K>,
         kind: &'static str,
         obj: &K,
-        finalizer: &str,
+        ours: Option<&str>,
     ) -> Result<(), ControllerError>
     where
         K: Resource + Clone + DeserializeOwned + Debug,
     {
-        if !obj.finalizers().iter().any(|f| f == finalizer) {
-            return Ok(());
+        match finalizers::released(obj.finalizers(), ours) {
+            None => Ok(()),
+            Some(new) => self.set_finalizers(api, kind, obj, &new).await,
         }
-        let finalizers: Vec<String> = obj
-            .finalizers()
-            .iter()
-            .filter(|f| *f != finalizer)
-            .cloned()
-            .collect();
-        let patch = finalizer_patch(obj.finalizers(), &finalizers)?;
+    }
+
+    /// Replaces the finalizer list if it is still the one `obj` shows (a 404
+    /// counts as done: the object is gone).
+    async fn set_finalizers<K>(
+        &self,
+        api: &Api<K>,
+        kind: &'static str,
+        obj: &K,
+        new: &[String],
+    ) -> Result<(), ControllerError>
+    where
+        K: Resource + Clone + DeserializeOwned + Debug,
+    {
+        let patch = finalizer_patch(obj.finalizers(), new)?;
         match self
             .metrics()
             .write(
@@ -241,7 +244,7 @@ impl Ctx {
             Ok(_) => Ok(()),
             Err(e) if is_status(&e, 404) => Ok(()),
             Err(e) => Err(ControllerError::kube(
-                format!("removing finalizer from {kind} {}", obj.name_any()),
+                format!("updating finalizers of {kind} {}", obj.name_any()),
                 e,
             )),
         }
@@ -292,32 +295,44 @@ impl Context {
             .state()
             .into_iter()
             .filter_map(|p| {
-                let uid = p.uid()?;
-                let taken = self
-                    .reservations_of(&p)
-                    .into_iter()
-                    .map(|(s, _)| s)
-                    .collect();
-                let slots = ProviderSlots {
-                    namespace: p.namespace().unwrap_or_default(),
-                    name: p.name_any(),
-                    uid,
-                    phase: p.phase(),
-                    terminating: p.meta().deletion_timestamp.is_some(),
-                    max_slots: p.spec.max_slots,
-                    taken,
-                    tags: p.spec.tags.clone().unwrap_or_default(),
-                    namespaces: p.spec.namespaces.clone(),
-                };
+                let slots = self.slots_of(&p)?;
                 Some((p, slots))
             })
             .collect()
+    }
+
+    /// The planner's view of one provider (`None` before it has a uid).
+    pub fn slots_of(&self, p: &MaskProvider) -> Option<ProviderSlots> {
+        let taken = self
+            .reservations_of(p)
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        provider_view(p, taken)
     }
 
     /// A provider from the store by namespace and name.
     pub fn provider(&self, namespace: &str, name: &str) -> Option<Arc<MaskProvider>> {
         self.providers.get(&ObjectRef::new(name).within(namespace))
     }
+}
+
+/// The planner's view of `p` with `taken` slots (`None` before it has a uid).
+pub(crate) fn provider_view(
+    p: &MaskProvider,
+    taken: std::collections::BTreeSet<u32>,
+) -> Option<ProviderSlots> {
+    Some(ProviderSlots {
+        namespace: p.namespace().unwrap_or_default(),
+        name: p.name_any(),
+        uid: p.uid()?,
+        phase: p.phase(),
+        terminating: p.meta().deletion_timestamp.is_some(),
+        max_slots: p.spec.max_slots,
+        taken,
+        tags: p.spec.tags.clone().unwrap_or_default(),
+        namespaces: p.spec.namespaces.clone(),
+    })
 }
 
 /// Namespace of a namespaced object (always set by the API server).

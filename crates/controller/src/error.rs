@@ -84,3 +84,10 @@ impl ControllerError {
 pub(crate) fn is_status(err: &kube::Error, code: u16) -> bool {
     matches!(err, kube::Error::Api(s) if s.code == code)
 }
+
+/// Whether an API error says the namespace is being deleted (nothing new may
+/// be created in it; its objects are about to go anyway).
+pub(crate) fn is_namespace_terminating(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(s) if s.code == 403
+        && s.details.as_ref().is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating")))
+}

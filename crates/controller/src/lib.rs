@@ -23,6 +23,11 @@
 //!   gets a fresh consumer, assigned wherever a slot is free.
 //! - Providers carry `vpn.beebs.dev/unassign-consumers`: deleting one deletes
 //!   its consumers and waits until none of its reservations is left.
+//! - Objects the original vpn-operator left carry its finalizer
+//!   `vpn.beebs.dev/finalizer` ([`plan::LEGACY_FINALIZER`]): live ones trade
+//!   it for ours (or none), deleted ones get our release work and then lose it.
+//!   Credentials copies carry `vpn.beebs.dev/owner: <provider-uid>` as the
+//!   original's do.
 //! - Reservations whose consumer is gone or is another object (uid) are reclaimed
 //!   after a check against the API server; reservations made before a crash
 //!   are adopted by their consumer.

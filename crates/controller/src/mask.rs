@@ -12,7 +12,7 @@ use serde_json::json;
 use vpno_api::{Mask, MaskConsumer, MaskConsumerSpec, MaskPhase};
 
 use crate::context::{Ctx, controller_ref, ns_of};
-use crate::error::{ControllerError, is_status};
+use crate::error::{ControllerError, is_namespace_terminating, is_status};
 use crate::plan::status::{mask_status_from_consumer, now_rfc3339};
 use crate::plan::{CONSUMER_FINALIZER, PIN_ANNOTATION};
 
@@ -20,11 +20,18 @@ const KIND: &str = "Mask";
 
 /// Reconciles one Mask.
 pub(crate) async fn reconcile(mask: Arc<Mask>, ctx: Arc<Ctx>) -> Result<Action, ControllerError> {
+    let ns = ns_of(mask.as_ref(), KIND)?;
+    let api: Api<Mask> = Api::namespaced(ctx.client.clone(), &ns);
     if mask.meta().deletion_timestamp.is_some() {
-        // The garbage collector deletes the consumer; its finalizer releases the slot.
+        // The consumer controller deletes the consumer at once (and the
+        // garbage collector would); the consumer's finalizer releases the
+        // slot. A Mask the original vpn-operator made waits for nothing else.
+        ctx.release_finalizers(&api, KIND, mask.as_ref(), None)
+            .await?;
         return Ok(Action::await_change());
     }
-    let ns = ns_of(mask.as_ref(), KIND)?;
+    ctx.adopt_finalizers(&api, KIND, mask.as_ref(), None)
+        .await?;
     let name = mask.name_any();
     let consumer = ctx.consumers.get(&ObjectRef::new(&name).within(&ns));
     let capi: Api<MaskConsumer> = Api::namespaced(ctx.client.clone(), &ns);
@@ -79,6 +86,8 @@ pub(crate) async fn reconcile(mask: Arc<Mask>, ctx: Arc<Ctx>) -> Result<Action, 
             {
                 Ok(_) => ctx.metrics().action("create_consumer"),
                 Err(e) if is_status(&e, 409) => {}
+                // The namespace is going away, and this Mask with it.
+                Err(e) if is_namespace_terminating(&e) => return Ok(Action::await_change()),
                 Err(e) => {
                     return Err(ControllerError::kube(
                         format!("creating MaskConsumer {ns}/{name}"),
@@ -103,7 +112,6 @@ pub(crate) async fn reconcile(mask: Arc<Mask>, ctx: Arc<Ctx>) -> Result<Action, 
     if current.and_then(|s| s.phase) != Some(phase)
         || current.and_then(|s| s.message.as_deref()) != Some(message.as_str())
     {
-        let api: Api<Mask> = Api::namespaced(ctx.client.clone(), &ns);
         match ctx.patch_status(&api, KIND, &name, json!({"status": {"phase": phase, "message": message, "lastUpdated": now_rfc3339()}})).await {
             Ok(_) => {}
             // Deleted meanwhile: nothing to show.

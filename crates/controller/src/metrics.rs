@@ -128,6 +128,11 @@ impl ControllerMetrics {
         out
     }
 
+    /// Number of times `action` was taken so far (for tests and benchmarks).
+    pub fn action_count(&self, action: &'static str) -> u64 {
+        self.action.get_or_create(&ActionLabels { action }).get()
+    }
+
     /// Number of reconciles counted so far with this outcome (for tests and benchmarks).
     pub fn reconcile_count(&self, outcome: &'static str) -> u64 {
         let mut total = 0;

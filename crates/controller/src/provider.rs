@@ -15,6 +15,7 @@ use serde_json::json;
 use vpno_api::duration::parse_duration;
 use vpno_api::{
     Mask, MaskConsumer, MaskPhase, MaskProvider, MaskReservation, MaskSpec, ProviderPhase,
+    VerifyFailure,
 };
 
 use crate::context::{Ctx, controller_ref, ns_of, uid_of};
@@ -23,7 +24,7 @@ use crate::plan::evict::{HeldSlot, eviction_plan};
 use crate::plan::status::now_rfc3339;
 use crate::plan::verify::{Attempt, VerifyAction, VerifyDecision, VerifyInputs, decide};
 use crate::plan::verify_pod::{VerifyPodParams, pod_progress, render_pod};
-use crate::plan::{PIN_ANNOTATION, PROVIDER_FINALIZER, verify_object_name};
+use crate::plan::{PIN_ANNOTATION, PROVIDER_FINALIZER, finalizers, verify_object_name};
 use crate::reservation::owned_by;
 
 const KIND: &str = "MaskProvider";
@@ -42,16 +43,22 @@ pub(crate) async fn reconcile(
     if p.meta().deletion_timestamp.is_some() {
         return unassign_all(&p, &ns, &api, &ctx).await;
     }
-    ctx.ensure_finalizer(&api, KIND, p.as_ref(), PROVIDER_FINALIZER)
+    ctx.adopt_finalizers(&api, KIND, p.as_ref(), Some(PROVIDER_FINALIZER))
         .await?;
     let name = p.name_any();
     let uid = uid_of(p.as_ref(), KIND)?;
 
     let sapi: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let secret_exists = ctx
-        .get_opt(&sapi, "Secret", &p.spec.secret)
-        .await?
-        .is_some();
+    let secret = ctx.get_opt(&sapi, "Secret", &p.spec.secret).await?;
+    let secret_exists = secret.is_some();
+    // What a failure now would be recorded with (and what a recorded one is compared to).
+    let failure_now = VerifyFailure {
+        generation: p.meta().generation.unwrap_or_default(),
+        secret_version: secret
+            .as_ref()
+            .and_then(|s| s.metadata.resource_version.clone())
+            .unwrap_or_default(),
+    };
 
     let held = ctx.reservations_of(&p);
     let holders: Vec<HeldSlot<Arc<MaskReservation>>> = held
@@ -137,15 +144,9 @@ pub(crate) async fn reconcile(
         }
     };
     let status = p.status.clone().unwrap_or_default();
-    let generation = p.meta().generation.unwrap_or_default();
-    let changed_since_failure = {
-        let failed = ctx
-            .failed_generations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        p.phase() == ProviderPhase::ErrVerifyFailed
-            && failed.get(&uid).is_none_or(|g| *g != generation)
-    };
+    // Remembered in status, so a restarted controller does not retry either.
+    let changed_since_failure = p.phase() == ProviderPhase::ErrVerifyFailed
+        && status.verify_failure.as_ref() != Some(&failure_now);
     let inputs = VerifyInputs {
         skip: verify.skip.unwrap_or(false),
         timeout,
@@ -256,17 +257,6 @@ pub(crate) async fn reconcile(
         .await?;
         ctx.metrics().action("finish_verification");
     }
-    {
-        let mut failed = ctx
-            .failed_generations
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if d.phase == ProviderPhase::ErrVerifyFailed {
-            failed.insert(uid.clone(), generation);
-        } else {
-            failed.remove(&uid);
-        }
-    }
     if let Some(msg) = bad_spec {
         d.message = if d.message.is_empty() {
             msg.clone()
@@ -275,7 +265,8 @@ pub(crate) async fn reconcile(
         };
         d.user_error = true;
     }
-    write_status(&p, &api, &ctx, &d, active_slots).await?;
+    let failure = (d.phase == ProviderPhase::ErrVerifyFailed).then_some(failure_now);
+    write_status(&p, &api, &ctx, &d, active_slots, failure).await?;
     Ok(match d.requeue {
         Some(after) => Action::requeue(after.max(Duration::from_millis(100))),
         None => Action::await_change(),
@@ -288,6 +279,7 @@ async fn write_status(
     ctx: &Ctx,
     d: &VerifyDecision,
     active_slots: u32,
+    failure: Option<VerifyFailure>,
 ) -> Result<(), ControllerError> {
     let status = p.status.clone().unwrap_or_default();
     let message = if d.message.is_empty() {
@@ -297,7 +289,9 @@ async fn write_status(
     };
     let changed =
         status.phase != Some(d.phase) || status.message.as_deref() != Some(message.as_str());
-    if !changed && status.active_slots == Some(active_slots) && !d.verified_now {
+    let failure_changed = status.verify_failure != failure;
+    if !changed && status.active_slots == Some(active_slots) && !d.verified_now && !failure_changed
+    {
         return Ok(());
     }
     let now = now_rfc3339();
@@ -308,6 +302,9 @@ async fn write_status(
     }
     if d.verified_now {
         patch["status"]["lastVerified"] = json!(now);
+    }
+    if failure_changed {
+        patch["status"]["verifyFailure"] = json!(failure);
     }
     ctx.patch_status(api, KIND, &p.name_any(), patch).await?;
     if changed && d.user_error {
@@ -389,7 +386,7 @@ async fn unassign_all(
     api: &Api<MaskProvider>,
     ctx: &Ctx,
 ) -> Result<Action, ControllerError> {
-    if !p.finalizers().iter().any(|f| f == PROVIDER_FINALIZER) {
+    if !finalizers::awaits_release(p.finalizers(), Some(PROVIDER_FINALIZER)) {
         return Ok(Action::await_change());
     }
     let name = p.name_any();
@@ -473,7 +470,7 @@ async fn unassign_all(
         // Reservation and consumer deletions trigger this reconcile; the timer is a safety net.
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
-    ctx.remove_finalizer(api, KIND, p.as_ref(), PROVIDER_FINALIZER)
+    ctx.release_finalizers(api, KIND, p.as_ref(), Some(PROVIDER_FINALIZER))
         .await?;
     Ok(Action::await_change())
 }

@@ -14,6 +14,7 @@ use vpno_api::{MaskConsumer, MaskProvider, MaskReservation, ReservationPhase};
 
 use crate::context::{Ctx, ns_of};
 use crate::error::ControllerError;
+use crate::plan::finalizers;
 use crate::plan::status::now_rfc3339;
 
 const KIND: &str = "MaskReservation";
@@ -48,11 +49,12 @@ pub(crate) async fn reconcile(
     r: Arc<MaskReservation>,
     ctx: Arc<Ctx>,
 ) -> Result<Action, ControllerError> {
-    if r.meta().deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
     let ns = ns_of(r.as_ref(), KIND)?;
     let api: Api<MaskReservation> = Api::namespaced(ctx.client.clone(), &ns);
+    if r.meta().deletion_timestamp.is_some() {
+        return release_legacy(&r, &api, &ctx).await;
+    }
+    ctx.adopt_finalizers(&api, KIND, r.as_ref(), None).await?;
     let name = r.name_any();
     let cached = ctx
         .consumers
@@ -99,6 +101,57 @@ pub(crate) async fn reconcile(
                 ctx.patch_status(&api, KIND, &name, json!({"status": {
                     "phase": ReservationPhase::Active, "message": message, "lastUpdated": now_rfc3339()}})).await?;
             }
+            Ok(Action::await_change())
+        }
+    }
+}
+
+/// A reservation being deleted needs nothing from us, unless the original
+/// vpn-operator's finalizer holds it: then, as the original did, the slot is
+/// freed only once its consumer (and with it every Pod using the
+/// credentials) is gone — the consumer is deleted, and its deletion wakes
+/// this reconcile to remove the finalizer.
+async fn release_legacy(
+    r: &MaskReservation,
+    api: &Api<MaskReservation>,
+    ctx: &Ctx,
+) -> Result<Action, ControllerError> {
+    if !finalizers::awaits_release(r.finalizers(), None) {
+        return Ok(Action::await_change());
+    }
+    if !ctx.scope.contains(&r.spec.namespace) {
+        // Its consumer is out of sight: whoever watches that namespace decides.
+        return Ok(Action::await_change());
+    }
+    let capi: Api<MaskConsumer> = Api::namespaced(ctx.client.clone(), &r.spec.namespace);
+    let fresh = ctx.get_opt(&capi, "MaskConsumer", &r.spec.name).await?;
+    match judge(r, fresh.as_ref()) {
+        Holder::Holds => {
+            let c = fresh
+                .as_ref()
+                .filter(|c| c.meta().deletion_timestamp.is_none());
+            if let Some(c) = c {
+                ctx.event(
+                    c,
+                    EventType::Warning,
+                    "SlotLost",
+                    "Unassign",
+                    format!(
+                        "reservation {}/{} is being deleted; deleting this consumer so its Mask is reassigned",
+                        r.namespace().unwrap_or_default(),
+                        r.name_any()
+                    ),
+                )
+                .await;
+                ctx.delete_if(&capi, "MaskConsumer", &r.spec.name, Some(&r.spec.uid))
+                    .await?;
+                ctx.metrics().action("unassign");
+            }
+            // The consumer's deletion wakes this reconcile; the timer is a safety net.
+            Ok(Action::requeue(Duration::from_secs(5)))
+        }
+        Holder::Assigning | Holder::Orphaned(_) => {
+            ctx.release_finalizers(api, KIND, r, None).await?;
             Ok(Action::await_change())
         }
     }

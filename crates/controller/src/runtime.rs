@@ -22,7 +22,7 @@ use vpno_api::{Mask, MaskConsumer, MaskProvider, MaskReservation};
 use crate::context::{Context, Ctx};
 use crate::error::ControllerError;
 use crate::metrics::{ControllerMetrics, Metrics};
-use crate::plan::assign::{Ineligible, SlotRequest, eligibility};
+use crate::plan::assign::{SlotRequest, admits};
 use crate::plan::{PIN_ANNOTATION, VERIFY_LABEL};
 use crate::view::{Change, Scope, watch_kind, watch_meta};
 use crate::{ControllerConfig, consumer, mask, provider, reservation};
@@ -156,17 +156,9 @@ where
 
 /// The unassigned consumers that `provider` could serve (by namespace, tags or pin; any phase).
 fn unassigned_candidates(ctx: &Context, provider: &MaskProvider) -> Vec<ObjectRef<MaskConsumer>> {
-    let Some(slots) = ctx
-        .provider_slots()
-        .into_iter()
-        .find(|(p, _)| p.uid() == provider.uid())
-        .map(|(_, s)| s)
-    else {
+    let Some(slots) = ctx.slots_of(provider) else {
         return Vec::new();
     };
-    let mut probe = slots.clone();
-    probe.phase = vpno_api::ProviderPhase::Ready; // phase changes matter too: ignore it here
-    probe.terminating = false;
     ctx.consumers
         .state()
         .into_iter()
@@ -181,10 +173,8 @@ fn unassigned_candidates(ctx: &Context, provider: &MaskProvider) -> Vec<ObjectRe
                 pinned: pinned.as_deref(),
                 seed: &uid,
             };
-            !matches!(
-                eligibility(&probe, &req),
-                Err(Ineligible::NotPinned | Ineligible::Namespace | Ineligible::Tags)
-            )
+            // Phase changes matter too: only what the provider admits counts here.
+            admits(&slots, &req).is_ok()
         })
         .map(|c| ObjectRef::from_obj(c.as_ref()))
         .collect()
@@ -310,7 +300,6 @@ pub(crate) async fn run_controllers(
         consumers: consumers.store.clone(),
         reservations: reservations.store.clone(),
         recorder,
-        failed_generations: Default::default(),
     });
     let ctx_for = |kind: &'static str, m: fn(&Metrics) -> &ControllerMetrics| {
         Arc::new(Ctx {

@@ -208,10 +208,12 @@ async fn start_list_get_destroy() {
         .unwrap()
         .name;
     assert_eq!(Some(secret_name), consumer.assignment().map(|a| &a.secret));
-    let svc = Api::<Service>::namespaced(client.clone(), &ns)
-        .get(&id)
-        .await
-        .unwrap();
+    // The API creates the Service right after the Pod: wait for it too.
+    let services = Api::<Service>::namespaced(client.clone(), &ns);
+    let svc = eventually("the proxy Service", async || {
+        services.get_opt(&id).await.unwrap()
+    })
+    .await;
     assert_eq!(svc.spec.unwrap().ports.unwrap()[0].port, 8888);
 
     let (state, view) = proxy_state(&http, &id).await;

@@ -113,6 +113,16 @@ pub fn eligibility(provider: &ProviderSlots, req: &SlotRequest<'_>) -> Result<()
     }
 }
 
+/// Whether `provider` accepts `req` at all, whatever its phase or free
+/// slots: the namespace allow-list, the tags and the pin. A consumer whose
+/// provider no longer admits it (its Mask's `providers` were edited) moves.
+pub fn admits(provider: &ProviderSlots, req: &SlotRequest<'_>) -> Result<(), Ineligible> {
+    let mut probe = provider.clone();
+    probe.phase = ProviderPhase::Ready;
+    probe.terminating = false;
+    eligibility(&probe, req)
+}
+
 /// One reservation to try creating.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotAttempt {
@@ -248,6 +258,29 @@ mod tests {
             pinned: None,
             seed: "consumer-1",
         }
+    }
+
+    #[test]
+    fn admission_ignores_phase_and_slots_but_not_tags_namespaces_or_pin() {
+        let mut p = provider("a", 1, &[0]);
+        p.tags = vec!["eu".into()];
+        p.phase = ProviderPhase::ErrVerifyFailed;
+        p.terminating = true;
+        let eu = vec!["eu".to_string()];
+        let us = vec!["us".to_string()];
+        assert_eq!(admits(&p, &req("apps", Some(&eu))), Ok(()));
+        assert_eq!(admits(&p, &req("apps", None)), Ok(()));
+        assert_eq!(admits(&p, &req("apps", Some(&us))), Err(Ineligible::Tags));
+        p.namespaces = Some(vec!["other".into()]);
+        assert_eq!(
+            admits(&p, &req("apps", Some(&eu))),
+            Err(Ineligible::Namespace)
+        );
+        let pinned = SlotRequest {
+            pinned: Some("uid-b"),
+            ..req("other", None)
+        };
+        assert_eq!(admits(&p, &pinned), Err(Ineligible::NotPinned));
     }
 
     #[test]

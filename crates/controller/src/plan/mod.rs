@@ -2,10 +2,17 @@
 
 pub mod assign;
 pub mod evict;
+pub mod finalizers;
 pub mod release;
 pub mod status;
 pub mod verify;
 pub mod verify_pod;
+
+pub use finalizers::LEGACY_FINALIZER;
+
+/// Label the credentials Secret copy carries: the UID of the provider whose
+/// Secret it copies (as the original vpn-operator's copies do; users select on it).
+pub const OWNER_LABEL: &str = "vpn.beebs.dev/owner";
 
 /// Annotation that pins a Mask (and its consumer) to one provider, by UID.
 /// Used by verification Masks, which must use the provider they verify even

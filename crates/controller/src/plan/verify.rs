@@ -137,7 +137,8 @@ pub fn decide(i: &VerifyInputs) -> VerifyDecision {
         return VerifyDecision {
             phase: usage,
             message: "verification skipped".into(),
-            verified_now: false,
+            // Recorded once, as the original vpn-operator does on skip.
+            verified_now: i.last_verified.is_none(),
             user_error: false,
             action: finish_or_none,
             requeue: None,
@@ -324,6 +325,23 @@ mod tests {
             .phase,
             ProviderPhase::Active
         );
+    }
+
+    #[test]
+    fn skip_records_last_verified_once() {
+        let first = decide(&VerifyInputs {
+            skip: true,
+            ..base()
+        });
+        assert!(first.verified_now);
+        let later = decide(&VerifyInputs {
+            skip: true,
+            phase: ProviderPhase::Ready,
+            last_verified: Some(t(-10)),
+            ..base()
+        });
+        assert!(!later.verified_now);
+        assert_eq!(later.phase, ProviderPhase::Ready);
     }
 
     #[test]
