@@ -1,7 +1,7 @@
 //! End to end in a real single-node cluster (`vpno_testenv::Cluster`): the
 //! operator image is built from this very binary with `scripts/image`,
-//! imported, and installed from `deploy/controller.yaml`; then the Mask API
-//! is driven with real Pods, and uninstalled.
+//! imported, and installed with the Helm chart (`scripts/helm`, real Helm
+//! code); then the Mask API is driven with real Pods, and it is uninstalled.
 //!
 //! One test runs the scenarios side by side, each in its own namespaces,
 //! between install and uninstall (which must come last). Figures (cluster
@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::Resource;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
 use vpno_api::{
     Mask, MaskConsumer, MaskPhase, MaskProvider, MaskProviderSpec, MaskReservation, MaskSpec,
@@ -30,6 +30,7 @@ use vpno_testenv::cluster::{BUSYBOX_IMAGE, TESTBOX_IMAGE};
 
 const OPERATOR_IMAGE: &str = "localhost/vpn-operator:dev";
 const OPERATOR_NS: &str = "vpn-operator";
+const RELEASE: &str = "vpn-operator";
 const SA_USER: &str = "system:serviceaccount:vpn-operator:vpn-operator";
 
 fn root() -> &'static Path {
@@ -87,37 +88,6 @@ fn build_and_import_operator_image(cluster: &Cluster) -> PathBuf {
     tar
 }
 
-/// `deploy/controller.yaml` pointed at the local image, never pulled, and
-/// at the in-cluster IP echo for verification Pods.
-fn rendered_manifest(ip_url: &str) -> String {
-    let text = std::fs::read_to_string(root().join("deploy/controller.yaml")).unwrap();
-    let replace = |text: String, from: &str, to: &str| {
-        assert_eq!(
-            text.matches(from).count(),
-            1,
-            "deploy/controller.yaml: {from:?}"
-        );
-        text.replace(from, to)
-    };
-    let text = replace(
-        text,
-        "image: ghcr.io/vpn-operator/vpn-operator:0.1.0",
-        &format!("image: {OPERATOR_IMAGE}"),
-    );
-    let text = replace(
-        text,
-        "imagePullPolicy: IfNotPresent",
-        "imagePullPolicy: Never",
-    );
-    replace(
-        text,
-        r#"args: ["controller", "--metrics-addr", "0.0.0.0:8080"]"#,
-        &format!(
-            r#"args: ["controller", "--metrics-addr", "0.0.0.0:8080", "--verify-ip-url", "{ip_url}"]"#
-        ),
-    )
-}
-
 fn pod_ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()
@@ -163,12 +133,43 @@ async fn start_ip_echo(cluster: &Cluster) -> String {
     format!("http://{ip}/cgi-bin/ip")
 }
 
-/// Installs the controller; returns the manifest file and install → Ready.
-async fn install(cluster: &Cluster, ip_url: &str) -> (PathBuf, Duration) {
-    let manifest = cluster.dir().join("e2e-controller.yaml");
-    std::fs::write(&manifest, rendered_manifest(ip_url)).unwrap();
+/// `scripts/helm ARGS… --kubeconfig <the cluster's>`.
+fn helm(cluster: &Cluster, args: &[&str]) {
+    let out = std::process::Command::new(root().join("scripts/helm"))
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(cluster.kubeconfig_path())
+        .output()
+        .expect("running scripts/helm");
+    assert!(
+        out.status.success(),
+        "scripts/helm {} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Installs the chart (the local image, never pulled; verification Pods ask
+/// the in-cluster IP echo); returns install → controller Pod Ready.
+async fn install(cluster: &Cluster, ip_url: &str) -> Duration {
     let begun = Instant::now();
-    kubectl(cluster, &["apply", "-f", manifest.to_str().unwrap()]);
+    helm(
+        cluster,
+        &[
+            "install",
+            RELEASE,
+            "--namespace",
+            OPERATOR_NS,
+            "--create-namespace",
+            "--set",
+            &format!("image={OPERATOR_IMAGE}"),
+            "--set",
+            "imagePullPolicy=Never",
+            "--set-string",
+            &format!("controller.verify.ipUrl={ip_url}"),
+        ],
+    );
     let pods: Api<Pod> = Api::namespaced(cluster.client().await, OPERATOR_NS);
     let selector = ListParams::default().labels("app.kubernetes.io/component=controller");
     eventually(
@@ -181,7 +182,7 @@ async fn install(cluster: &Cluster, ip_url: &str) -> (PathBuf, Duration) {
         },
     )
     .await;
-    (manifest, begun.elapsed())
+    begun.elapsed()
 }
 
 async fn controller_pod(cluster: &Cluster) -> Pod {
@@ -429,7 +430,12 @@ async fn scenario_metrics(cluster: &Cluster) {
         .filter(|f| f.starts_with("vpno_"))
         .collect();
     // Families show once they have a sample: by now every controller has reconciled.
-    for prefix in ["vpno_mask_", "vpno_maskconsumer_", "vpno_maskprovider_", "vpno_http_"] {
+    for prefix in [
+        "vpno_mask_",
+        "vpno_maskconsumer_",
+        "vpno_maskprovider_",
+        "vpno_http_",
+    ] {
         assert!(
             families.iter().any(|f| f.starts_with(prefix)),
             "no {prefix}* metric family:\n{body}"
@@ -527,90 +533,131 @@ async fn scenario_verification(cluster: &Cluster) {
     delete_provider(&providers, "leaky").await;
 }
 
-/// Deleting the installed objects leaves nothing of ours but the CRDs.
-async fn uninstall(cluster: &Cluster, manifest: &Path) {
+/// `helm uninstall` leaves nothing of ours but the CRDs (and the namespace
+/// `--create-namespace` made, which Helm never deletes: only what Kubernetes
+/// itself puts into every namespace is left in it).
+async fn uninstall(cluster: &Cluster) {
     let begun = Instant::now();
-    kubectl(
+    helm(
         cluster,
         &[
-            "delete",
-            "-f",
-            manifest.to_str().unwrap(),
-            "--wait=true",
-            "--timeout=180s",
+            "uninstall",
+            RELEASE,
+            "--namespace",
+            OPERATOR_NS,
+            "--wait",
+            "--timeout",
+            "3m",
         ],
     );
     let client = cluster.client().await;
+    let ours = ListParams::default().labels(&format!("app.kubernetes.io/instance={RELEASE}"));
     eventually(
-        "namespace vpn-operator to be gone",
+        "the release's Pods to be gone",
         Duration::from_secs(180),
         || async {
-            Api::<Namespace>::all(client.clone())
-                .get_opt(OPERATOR_NS)
+            Api::<Pod>::all(client.clone())
+                .list(&ours)
                 .await
-                .is_ok_and(|n| n.is_none())
+                .is_ok_and(|l| l.items.is_empty())
         },
     )
     .await;
-    let ours = ListParams::default().labels("app.kubernetes.io/name=vpn-operator");
-    assert!(
+    let none = |n: usize, what: &str| assert_eq!(n, 0, "{what} left after uninstall");
+    none(
         Api::<ClusterRole>::all(client.clone())
             .list(&ours)
             .await
             .unwrap()
             .items
-            .is_empty()
+            .len(),
+        "ClusterRoles",
     );
-    assert!(
+    none(
         Api::<ClusterRoleBinding>::all(client.clone())
             .list(&ours)
             .await
             .unwrap()
             .items
-            .is_empty()
+            .len(),
+        "ClusterRoleBindings",
     );
-    assert!(
+    none(
         Api::<Deployment>::all(client.clone())
             .list(&ours)
             .await
             .unwrap()
             .items
-            .is_empty()
+            .len(),
+        "Deployments",
     );
-    assert!(
-        Api::<Pod>::all(client.clone())
+    none(
+        Api::<Service>::all(client.clone())
             .list(&ours)
             .await
             .unwrap()
             .items
-            .is_empty()
+            .len(),
+        "Services",
     );
+    none(
+        Api::<Secret>::all(client.clone())
+            .list(&ours)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        "Secrets",
+    );
+    let left = kubectl(
+        cluster,
+        &[
+            "-n",
+            OPERATOR_NS,
+            "get",
+            "all,serviceaccounts,secrets,configmaps,roles,rolebindings",
+            "-o",
+            "name",
+        ],
+    );
+    for name in left.lines() {
+        let default = name == "serviceaccount/default"
+            || name.starts_with("secret/default-token-")
+            || name == "configmap/kube-root-ca.crt";
+        assert!(
+            default,
+            "{name} left in namespace {OPERATOR_NS} after uninstall:\n{left}"
+        );
+    }
     // The scenarios deleted their providers; the controller's own objects
-    // (consumers, reservations, verification Pods) must be gone with them.
-    assert!(
+    // (consumers, reservations, verification Pods) went with them.
+    none(
         Api::<MaskConsumer>::all(client.clone())
             .list(&Default::default())
             .await
             .unwrap()
             .items
-            .is_empty()
+            .len(),
+        "MaskConsumers",
     );
-    assert!(
+    none(
         Api::<MaskReservation>::all(client.clone())
             .list(&Default::default())
             .await
             .unwrap()
             .items
-            .is_empty()
+            .len(),
+        "MaskReservations",
     );
     let verify_pods = ListParams::default().labels("vpn.beebs.dev/verify-provider");
-    assert!(
+    none(
         Api::<Pod>::all(client.clone())
             .list(&verify_pods)
             .await
             .unwrap()
             .items
-            .is_empty()
+            .len(),
+        "verification Pods",
     );
     let crds = kubectl(cluster, &["get", "crds", "-o", "name"]);
     for crd in [
@@ -625,9 +672,13 @@ async fn uninstall(cluster: &Cluster, manifest: &Path) {
         );
     }
     eprintln!(
-        "uninstall (kubectl delete -f) to nothing left: {:?}",
+        "helm uninstall to nothing of ours left: {:?}",
         begun.elapsed()
     );
+    Api::<Namespace>::all(client)
+        .delete(OPERATOR_NS, &DeleteParams::default())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -643,8 +694,8 @@ async fn the_operator_installs_and_works_in_a_real_cluster() {
     build_and_import_operator_image(cluster);
     eprintln!("operator image build + import: {:?}", begun.elapsed());
     let ip_url = start_ip_echo(cluster).await;
-    let (manifest, to_ready) = install(cluster, &ip_url).await;
-    eprintln!("install (kubectl apply) to controller Ready: {to_ready:?}");
+    let to_ready = install(cluster, &ip_url).await;
+    eprintln!("helm install to controller Ready: {to_ready:?}");
 
     let ((), mask_to_secret, ()) = tokio::join!(
         scenario_controller_identity(cluster),
@@ -653,5 +704,5 @@ async fn the_operator_installs_and_works_in_a_real_cluster() {
     );
     eprintln!("Mask created to credentials Secret: {mask_to_secret:?}");
     scenario_metrics(cluster).await;
-    uninstall(cluster, &manifest).await;
+    uninstall(cluster).await;
 }
