@@ -15,7 +15,8 @@ pub const BIN_DIR_ENV: &str = "VPNO_K8S_BIN_DIR";
 
 /// How to obtain the binaries when none are found (mirrors `shared/k8s/README.md`).
 pub const BUILD_HINT: &str = "\
-set VPNO_K8S_BIN_DIR to a directory holding kube-apiserver and kube-controller-manager v1.20.2, \
+set VPNO_K8S_BIN_DIR to a directory holding kube-apiserver and kube-controller-manager v1.20.2 \
+(the single-node cluster also kubelet, kube-scheduler and kube-proxy: make WHAT=\"cmd/kubelet cmd/kube-scheduler cmd/kube-proxy\"), \
 or put kube-apiserver-v1.20.2-linux-amd64.xz and kube-controller-manager-v1.20.2-linux-amd64.xz in ../shared/k8s/ \
 next to the checkout. To build them (~15 min on 2 cores): \
 apt-get install -y golang-go rsync jq etcd-server golang-github-modern-go-reflect2-dev; \
@@ -32,7 +33,7 @@ struct Shipped {
     sha256: &'static str,
 }
 
-const SHIPPED: [Shipped; 2] = [
+const SHIPPED: [Shipped; 5] = [
     Shipped {
         name: "kube-apiserver",
         xz: "kube-apiserver-v1.20.2-linux-amd64.xz",
@@ -43,7 +44,27 @@ const SHIPPED: [Shipped; 2] = [
         xz: "kube-controller-manager-v1.20.2-linux-amd64.xz",
         sha256: "3e9fe9acfa54e143e6b5e9448702213477612593d53a817e43ff1dae9d624059",
     },
+    Shipped {
+        name: "kubelet",
+        xz: "kubelet-v1.20.2-linux-amd64.xz",
+        sha256: "12ef0a8f09bbe8fde36c655c9bb1b863a145627b8897bac57de4265b548e32cb",
+    },
+    Shipped {
+        name: "kube-scheduler",
+        xz: "kube-scheduler-v1.20.2-linux-amd64.xz",
+        sha256: "c3e14be021ffbf7af4ee57aa6c4fadacf74f9fe6e0d03e5c8f9cf9d19c9fdc8e",
+    },
+    Shipped {
+        name: "kube-proxy",
+        xz: "kube-proxy-v1.20.2-linux-amd64.xz",
+        sha256: "2caf0fc8c12c1eb67f5c5122480b42bb4c54aaea74e8e76f6bdb3b93b6dea461",
+    },
 ];
+
+/// The control plane's two (the first two of [`SHIPPED`]).
+const CONTROL_PLANE: std::ops::Range<usize> = 0..2;
+/// A node's three (kubelet, kube-scheduler, kube-proxy).
+const NODE: std::ops::Range<usize> = 2..5;
 
 /// Paths of the three binaries.
 #[derive(Debug, Clone)]
@@ -53,9 +74,29 @@ pub(crate) struct Binaries {
     pub controller_manager: PathBuf,
 }
 
+/// Paths of a node's binaries (the single-node cluster's).
+#[derive(Debug, Clone)]
+pub(crate) struct NodeBinaries {
+    pub kubelet: PathBuf,
+    pub scheduler: PathBuf,
+    pub proxy: PathBuf,
+}
+
 /// Locates (and if needed unpacks) the binaries.
 pub(crate) fn locate() -> Result<Binaries, TestEnvError> {
     locate_with(std::env::var_os(BIN_DIR_ENV))
+}
+
+/// Locates (and if needed unpacks) kubelet, kube-scheduler and kube-proxy.
+pub(crate) fn locate_node() -> Result<NodeBinaries, TestEnvError> {
+    let [kubelet, scheduler, proxy] = locate_k8s(std::env::var_os(BIN_DIR_ENV), &SHIPPED[NODE])?
+        .try_into()
+        .expect("three node binaries");
+    Ok(NodeBinaries {
+        kubelet,
+        scheduler,
+        proxy,
+    })
 }
 
 /// [`locate`] with the value of `$VPNO_K8S_BIN_DIR` passed in.
@@ -65,40 +106,50 @@ fn locate_with(bin_dir: Option<std::ffi::OsString>) -> Result<Binaries, TestEnvE
             "etcd is not on PATH (install Debian's etcd-server package)".into(),
         )
     })?;
-    if let Some(dir) = bin_dir.filter(|v| !v.is_empty()) {
-        let dir = PathBuf::from(dir);
-        let apiserver = dir.join("kube-apiserver");
-        let controller_manager = dir.join("kube-controller-manager");
-        for p in [&apiserver, &controller_manager] {
-            if !p.is_file() {
-                return Err(TestEnvError::MissingPrerequisite(format!(
-                    "{BIN_DIR_ENV}={} does not contain {}",
-                    dir.display(),
-                    p.file_name().unwrap_or_default().to_string_lossy()
-                )));
-            }
-        }
-        return Ok(Binaries {
-            etcd,
-            apiserver,
-            controller_manager,
-        });
-    }
-    let source = shipped_dirs()
-        .into_iter()
-        .find(|d| SHIPPED.iter().all(|s| d.join(s.xz).is_file()))
-        .ok_or_else(|| {
-            TestEnvError::MissingPrerequisite(format!(
-                "kube-apiserver/kube-controller-manager not found; {BUILD_HINT}"
-            ))
-        })?;
-    let apiserver = unpack_cached(&source, &SHIPPED[0])?;
-    let controller_manager = unpack_cached(&source, &SHIPPED[1])?;
+    let [apiserver, controller_manager] = locate_k8s(bin_dir, &SHIPPED[CONTROL_PLANE])?
+        .try_into()
+        .expect("two control-plane binaries");
     Ok(Binaries {
         etcd,
         apiserver,
         controller_manager,
     })
+}
+
+/// The binaries `wanted` from `bin_dir`, else unpacked from the shipped `.xz` files.
+fn locate_k8s(
+    bin_dir: Option<std::ffi::OsString>,
+    wanted: &[Shipped],
+) -> Result<Vec<PathBuf>, TestEnvError> {
+    if let Some(dir) = bin_dir.filter(|v| !v.is_empty()) {
+        let dir = PathBuf::from(dir);
+        return wanted
+            .iter()
+            .map(|s| {
+                let p = dir.join(s.name);
+                if p.is_file() {
+                    Ok(p)
+                } else {
+                    Err(TestEnvError::MissingPrerequisite(format!(
+                        "{BIN_DIR_ENV}={} does not contain {}",
+                        dir.display(),
+                        s.name
+                    )))
+                }
+            })
+            .collect();
+    }
+    let names: Vec<&str> = wanted.iter().map(|s| s.name).collect();
+    let source = shipped_dirs()
+        .into_iter()
+        .find(|d| wanted.iter().all(|s| d.join(s.xz).is_file()))
+        .ok_or_else(|| {
+            TestEnvError::MissingPrerequisite(format!(
+                "{} not found; {BUILD_HINT}",
+                names.join("/")
+            ))
+        })?;
+    wanted.iter().map(|s| unpack_cached(&source, s)).collect()
 }
 
 /// Directories that may hold the shipped `.xz` files, in order of preference.

@@ -56,11 +56,13 @@
 #![deny(unsafe_code)]
 
 mod binaries;
+pub mod cluster;
 mod pki;
 mod process;
 
+use std::ffi::OsString;
 use std::fmt;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -73,6 +75,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 pub use binaries::{BIN_DIR_ENV, BUILD_HINT};
+pub use cluster::Cluster;
 use process::{ManagedProcess, SpawnSpec};
 
 /// Prefix of the per-instance temporary directory (`<prefix><pid>-<n>-<nanos>`).
@@ -144,11 +147,11 @@ pub enum TestEnvError {
 }
 
 impl TestEnvError {
-    fn io(context: String, source: std::io::Error) -> Self {
+    pub(crate) fn io(context: String, source: std::io::Error) -> Self {
         TestEnvError::Io { context, source }
     }
 
-    fn kube(context: impl Into<String>, source: kube::Error) -> Self {
+    pub(crate) fn kube(context: impl Into<String>, source: kube::Error) -> Self {
         TestEnvError::Kube {
             context: context.into(),
             source,
@@ -162,10 +165,43 @@ impl TestEnvError {
     }
 }
 
+/// How a control plane is laid out: the loopback default of [`TestEnv`], or
+/// the one a [`Cluster`] runs (bound to the pod gateway, all controllers).
+#[derive(Debug, Clone)]
+pub(crate) struct ControlPlaneSpec {
+    /// Address the API server binds to and advertises (etcd and the
+    /// controller-manager stay on loopback).
+    pub address: Ipv4Addr,
+    /// A directory the caller created and removes; `None`: a fresh temporary
+    /// directory that the control plane removes itself.
+    pub dir: Option<PathBuf>,
+    /// `--controllers` of kube-controller-manager; `None` runs all default ones.
+    pub controllers: Option<&'static str>,
+    /// Extra kube-apiserver arguments.
+    pub apiserver_args: Vec<OsString>,
+    /// Extra kube-controller-manager arguments.
+    pub controller_manager_args: Vec<OsString>,
+}
+
+impl Default for ControlPlaneSpec {
+    fn default() -> Self {
+        ControlPlaneSpec {
+            address: Ipv4Addr::LOCALHOST,
+            dir: None,
+            controllers: Some(
+                "garbagecollector,namespace,serviceaccount-token,serviceaccount,root-ca-cert-publisher",
+            ),
+            apiserver_args: Vec::new(),
+            controller_manager_args: Vec::new(),
+        }
+    }
+}
+
 /// A running control plane. Dropping it (or [`TestEnv::stop`]) tears it down.
 pub struct TestEnv {
     id: u64,
     dir: PathBuf,
+    owns_dir: bool,
     server_url: String,
     kubeconfig_path: PathBuf,
     config: kube::Config,
@@ -201,7 +237,7 @@ pub fn check_prerequisites() -> Result<(), TestEnvError> {
     binaries::locate().map(|_| ())
 }
 
-fn ci() -> bool {
+pub(crate) fn ci() -> bool {
     std::env::var("CI").map(|v| v == "true").unwrap_or(false)
 }
 
@@ -234,10 +270,15 @@ impl TestEnv {
     /// on a thread of its own, so it may be called from inside a runtime, but
     /// prefer `tokio::task::spawn_blocking` there).
     pub fn start() -> Result<TestEnv, TestEnvError> {
+        Self::start_with(&ControlPlaneSpec::default())
+    }
+
+    /// [`TestEnv::start`] with a layout of its own (used by [`Cluster`]).
+    pub(crate) fn start_with(spec: &ControlPlaneSpec) -> Result<TestEnv, TestEnvError> {
         install_crypto_provider();
         let mut attempt = 1;
         loop {
-            match Self::start_once() {
+            match Self::start_once(spec) {
                 // A port taken between choosing and binding makes a process exit: retry.
                 Err(e @ TestEnvError::ProcessExited { .. }) if attempt < 3 => {
                     tracing::warn!(attempt, error = %e, "control plane failed to start; retrying with new ports");
@@ -248,7 +289,7 @@ impl TestEnv {
         }
     }
 
-    fn start_once() -> Result<TestEnv, TestEnvError> {
+    fn start_once(spec: &ControlPlaneSpec) -> Result<TestEnv, TestEnvError> {
         let begun = Instant::now();
         let bins = binaries::locate()?;
         let tmp = std::env::temp_dir();
@@ -258,14 +299,18 @@ impl TestEnv {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let dir = tmp.join(format!("{DIR_PREFIX}{}-{id}-{nanos}", std::process::id()));
+        let owns_dir = spec.dir.is_none();
+        let dir = spec.dir.clone().unwrap_or_else(|| {
+            tmp.join(format!("{DIR_PREFIX}{}-{id}-{nanos}", std::process::id()))
+        });
         std::fs::create_dir_all(&dir)
             .map_err(|e| TestEnvError::io(format!("creating {}", dir.display()), e))?;
-        process::register(id, &dir);
+        process::register(id, owns_dir.then_some(dir.as_path()));
 
         let mut env = TestEnv {
             id,
             dir: dir.clone(),
+            owns_dir,
             server_url: String::new(),
             kubeconfig_path: dir.join("kubeconfig"),
             config: kube::Config::new(http::Uri::from_static("https://127.0.0.1")),
@@ -278,9 +323,10 @@ impl TestEnv {
         // From here on `env`'s Drop cleans up on every error path.
         let ports = free_ports::<4>()?;
         let [etcd_client, etcd_peer, api_port, kcm_port] = ports;
-        env.server_url = format!("https://127.0.0.1:{api_port}");
+        let address = spec.address;
+        env.server_url = format!("https://{address}:{api_port}");
 
-        let pki = pki::generate()?;
+        let pki = pki::generate(&[address])?;
         env.ca_pem = pki.ca_cert_pem.clone();
         let write = |name: &str, text: &str| -> Result<PathBuf, TestEnvError> {
             let p = dir.join(name);
@@ -289,6 +335,9 @@ impl TestEnv {
             Ok(p)
         };
         let ca_crt = write("ca.crt", &pki.ca_cert_pem)?;
+        write("ca.key", &pki.ca_key_pem)?;
+        write("admin-client.crt", &pki.client_cert_pem)?;
+        write("admin-client.key", &pki.client_key_pem)?;
         let serving_crt = write("serving.crt", &pki.serving_cert_pem)?;
         let serving_key = write("serving.key", &pki.serving_key_pem)?;
         let sa_key = write("sa.key", &pki.sa_key_pem)?;
@@ -322,86 +371,74 @@ impl TestEnv {
                 o(&format!("http://127.0.0.1:{etcd_peer}")),
             ],
             log: dir.join("etcd.log"),
+            env: Vec::new(),
         })?;
-        env.wait_for_tcp(etcd_client, "etcd client port")?;
+        env.wait_for_tcp(Ipv4Addr::LOCALHOST, etcd_client, "etcd client port")?;
 
+        let mut apiserver_args = vec![
+            o(&format!("--etcd-servers={etcd_url}")),
+            o(&format!("--bind-address={address}")),
+            o(&format!("--advertise-address={address}")),
+            o(&format!("--secure-port={api_port}")),
+            o("--insecure-port=0"),
+            o("--tls-cert-file"),
+            p(&serving_crt),
+            o("--tls-private-key-file"),
+            p(&serving_key),
+            o("--token-auth-file"),
+            p(&tokens),
+            o("--authorization-mode=RBAC"),
+            o("--service-account-issuer=https://kubernetes.default.svc"),
+            o("--service-account-key-file"),
+            p(&sa_pub),
+            o("--service-account-signing-key-file"),
+            p(&sa_key),
+            o("--service-cluster-ip-range=10.96.0.0/12"),
+            o("--allow-privileged=true"),
+        ];
+        apiserver_args.extend(spec.apiserver_args.iter().cloned());
         env.spawn(SpawnSpec {
             name: "kube-apiserver",
             program: bins.apiserver.clone(),
-            args: vec![
-                o(&format!("--etcd-servers={etcd_url}")),
-                o("--bind-address=127.0.0.1"),
-                o(&format!("--secure-port={api_port}")),
-                o("--insecure-port=0"),
-                o("--tls-cert-file"),
-                p(&serving_crt),
-                o("--tls-private-key-file"),
-                p(&serving_key),
-                o("--token-auth-file"),
-                p(&tokens),
-                o("--authorization-mode=RBAC"),
-                o("--service-account-issuer=https://kubernetes.default.svc"),
-                o("--service-account-key-file"),
-                p(&sa_pub),
-                o("--service-account-signing-key-file"),
-                p(&sa_key),
-                o("--service-cluster-ip-range=10.96.0.0/12"),
-                o("--allow-privileged=true"),
-            ],
+            args: apiserver_args,
             log: dir.join("kube-apiserver.log"),
+            env: Vec::new(),
         })?;
 
-        env.wait_for_tcp(api_port, "kube-apiserver secure port")?;
+        env.wait_for_tcp(address, api_port, "kube-apiserver secure port")?;
 
         let kubeconfig = env.kubeconfig_path.clone();
+        let mut kcm_args = vec![
+            o("--kubeconfig"),
+            p(&kubeconfig),
+            o("--authentication-kubeconfig"),
+            p(&kubeconfig),
+            o("--authorization-kubeconfig"),
+            p(&kubeconfig),
+            o("--bind-address=127.0.0.1"),
+            o(&format!("--secure-port={kcm_port}")),
+            o("--service-account-private-key-file"),
+            p(&sa_key),
+            o("--root-ca-file"),
+            p(&ca_crt),
+            o("--use-service-account-credentials=false"),
+            o("--leader-elect=false"),
+            // v1.20 also serves an insecure port (10252) unless disabled.
+            o("--port=0"),
+        ];
+        if let Some(controllers) = spec.controllers {
+            kcm_args.push(o(&format!("--controllers={controllers}")));
+        }
+        kcm_args.extend(spec.controller_manager_args.iter().cloned());
         env.spawn_later(SpawnSpec {
             name: "kube-controller-manager",
             program: bins.controller_manager.clone(),
-            args: vec![
-                o("--kubeconfig"),
-                p(&kubeconfig),
-                o("--authentication-kubeconfig"),
-                p(&kubeconfig),
-                o("--authorization-kubeconfig"),
-                p(&kubeconfig),
-                o("--bind-address=127.0.0.1"),
-                o(&format!("--secure-port={kcm_port}")),
-                o("--controllers=garbagecollector,namespace,serviceaccount-token,serviceaccount,root-ca-cert-publisher"),
-                o("--service-account-private-key-file"),
-                p(&sa_key),
-                o("--root-ca-file"),
-                p(&ca_crt),
-                o("--use-service-account-credentials=false"),
-                o("--leader-elect=false"),
-                // v1.20 also serves an insecure port (10252) unless disabled.
-                o("--port=0"),
-            ],
+            args: kcm_args,
             log: dir.join("kube-controller-manager.log"),
+            env: Vec::new(),
         });
 
-        // The async part runs on a thread with its own runtime so that
-        // `start` works from inside and outside a Tokio runtime.
-        let result = std::thread::scope(|s| {
-            s.spawn(|| {
-                // kube logs every failed readiness poll at ERROR level; the
-                // outcome is returned as our error anyway, so keep this thread quiet.
-                let _quiet =
-                    tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| TestEnvError::io("building a Tokio runtime".into(), e))?;
-                rt.block_on(env.bring_up(begun))
-            })
-            .join()
-            .unwrap_or_else(|_| {
-                Err(TestEnvError::io(
-                    "start-up thread panicked".into(),
-                    std::io::Error::other("panic"),
-                ))
-            })
-        });
-        env.config = result?;
+        env.config = block_on_quiet(env.bring_up(begun))?;
         env.startup = begun.elapsed();
         tracing::info!(url = %env.server_url, startup = ?env.startup, dir = %env.dir.display(), "test control plane ready");
         Ok(env)
@@ -431,9 +468,9 @@ impl TestEnv {
         Ok(())
     }
 
-    fn wait_for_tcp(&self, port: u16, what: &str) -> Result<(), TestEnvError> {
+    fn wait_for_tcp(&self, ip: Ipv4Addr, port: u16, what: &str) -> Result<(), TestEnvError> {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let addr = SocketAddr::from((ip, port));
         loop {
             self.check_processes()?;
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
@@ -619,19 +656,29 @@ impl TestEnv {
     }
 
     /// Stops the control plane (same as dropping it).
-    pub fn stop(mut self) {
+    pub fn stop(self) {
         self.shutdown();
     }
 
-    fn shutdown(&mut self) {
+    /// Stops the processes (newest first: controller-manager, apiserver,
+    /// etcd) and removes the directory if it is the control plane's own.
+    /// Idempotent.
+    pub(crate) fn shutdown(&self) {
         let mut procs =
             std::mem::take(&mut *self.processes.lock().unwrap_or_else(|p| p.into_inner()));
-        // Newest first: controller-manager, apiserver, etcd.
         while let Some(mut proc) = procs.pop() {
             proc.stop(Duration::from_secs(5));
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if self.owns_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
         process::unregister(self.id);
+    }
+
+    /// Pids and start times of the running processes (for the cluster's state file).
+    pub(crate) fn process_ids(&self) -> Vec<(&'static str, i32)> {
+        let procs = self.processes.lock().unwrap_or_else(|p| p.into_inner());
+        procs.iter().map(|p| (p.name, p.pid())).collect()
     }
 }
 
@@ -639,6 +686,33 @@ impl Drop for TestEnv {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Runs `future` to completion on a thread with its own Tokio runtime, so
+/// that blocking start-up works from inside and outside a runtime. kube logs
+/// every failed readiness poll at ERROR level; the outcome is returned as our
+/// error anyway, so that thread is kept quiet.
+pub(crate) fn block_on_quiet<T: Send>(
+    future: impl Future<Output = Result<T, TestEnvError>> + Send,
+) -> Result<T, TestEnvError> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _quiet =
+                tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default());
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| TestEnvError::io("building a Tokio runtime".into(), e))?;
+            rt.block_on(future)
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(TestEnvError::io(
+                "start-up thread panicked".into(),
+                std::io::Error::other("panic"),
+            ))
+        })
+    })
 }
 
 fn sa_has_token(sa: &Result<Option<ServiceAccount>, kube::Error>) -> bool {
@@ -671,7 +745,7 @@ fn kubeconfig_text(server: &str, ca_pem: &str, token: &str) -> String {
 }
 
 /// `N` distinct free loopback ports (all bound at once, then released).
-fn free_ports<const N: usize>() -> Result<[u16; N], TestEnvError> {
+pub(crate) fn free_ports<const N: usize>() -> Result<[u16; N], TestEnvError> {
     let listeners = (0..N)
         .map(|_| TcpListener::bind("127.0.0.1:0"))
         .collect::<Result<Vec<_>, _>>()

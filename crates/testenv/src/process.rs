@@ -25,6 +25,8 @@ pub(crate) struct SpawnSpec {
     pub program: PathBuf,
     pub args: Vec<OsString>,
     pub log: PathBuf,
+    /// Extra environment variables.
+    pub env: Vec<(OsString, OsString)>,
 }
 
 type SpawnRequest = (SpawnSpec, mpsc::Sender<std::io::Result<Child>>);
@@ -56,6 +58,7 @@ fn spawn_here(spec: SpawnSpec) -> std::io::Result<Child> {
     let parent = std::process::id();
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);
@@ -173,30 +176,46 @@ pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
     )
 }
 
-/// A control plane as seen by the exit hook: pids (oldest first) and its directory.
+/// A control plane as seen by the exit hook: pids (oldest first) and the
+/// directory to remove (if it is its own).
 struct Registered {
     id: u64,
     pids: Vec<i32>,
-    dir: PathBuf,
+    dir: Option<PathBuf>,
 }
 
 static REGISTRY: Mutex<Vec<Registered>> = Mutex::new(Vec::new());
+static EXIT_ACTIONS: Mutex<Vec<fn()>> = Mutex::new(Vec::new());
 static EXIT_HOOK: OnceLock<()> = OnceLock::new();
 
-/// Records a control plane so that the exit hook can stop it.
-pub(crate) fn register(id: u64, dir: &Path) {
+fn install_exit_hook() {
     EXIT_HOOK.get_or_init(|| {
         // SAFETY: registers a plain `extern "C" fn()` with the C runtime.
         unsafe {
             libc::atexit(exit_hook);
         }
     });
+}
+
+/// Records a control plane so that the exit hook can stop it.
+pub(crate) fn register(id: u64, dir: Option<&Path>) {
+    install_exit_hook();
     let mut reg = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
     reg.push(Registered {
         id,
         pids: Vec::new(),
-        dir: dir.to_path_buf(),
+        dir: dir.map(Path::to_path_buf),
     });
+}
+
+/// Runs `action` at process exit, before the registered control planes are
+/// stopped (the cluster tears its node down while its API server still runs).
+pub(crate) fn register_exit_action(action: fn()) {
+    install_exit_hook();
+    EXIT_ACTIONS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(action);
 }
 
 /// Records a started process of control plane `id`.
@@ -214,6 +233,13 @@ pub(crate) fn unregister(id: u64) {
 }
 
 extern "C" fn exit_hook() {
+    let actions = match EXIT_ACTIONS.try_lock() {
+        Ok(mut a) => std::mem::take(&mut *a),
+        Err(_) => Vec::new(),
+    };
+    for action in actions {
+        action();
+    }
     let entries = match REGISTRY.try_lock() {
         Ok(mut reg) => std::mem::take(&mut *reg),
         Err(_) => return,
@@ -222,7 +248,9 @@ extern "C" fn exit_hook() {
         for &pid in entry.pids.iter().rev() {
             stop_pid(pid, Duration::from_secs(3));
         }
-        let _ = fs::remove_dir_all(&entry.dir);
+        if let Some(dir) = entry.dir {
+            let _ = fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -269,5 +297,76 @@ pub(crate) fn remove_stale_dirs(tmp: &Path) {
         if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = fs::remove_dir_all(entry.path());
         }
+    }
+}
+
+/// Sends `signal` to `pid`; `false` if there is no such process.
+pub(crate) fn send_signal(pid: i32, signal: i32) -> bool {
+    if pid <= 0 {
+        return false; // never a process group or "every process"
+    }
+    // SAFETY: plain kill(2) with a positive pid.
+    unsafe { libc::kill(pid, signal) == 0 }
+}
+
+/// The start time of `pid` (clock ticks since boot, field 22 of
+/// `/proc/<pid>/stat`): a pid together with it names one process, never a
+/// later one that reused the pid.
+pub(crate) fn start_time(pid: i32) -> Option<u64> {
+    parse_start_time(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Field 22 of a `/proc/<pid>/stat` line (the command in field 2 may hold
+/// spaces and parentheses, so count from its closing parenthesis).
+fn parse_start_time(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // After ")" come fields 3.. ; start time is field 22, i.e. index 19 here.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Stops the process `pid` if it is still the one that started at
+/// `started` (SIGTERM, then SIGKILL after `grace`). For processes this test
+/// process did not spawn itself (found in a dead run's records); does not reap.
+pub(crate) fn stop_recorded(pid: i32, started: u64, grace: Duration) {
+    if start_time(pid) != Some(started) {
+        return;
+    }
+    send_signal(pid, libc::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if start_time(pid) != Some(started) || is_zombie(pid) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    send_signal(pid, libc::SIGKILL);
+}
+
+fn is_zombie(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s[s.rfind(')')? + 1..].to_string();
+            rest.split_whitespace().next().map(|st| st == "Z")
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_is_field_22_even_with_odd_command_names() {
+        let stat = "1234 (we ird) (x)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(parse_start_time(stat), Some(987654));
+        assert_eq!(parse_start_time("garbage"), None);
+    }
+
+    #[test]
+    fn own_start_time_is_stable() {
+        let me = std::process::id() as i32;
+        let a = start_time(me).expect("own /proc/<pid>/stat");
+        assert_eq!(start_time(me), Some(a));
     }
 }
