@@ -292,10 +292,10 @@ async fn scenario_mask_lifecycle(cluster: &Cluster) -> Duration {
             .ok()
             .flatten()
             .and_then(|c| c.assignment().map(|a| a.secret.clone()));
-        if let Some(name) = assigned {
-            if secrets.get_opt(&name).await.is_ok_and(|s| s.is_some()) {
-                break name;
-            }
+        if let Some(name) = assigned
+            && secrets.get_opt(&name).await.is_ok_and(|s| s.is_some())
+        {
+            break name;
         }
         assert!(
             begun.elapsed() < Duration::from_secs(120),
