@@ -31,6 +31,7 @@ use vpno_testenv::cluster::{BUSYBOX_IMAGE, TESTBOX_IMAGE};
 const OPERATOR_IMAGE: &str = "localhost/vpn-operator:dev";
 const OPERATOR_NS: &str = "vpn-operator";
 const RELEASE: &str = "vpn-operator";
+const API_TOKEN: &str = "e2e-api-token";
 const SA_USER: &str = "system:serviceaccount:vpn-operator:vpn-operator";
 
 fn root() -> &'static Path {
@@ -168,6 +169,10 @@ async fn install(cluster: &Cluster, ip_url: &str) -> Duration {
             "imagePullPolicy=Never",
             "--set-string",
             &format!("controller.verify.ipUrl={ip_url}"),
+            "--set",
+            "api.enabled=true",
+            "--set-json",
+            &format!(r#"api.tokens.values=["{API_TOKEN}"]"#),
         ],
     );
     let pods: Api<Pod> = Api::namespaced(cluster.client().await, OPERATOR_NS);
@@ -292,10 +297,10 @@ async fn scenario_mask_lifecycle(cluster: &Cluster) -> Duration {
             .ok()
             .flatten()
             .and_then(|c| c.assignment().map(|a| a.secret.clone()));
-        if let Some(name) = assigned {
-            if secrets.get_opt(&name).await.is_ok_and(|s| s.is_some()) {
-                break name;
-            }
+        if let Some(name) = assigned
+            && secrets.get_opt(&name).await.is_ok_and(|s| s.is_some())
+        {
+            break name;
         }
         assert!(
             begun.elapsed() < Duration::from_secs(120),
@@ -533,6 +538,124 @@ async fn scenario_verification(cluster: &Cluster) {
     delete_provider(&providers, "leaky").await;
 }
 
+/// One HTTP/1.0 request from the host; returns (status, body).
+async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let request = match body {
+        Some(b) => format!(
+            "{method} {path} HTTP/1.0\r\nHost: api\r\nAuthorization: Bearer {API_TOKEN}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+            b.len()
+        ),
+        None => format!(
+            "{method} {path} HTTP/1.0\r\nHost: api\r\nAuthorization: Bearer {API_TOKEN}\r\n\r\n"
+        ),
+    };
+    tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    })
+    .await
+    .unwrap()
+}
+
+/// The proxy API serves `/health` through its Service, and a proxy whose
+/// image cannot run here reports the kubelet's reason — never a silent
+/// "pending".
+async fn scenario_proxy_api(cluster: &Cluster) {
+    let client = cluster.client().await;
+    let svc = Api::<Service>::namespaced(client.clone(), OPERATOR_NS)
+        .get(&format!("{RELEASE}-api"))
+        .await
+        .expect("the API Service");
+    let ip = svc.spec.and_then(|s| s.cluster_ip).expect("ClusterIP");
+    let addr: SocketAddr = format!("{ip}:8080").parse().unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NS);
+    let api_pods = ListParams::default().labels("app.kubernetes.io/component=api");
+    eventually(
+        "the API Pod to be Ready",
+        Duration::from_secs(120),
+        || async {
+            pods.list(&api_pods)
+                .await
+                .is_ok_and(|l| l.items.iter().any(pod_ready))
+        },
+    )
+    .await;
+    let (status, body) = http(addr, "GET", "/health", None).await;
+    assert_eq!(status, 200, "GET /health through the Service: {body}");
+
+    // A slot for the proxy: a provider tagged like the catalog's provider.
+    let ns = cluster.new_namespace("e2e-api-providers").await;
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &credentials("mullvad-creds"))
+        .await
+        .unwrap();
+    let providers: Api<MaskProvider> = Api::namespaced(client.clone(), &ns);
+    let skip = VerifySpec {
+        skip: Some(true),
+        ..Default::default()
+    };
+    providers
+        .create(&PostParams::default(), &provider("mullvad", 1, skip))
+        .await
+        .unwrap();
+    let (status, body) = http(addr, "POST", "/proxies", Some(r#"{"provider":"mullvad"}"#)).await;
+    assert_eq!(status, 201, "POST /proxies: {body}");
+    let created: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = created["id"].as_str().expect("proxy id").to_string();
+    // gluetun's image is not here and no registry is reachable: the kubelet
+    // reports an image pull error, which the API must pass on.
+    let begun = Instant::now();
+    let last = loop {
+        let (status, body) = http(addr, "GET", &format!("/proxies/{id}"), None).await;
+        assert_eq!(status, 200, "GET /proxies/{id}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let state = v["state"].as_str().unwrap_or_default().to_string();
+        let message = v["message"].as_str().unwrap_or_default().to_string();
+        let told = matches!(state.as_str(), "failed" | "starting")
+            && ["ErrImagePull", "ImagePullBackOff", "pull"]
+                .iter()
+                .any(|r| message.contains(r));
+        if told {
+            break format!("{state}: {message}");
+        }
+        assert!(
+            begun.elapsed() < Duration::from_secs(120),
+            "after 120 s GET /proxies/{id} still does not give the kubelet's reason: {state}: {message}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let waited = begun.elapsed();
+    eprintln!("proxy with an unavailable image reported in {waited:?}: {last}");
+    let (status, body) = http(addr, "DELETE", &format!("/proxies/{id}"), None).await;
+    assert!(
+        matches!(status, 200 | 202 | 204),
+        "DELETE /proxies/{id}: {status} {body}"
+    );
+    let masks: Api<Mask> = Api::namespaced(client.clone(), OPERATOR_NS);
+    eventually(
+        "the proxy's Mask to be gone",
+        Duration::from_secs(180),
+        || async { masks.get_opt(&id).await.is_ok_and(|m| m.is_none()) },
+    )
+    .await;
+    delete_provider(&providers, "mullvad").await;
+}
+
 /// `helm uninstall` leaves nothing of ours but the CRDs (and the namespace
 /// `--create-namespace` made, which Helm never deletes: only what Kubernetes
 /// itself puts into every namespace is left in it).
@@ -697,10 +820,11 @@ async fn the_operator_installs_and_works_in_a_real_cluster() {
     let to_ready = install(cluster, &ip_url).await;
     eprintln!("helm install to controller Ready: {to_ready:?}");
 
-    let ((), mask_to_secret, ()) = tokio::join!(
+    let ((), mask_to_secret, (), ()) = tokio::join!(
         scenario_controller_identity(cluster),
         scenario_mask_lifecycle(cluster),
         scenario_verification(cluster),
+        scenario_proxy_api(cluster),
     );
     eprintln!("Mask created to credentials Secret: {mask_to_secret:?}");
     scenario_metrics(cluster).await;

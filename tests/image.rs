@@ -52,6 +52,8 @@ fn scripts_image_builds_the_operator_image_that_the_containerfile_describes() {
         .arg(&out)
         .arg("--binary")
         .arg(env!("CARGO_BIN_EXE_vpn-operator"))
+        .arg("--catalog")
+        .arg(root.join("crates/catalog/testdata/single-file/servers.json"))
         .arg("vpn-operator")
         .status()
         .expect("running scripts/image");
@@ -82,6 +84,7 @@ fn scripts_image_builds_the_operator_image_that_the_containerfile_describes() {
         "./usr/local/bin/vpn-operator",
         "./usr/sbin/nft",
         "./etc/passwd",
+        "./usr/share/vpn-operator/servers.json.xz",
         "./lib64/ld-linux-x86-64.so.2",
     ] {
         assert!(
@@ -111,6 +114,7 @@ fn scripts_image_builds_the_operator_image_that_the_containerfile_describes() {
         r#"ENTRYPOINT ["/usr/local/bin/vpn-operator"]"#,
         r#"CMD ["controller"]"#,
         "COPY --from=build /out/vpn-operator /usr/local/bin/vpn-operator",
+        "COPY --from=build /out/servers.json.xz /usr/share/vpn-operator/servers.json.xz",
         "nftables",
     ] {
         assert!(containerfile.contains(line), "Containerfile lacks {line:?}");

@@ -563,6 +563,34 @@ fn mask_phase_name(phase: MaskPhase) -> &'static str {
     }
 }
 
+/// Why the Pod's containers wait, as the kubelet says (`ErrImagePull`,
+/// `ImagePullBackOff`, `CreateContainerConfigError`, … with its message);
+/// empty when none waits for a reason worth telling (`ContainerCreating`).
+fn waiting_reasons(status: &k8s_openapi::api::core::v1::PodStatus) -> String {
+    let waiting = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .filter_map(|c| {
+            let w = c.state.as_ref()?.waiting.as_ref()?;
+            let reason = w.reason.as_deref().unwrap_or_default();
+            if reason.is_empty() || reason == "ContainerCreating" || reason == "PodInitializing" {
+                return None;
+            }
+            Some(match w.message.as_deref().filter(|m| !m.is_empty()) {
+                Some(m) => format!("container {} waiting: {reason}: {m}", c.name),
+                None => format!("container {} waiting: {reason}", c.name),
+            })
+        })
+        .collect::<Vec<_>>();
+    if waiting.is_empty() {
+        String::new()
+    } else {
+        format!("; {}", waiting.join("; "))
+    }
+}
+
 /// The state a client sees, and why.
 pub fn derive_state(objects: &ProxyObjects) -> (ProxyState, String) {
     let id = objects.record.metadata.name.as_deref().unwrap_or_default();
@@ -674,7 +702,11 @@ pub fn derive_state(objects: &ProxyObjects) -> (ProxyState, String) {
         ),
         Some(other) => (
             ProxyState::Starting,
-            format!("the proxy Pod is {other}{}", detail()),
+            format!(
+                "the proxy Pod is {other}{}{}",
+                detail(),
+                waiting_reasons(&status)
+            ),
         ),
         None => (ProxyState::Starting, "the proxy Pod is scheduled".into()),
     }
@@ -861,6 +893,45 @@ mod tests {
         assert_eq!(v.assigned_provider.as_deref(), Some("mullvad-1"));
         assert!(v.credentials.is_none());
         assert!(view(&o, "ns", 8888, true).credentials.is_some());
+    }
+
+    #[test]
+    fn a_pending_pod_passes_on_the_kubelets_reason() {
+        use k8s_openapi::api::core::v1::{ContainerState, ContainerStateWaiting, ContainerStatus};
+        let mut o = ProxyObjects {
+            record: record(),
+            mask: Some(mask(MaskPhase::Active, "")),
+            consumer: Some(consumer()),
+            ..Default::default()
+        };
+        let waiting = |reason: &str, message: Option<&str>| ContainerStatus {
+            name: "gluetun".into(),
+            state: Some(ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some(reason.into()),
+                    message: message.map(String::from),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut p = pod("Pending", None);
+        p.status.as_mut().unwrap().container_statuses = Some(vec![waiting(
+            "ErrImagePull",
+            Some("dial tcp 127.0.0.1:9: connect: connection refused"),
+        )]);
+        o.pod = Some(p.clone());
+        let (state, why) = derive_state(&o);
+        assert_eq!(state, ProxyState::Starting);
+        assert_eq!(
+            why,
+            "the proxy Pod is Pending; container gluetun waiting: ErrImagePull: \
+             dial tcp 127.0.0.1:9: connect: connection refused"
+        );
+        p.status.as_mut().unwrap().container_statuses =
+            Some(vec![waiting("ContainerCreating", None)]);
+        o.pod = Some(p);
+        assert_eq!(derive_state(&o).1, "the proxy Pod is Pending");
     }
 
     #[test]

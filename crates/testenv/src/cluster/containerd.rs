@@ -172,16 +172,22 @@ impl Ctr {
         for id in tasks.lines().map(str::trim).filter(|l| !l.is_empty()) {
             let _ = self.run(&["tasks", "kill", "-s", "SIGKILL", id]);
         }
-        for id in tasks.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            if let Err(e) = self.run(&["tasks", "delete", "-f", id]) {
-                errors.push(e.to_string());
+        // containerd's CRI plugin deletes a task itself once it exits, so
+        // "not found" here means "already gone".
+        let mut keep = |result: Result<String, TestEnvError>| {
+            if let Err(e) = result {
+                let text = e.to_string();
+                if !text.contains("not found") {
+                    errors.push(text);
+                }
             }
+        };
+        for id in tasks.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            keep(self.run(&["tasks", "delete", "-f", id]));
         }
         let containers = self.run(&["containers", "ls", "-q"]).unwrap_or_default();
         for id in containers.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            if let Err(e) = self.run(&["containers", "rm", id]) {
-                errors.push(e.to_string());
-            }
+            keep(self.run(&["containers", "rm", id]));
         }
     }
 
