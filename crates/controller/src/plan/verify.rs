@@ -220,14 +220,14 @@ fn in_attempt(i: &VerifyInputs, a: &Attempt, in_progress_phase: ProviderPhase) -
         }
         _ => unreachable!("finished pods handled above"),
     };
-    return VerifyDecision {
+    VerifyDecision {
         phase: in_progress_phase,
         message,
         verified_now: false,
         user_error: false,
         action,
         requeue: Some(until(i.now, deadline) + Duration::from_millis(100)),
-    };
+    }
 }
 
 /// The step with no attempt in progress: start one, retry after a failure,
