@@ -12,6 +12,7 @@ use vpno_api::MaskProvider;
 
 use crate::ControllerConfig;
 use crate::cache::Cache;
+use crate::effect::{Stamped, status_changed, status_patch};
 use crate::error::{ControllerError, is_status};
 use crate::metrics::{ControllerMetrics, Metrics};
 use crate::plan::assign::ProviderSlots;
@@ -152,6 +153,37 @@ impl Ctx {
             Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
             Err(e) => Err(ControllerError::kube(format!("deleting {kind} {name}"), e)),
         }
+    }
+
+    /// Writes `desired` as the status of `name` if it says something other
+    /// than `current` (see [`status_changed`]); stamps `lastUpdated` with now
+    /// unless `desired` carries one. With `resource_version`, the write
+    /// succeeds only on that version of the object. Returns whether it wrote.
+    pub async fn write_status<K, S>(
+        &self,
+        api: &Api<K>,
+        kind: &'static str,
+        name: &str,
+        current: Option<&S>,
+        mut desired: S,
+        resource_version: Option<String>,
+    ) -> Result<bool, ControllerError>
+    where
+        K: Resource + Clone + DeserializeOwned + Debug,
+        S: Stamped,
+    {
+        if !status_changed(current, &desired) {
+            return Ok(false);
+        }
+        if desired.stamp_mut().is_none() {
+            *desired.stamp_mut() = Some(crate::plan::status::now_rfc3339());
+        }
+        let mut patch = serde_json::json!({ "status": status_patch(current, &desired) });
+        if let Some(rv) = resource_version {
+            patch["metadata"] = serde_json::json!({ "resourceVersion": rv });
+        }
+        self.patch_status(api, kind, name, patch).await?;
+        Ok(true)
     }
 
     /// Merge-patches the status subresource.

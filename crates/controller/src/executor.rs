@@ -52,7 +52,9 @@ impl Executor for Ctx {
                     }
                 }
             }
-            Effect::PatchStatus { target, status } => self.write_status(&target, status).await,
+            Effect::PatchStatus { target, status } => {
+                self.write_effect_status(&target, status).await
+            }
             Effect::SetFinalizers {
                 target,
                 current,
@@ -123,7 +125,7 @@ impl Ctx {
         }
     }
 
-    async fn write_status(
+    async fn write_effect_status(
         &self,
         target: &Target,
         status: StatusWrite,

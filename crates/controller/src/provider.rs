@@ -11,11 +11,10 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 use vpno_api::duration::parse_duration;
 use vpno_api::{
-    Mask, MaskConsumer, MaskPhase, MaskProvider, MaskReservation, MaskSpec, ProviderPhase,
-    VerifyFailure,
+    Mask, MaskConsumer, MaskPhase, MaskProvider, MaskProviderStatus, MaskReservation, MaskSpec,
+    ProviderPhase, VerifyFailure,
 };
 
 use crate::context::{Ctx, controller_ref, ns_of, uid_of};
@@ -386,6 +385,42 @@ async fn secret_version(
     Ok(fresh.map(|s| s.metadata.resource_version.unwrap_or_default()))
 }
 
+/// The status a provider should show after decision `d`: `lastUpdated`
+/// moves only when phase or message change (it is when the phase was
+/// entered, which the retry timer reads), `lastVerified` when verification
+/// just succeeded (or was skipped for the first time).
+fn desired_status(
+    current: &MaskProviderStatus,
+    d: &VerifyDecision,
+    active_slots: u32,
+    failure: Option<VerifyFailure>,
+    now: &str,
+) -> MaskProviderStatus {
+    let message = if d.message.is_empty() {
+        current.message.clone().unwrap_or_default()
+    } else {
+        d.message.clone()
+    };
+    let changed =
+        current.phase != Some(d.phase) || current.message.as_deref() != Some(message.as_str());
+    MaskProviderStatus {
+        phase: Some(d.phase),
+        message: Some(message),
+        last_updated: if changed || current.last_updated.is_none() {
+            Some(now.to_string())
+        } else {
+            current.last_updated.clone()
+        },
+        last_verified: if d.verified_now {
+            Some(now.to_string())
+        } else {
+            current.last_verified.clone()
+        },
+        active_slots: Some(active_slots),
+        verify_failure: failure,
+    }
+}
+
 async fn write_status(
     p: &MaskProvider,
     api: &Api<MaskProvider>,
@@ -394,32 +429,12 @@ async fn write_status(
     active_slots: u32,
     failure: Option<VerifyFailure>,
 ) -> Result<(), ControllerError> {
-    let status = p.status.clone().unwrap_or_default();
-    let message = if d.message.is_empty() {
-        status.message.clone().unwrap_or_default()
-    } else {
-        d.message.clone()
-    };
-    let changed =
-        status.phase != Some(d.phase) || status.message.as_deref() != Some(message.as_str());
-    let failure_changed = status.verify_failure != failure;
-    if !changed && status.active_slots == Some(active_slots) && !d.verified_now && !failure_changed
-    {
-        return Ok(());
-    }
-    let now = now_rfc3339();
-    let mut patch =
-        json!({"status": {"phase": d.phase, "message": message, "activeSlots": active_slots}});
-    if changed || status.last_updated.is_none() {
-        patch["status"]["lastUpdated"] = json!(now);
-    }
-    if d.verified_now {
-        patch["status"]["lastVerified"] = json!(now);
-    }
-    if failure_changed {
-        patch["status"]["verifyFailure"] = json!(failure);
-    }
-    ctx.patch_status(api, KIND, &p.name_any(), patch).await?;
+    let current = p.status.clone().unwrap_or_default();
+    let desired = desired_status(&current, d, active_slots, failure, &now_rfc3339());
+    let changed = current.phase != desired.phase || current.message != desired.message;
+    let message = desired.message.clone().unwrap_or_default();
+    ctx.write_status(api, KIND, &p.name_any(), p.status.as_ref(), desired, None)
+        .await?;
     if changed && d.user_error {
         ctx.event(
             p,
@@ -504,14 +519,15 @@ async fn unassign_all(
     }
     let name = p.name_any();
     if p.phase() != ProviderPhase::Terminating {
+        let desired = MaskProviderStatus {
+            phase: Some(ProviderPhase::Terminating),
+            message: Some("unassigning consumers before deletion".into()),
+            last_updated: None,
+            ..p.status.clone().unwrap_or_default()
+        };
+        // Best effort: the namespace may be going away.
         let _ = ctx
-            .patch_status(
-                api,
-                KIND,
-                &name,
-                json!({"status": {"phase": ProviderPhase::Terminating,
-                "message": "unassigning consumers before deletion", "lastUpdated": now_rfc3339()}}),
-            )
+            .write_status(api, KIND, &name, p.status.as_ref(), desired, None)
             .await;
     }
     let uid = uid_of(p.as_ref(), KIND)?;
@@ -581,4 +597,68 @@ async fn unassign_all(
     ctx.release_finalizers(api, KIND, p.as_ref(), Some(PROVIDER_FINALIZER))
         .await?;
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(phase: ProviderPhase, message: &str, verified_now: bool) -> VerifyDecision {
+        VerifyDecision {
+            phase,
+            message: message.into(),
+            verified_now,
+            user_error: false,
+            action: VerifyAction::None,
+            requeue: None,
+        }
+    }
+
+    #[test]
+    fn last_updated_moves_with_phase_or_message_only() {
+        let current = MaskProviderStatus {
+            phase: Some(ProviderPhase::Ready),
+            message: Some("verified".into()),
+            last_updated: Some("t0".into()),
+            last_verified: Some("t0".into()),
+            active_slots: Some(0),
+            verify_failure: None,
+        };
+        let busier = desired_status(
+            &current,
+            &decision(ProviderPhase::Ready, "", false),
+            3,
+            None,
+            "t1",
+        );
+        assert_eq!(busier.last_updated.as_deref(), Some("t0"));
+        assert_eq!(
+            busier.message.as_deref(),
+            Some("verified"),
+            "an empty message keeps the shown one"
+        );
+        assert_eq!(busier.active_slots, Some(3));
+        let failed = VerifyFailure {
+            generation: 2,
+            secret_version: "9".into(),
+        };
+        let d = decision(
+            ProviderPhase::ErrVerifyFailed,
+            "verification failed: x",
+            false,
+        );
+        let s = desired_status(&current, &d, 0, Some(failed.clone()), "t1");
+        assert_eq!(s.last_updated.as_deref(), Some("t1"));
+        assert_eq!(s.last_verified.as_deref(), Some("t0"));
+        assert_eq!(s.verify_failure, Some(failed));
+        let ok = desired_status(
+            &current,
+            &decision(ProviderPhase::Ready, "verified", true),
+            0,
+            None,
+            "t2",
+        );
+        assert_eq!(ok.last_verified.as_deref(), Some("t2"));
+        assert_eq!(ok.last_updated.as_deref(), Some("t0"));
+    }
 }
