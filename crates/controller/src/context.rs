@@ -27,6 +27,29 @@ pub(crate) struct Context {
     /// Stores and indexes of every watched kind.
     pub cache: Cache,
     pub recorder: Recorder,
+    /// When each provider's status was last written (spaces out writes that
+    /// only update `activeSlots`; memory for pacing, not for decisions).
+    pub slot_count_writes: WriteTimes,
+}
+
+/// The time of the last write per key.
+#[derive(Default)]
+pub(crate) struct WriteTimes(
+    std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+);
+
+impl WriteTimes {
+    /// Time since the last write of `key`.
+    pub fn since(&self, key: &str) -> Option<std::time::Duration> {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(key).map(|t| t.elapsed())
+    }
+
+    /// Records a write of `key` now.
+    pub fn record(&self, key: &str) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.insert(key.to_string(), std::time::Instant::now());
+    }
 }
 
 impl std::ops::Deref for Context {

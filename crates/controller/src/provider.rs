@@ -18,9 +18,10 @@ use vpno_api::{
 };
 
 use crate::context::{Ctx, controller_ref, ns_of, uid_of};
+use crate::effect::Stamped;
 use crate::error::{ControllerError, is_status};
 use crate::plan::evict::{HeldSlot, eviction_plan};
-use crate::plan::status::now_rfc3339;
+use crate::plan::status::{now_rfc3339, slot_count_write_wait};
 use crate::plan::verify::{Attempt, VerifyAction, VerifyDecision, VerifyInputs, decide};
 use crate::plan::verify_pod::{VerifyPodParams, pod_progress, render_pod};
 use crate::plan::{PIN_ANNOTATION, PROVIDER_FINALIZER, finalizers, verify_object_name};
@@ -82,8 +83,12 @@ pub(crate) async fn reconcile(
     }
     settings.annotate(&mut d);
     let failure = (d.phase == ProviderPhase::ErrVerifyFailed).then_some(failure_now);
-    write_status(&p, &api, &ctx, &d, active_slots, failure).await?;
-    Ok(match d.requeue {
+    let later = write_status(&p, &api, &ctx, &d, active_slots, failure).await?;
+    let requeue = match (d.requeue, later) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    Ok(match requeue {
         Some(after) => Action::requeue(after.max(Duration::from_millis(100))),
         None => Action::await_change(),
     })
@@ -421,6 +426,9 @@ fn desired_status(
     }
 }
 
+/// Writes the provider's status; a write that would change only
+/// `activeSlots` is spaced out (see [`slot_count_write_wait`]): then the
+/// wait is returned and the reconcile comes back for it.
 async fn write_status(
     p: &MaskProvider,
     api: &Api<MaskProvider>,
@@ -428,13 +436,32 @@ async fn write_status(
     d: &VerifyDecision,
     active_slots: u32,
     failure: Option<VerifyFailure>,
-) -> Result<(), ControllerError> {
+) -> Result<Option<Duration>, ControllerError> {
     let current = p.status.clone().unwrap_or_default();
     let desired = desired_status(&current, d, active_slots, failure, &now_rfc3339());
     let changed = current.phase != desired.phase || current.message != desired.message;
+    let uid = p.uid().unwrap_or_default();
+    let only_count = MaskProviderStatus {
+        active_slots: current.active_slots,
+        ..desired.clone()
+    }
+    .unstamped()
+        == current.unstamped()
+        && current.active_slots.is_some()
+        && current.active_slots != desired.active_slots;
+    if only_count {
+        let since = ctx.slot_count_writes.since(&uid);
+        if let Some(wait) = slot_count_write_wait(since) {
+            return Ok(Some(wait));
+        }
+    }
     let message = desired.message.clone().unwrap_or_default();
-    ctx.write_status(api, KIND, &p.name_any(), p.status.as_ref(), desired, None)
+    let wrote = ctx
+        .write_status(api, KIND, &p.name_any(), p.status.as_ref(), desired, None)
         .await?;
+    if wrote {
+        ctx.slot_count_writes.record(&uid);
+    }
     if changed && d.user_error {
         ctx.event(
             p,
@@ -448,7 +475,7 @@ async fn write_status(
         ctx.event(p, EventType::Normal, "Verified", "Verify", message)
             .await;
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Frees a slot at or above `maxSlots`: its consumer is deleted (its Pods go

@@ -359,6 +359,7 @@ pub(crate) async fn run_controllers(
         scope: scope.clone(),
         cache: cache.clone(),
         recorder,
+        slot_count_writes: Default::default(),
     });
     let ctx_for = |kind: &'static str, m: fn(&Metrics) -> &ControllerMetrics| {
         Arc::new(Ctx {

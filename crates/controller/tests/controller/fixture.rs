@@ -23,7 +23,8 @@ pub(crate) struct WorldBuilder {
 }
 
 impl World {
-    /// A world in a fresh namespace named after `prefix`.
+    /// A world in a fresh namespace named after `prefix`; `.ready()` builds it.
+    #[allow(clippy::new_ret_no_self)] // reads as the scenario: World::new(..).provider(..).ready()
     pub(crate) fn new(prefix: &str) -> WorldBuilder {
         WorldBuilder {
             prefix: prefix.into(),
