@@ -22,6 +22,7 @@ use vpno_api::{
 };
 
 use crate::context::{Ctx, controller_ref, ns_of, provider_view, uid_of};
+use crate::effect::{Effect, EventNote, Executor, Kind, regarding, target_of};
 use crate::error::{ControllerError, is_status};
 use crate::plan::assign::{AssignmentPlan, SlotRequest, admits, plan_assignment};
 use crate::plan::release::{holding_message, pod_holds_secret};
@@ -144,16 +145,8 @@ async fn keep_assignment(
         };
         // The credentials may still be in use: the only safe way to free them
         // is to delete the consumer (and with it its Pods); the Mask gets a new one.
-        ctx.metrics().action("unassign");
-        ctx.event(
-            consumer.as_ref(),
-            EventType::Warning,
-            "SlotLost",
-            "Unassign",
-            format!("{why}; deleting this consumer so its Mask is reassigned"),
-        )
-        .await;
-        ctx.delete_if(api, KIND, &consumer.name_any(), consumer.uid().as_deref())
+        let note = format!("{why}; deleting this consumer so its Mask is reassigned");
+        ctx.apply_all(let_go(consumer, "unassign", true, "SlotLost", note))
             .await?;
         return Ok(Action::await_change());
     }
@@ -164,16 +157,9 @@ async fn keep_assignment(
         // Its Mask's `providers` were edited: release (through deleting this
         // consumer, as for a lost slot) and let the Mask's new consumer be
         // assigned from the new set.
-        ctx.metrics().action("move");
-        ctx.event(
-            consumer.as_ref(),
-            EventType::Normal,
-            "ProvidersChanged",
-            "Unassign",
-            format!("{why}; deleting this consumer so its Mask is assigned from the new set"),
-        )
-        .await;
-        ctx.delete_if(api, KIND, &consumer.name_any(), consumer.uid().as_deref())
+        let note =
+            format!("{why}; deleting this consumer so its Mask is assigned from the new set");
+        ctx.apply_all(let_go(consumer, "move", false, "ProvidersChanged", note))
             .await?;
         return Ok(Action::await_change());
     }
@@ -210,6 +196,31 @@ async fn keep_assignment(
     )
     .await?;
     Ok(Action::await_change())
+}
+
+/// Gives up a consumer's slot the only safe way: deleting the consumer
+/// (its release waits for its Pods); its Mask gets a new consumer.
+fn let_go(
+    consumer: &MaskConsumer,
+    action: &'static str,
+    warning: bool,
+    reason: &str,
+    note: String,
+) -> Vec<Effect> {
+    vec![
+        Effect::Count(action),
+        Effect::Event(EventNote {
+            regarding: regarding(consumer),
+            warning,
+            reason: reason.into(),
+            action: "Unassign".into(),
+            note,
+        }),
+        Effect::DeleteIf {
+            target: target_of(Kind::MaskConsumer, consumer),
+            uid: consumer.uid(),
+        },
+    ]
 }
 
 /// The message of an assigned consumer.
