@@ -15,17 +15,17 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use serde_json::json;
 use vpno_api::names::{credentials_secret_name, reservation_name, slot_of_reservation};
 use vpno_api::{
-    AssignedProvider, MaskConsumer, MaskPhase, MaskProvider, MaskReservation, MaskReservationSpec,
+    AssignedProvider, MaskConsumer, MaskConsumerStatus, MaskPhase, MaskProvider, MaskReservation,
+    MaskReservationSpec,
 };
 
 use crate::context::{Ctx, controller_ref, ns_of, provider_view, uid_of};
+use crate::effect::{Effect, EventNote, Executor, Kind, regarding, target_of};
 use crate::error::{ControllerError, is_status};
 use crate::plan::assign::{AssignmentPlan, SlotRequest, admits, plan_assignment};
 use crate::plan::release::{holding_message, pod_holds_secret};
-use crate::plan::status::now_rfc3339;
 use crate::plan::{CONSUMER_FINALIZER, OWNER_LABEL, PIN_ANNOTATION, finalizers};
 
 const KIND: &str = "MaskConsumer";
@@ -145,16 +145,8 @@ async fn keep_assignment(
         };
         // The credentials may still be in use: the only safe way to free them
         // is to delete the consumer (and with it its Pods); the Mask gets a new one.
-        ctx.metrics().action("unassign");
-        ctx.event(
-            consumer.as_ref(),
-            EventType::Warning,
-            "SlotLost",
-            "Unassign",
-            format!("{why}; deleting this consumer so its Mask is reassigned"),
-        )
-        .await;
-        ctx.delete_if(api, KIND, &consumer.name_any(), consumer.uid().as_deref())
+        let note = format!("{why}; deleting this consumer so its Mask is reassigned");
+        ctx.apply_all(let_go(consumer, "unassign", true, "SlotLost", note))
             .await?;
         return Ok(Action::await_change());
     }
@@ -165,16 +157,9 @@ async fn keep_assignment(
         // Its Mask's `providers` were edited: release (through deleting this
         // consumer, as for a lost slot) and let the Mask's new consumer be
         // assigned from the new set.
-        ctx.metrics().action("move");
-        ctx.event(
-            consumer.as_ref(),
-            EventType::Normal,
-            "ProvidersChanged",
-            "Unassign",
-            format!("{why}; deleting this consumer so its Mask is assigned from the new set"),
-        )
-        .await;
-        ctx.delete_if(api, KIND, &consumer.name_any(), consumer.uid().as_deref())
+        let note =
+            format!("{why}; deleting this consumer so its Mask is assigned from the new set");
+        ctx.apply_all(let_go(consumer, "move", false, "ProvidersChanged", note))
             .await?;
         return Ok(Action::await_change());
     }
@@ -195,21 +180,55 @@ async fn keep_assignment(
         return Ok(Action::await_change());
     };
     ensure_credentials(consumer, ns, &a.secret, &a.uid, &source, ctx, false).await?;
-    if consumer.phase() != MaskPhase::Active {
-        let message = format!(
-            "assigned slot {} of provider {}/{}",
-            a.slot, a.namespace, a.name
-        );
-        ctx.patch_status(
-            api,
-            KIND,
-            &consumer.name_any(),
-            json!({"status": {
-            "phase": MaskPhase::Active, "message": message, "lastUpdated": now_rfc3339()}}),
-        )
-        .await?;
-    }
+    let desired = MaskConsumerStatus {
+        phase: Some(MaskPhase::Active),
+        message: Some(assigned_message(a)),
+        last_updated: None,
+        provider: Some(a.clone()),
+    };
+    ctx.write_status(
+        api,
+        KIND,
+        &consumer.name_any(),
+        consumer.status.as_ref(),
+        desired,
+        None,
+    )
+    .await?;
     Ok(Action::await_change())
+}
+
+/// Gives up a consumer's slot the only safe way: deleting the consumer
+/// (its release waits for its Pods); its Mask gets a new consumer.
+fn let_go(
+    consumer: &MaskConsumer,
+    action: &'static str,
+    warning: bool,
+    reason: &str,
+    note: String,
+) -> Vec<Effect> {
+    vec![
+        Effect::Count(action),
+        Effect::Event(EventNote {
+            regarding: regarding(consumer),
+            warning,
+            reason: reason.into(),
+            action: "Unassign".into(),
+            note,
+        }),
+        Effect::DeleteIf {
+            target: target_of(Kind::MaskConsumer, consumer),
+            uid: consumer.uid(),
+        },
+    ]
+}
+
+/// The message of an assigned consumer.
+fn assigned_message(a: &AssignedProvider) -> String {
+    format!(
+        "assigned slot {} of provider {}/{}",
+        a.slot, a.namespace, a.name
+    )
 }
 
 /// Why the assigned `provider` no longer admits the consumer (tags or
@@ -364,21 +383,23 @@ async fn set_unassigned_status(
     phase: MaskPhase,
     message: String,
 ) -> Result<(), ControllerError> {
-    let current = consumer.status.as_ref();
-    let same = current.and_then(|s| s.phase) == Some(phase)
-        && current.and_then(|s| s.message.as_deref()) == Some(message.as_str());
-    if same {
-        return Ok(());
-    }
-    ctx.patch_status(
-        api,
-        KIND,
-        &consumer.name_any(),
-        json!({"status": {
-        "phase": phase, "message": message, "lastUpdated": now_rfc3339(), "provider": null}}),
-    )
-    .await?;
-    if phase == MaskPhase::ErrNoProviders {
+    let desired = MaskConsumerStatus {
+        phase: Some(phase),
+        message: Some(message.clone()),
+        last_updated: None,
+        provider: None,
+    };
+    let wrote = ctx
+        .write_status(
+            api,
+            KIND,
+            &consumer.name_any(),
+            consumer.status.as_ref(),
+            desired,
+            None,
+        )
+        .await?;
+    if wrote && phase == MaskPhase::ErrNoProviders {
         ctx.event(
             consumer,
             EventType::Warning,
@@ -565,16 +586,24 @@ async fn complete(
         reservation: r_uid,
         secret,
     };
-    let message = format!(
-        "assigned slot {slot} of provider {p_ns}/{}",
-        provider.name_any()
-    );
-    let patch = json!({
-        "metadata": {"resourceVersion": fresh.resource_version()},
-        "status": {"phase": MaskPhase::Active, "message": message, "lastUpdated": now_rfc3339(), "provider": assigned},
-    });
-    ctx.patch_status(api, KIND, &consumer.name_any(), patch)
-        .await?;
+    let message = assigned_message(&assigned);
+    let desired = MaskConsumerStatus {
+        phase: Some(MaskPhase::Active),
+        message: Some(message.clone()),
+        last_updated: None,
+        provider: Some(assigned),
+    };
+    // Recorded only on the version just read (see above).
+    let rv = fresh.resource_version();
+    ctx.write_status(
+        api,
+        KIND,
+        &consumer.name_any(),
+        fresh.status.as_ref(),
+        desired,
+        rv,
+    )
+    .await?;
     tracing::debug!(consumer = %consumer.name_any(), %message, "assigned");
     Ok(Action::await_change())
 }
@@ -624,19 +653,23 @@ async fn release(
     let poll = !owned.is_empty() || !using.is_empty();
     owned.extend(owned_pods);
     let message = holding_message(&owned, &using);
-    let current = consumer.status.as_ref().and_then(|s| s.message.as_deref());
-    if consumer.phase() != MaskPhase::Terminating || current != Some(message.as_str()) {
-        let _ = ctx
-            .patch_status(
-                api,
-                KIND,
-                &consumer.name_any(),
-                json!({"status": {
-                "phase": MaskPhase::Terminating, "message": message,
-                "lastUpdated": now_rfc3339()}}),
-            )
-            .await;
-    }
+    let desired = MaskConsumerStatus {
+        phase: Some(MaskPhase::Terminating),
+        message: Some(message),
+        last_updated: None,
+        provider: consumer.assignment().cloned(),
+    };
+    // Best effort: the namespace may be going away.
+    let _ = ctx
+        .write_status(
+            api,
+            KIND,
+            &consumer.name_any(),
+            consumer.status.as_ref(),
+            desired,
+            None,
+        )
+        .await;
     if poll {
         return Ok(Action::requeue(std::time::Duration::from_secs(1)));
     }

@@ -12,6 +12,7 @@ use vpno_api::MaskProvider;
 
 use crate::ControllerConfig;
 use crate::cache::Cache;
+use crate::effect::{Stamped, status_changed, status_patch};
 use crate::error::{ControllerError, is_status};
 use crate::metrics::{ControllerMetrics, Metrics};
 use crate::plan::assign::ProviderSlots;
@@ -26,6 +27,29 @@ pub(crate) struct Context {
     /// Stores and indexes of every watched kind.
     pub cache: Cache,
     pub recorder: Recorder,
+    /// When each provider's status was last written (spaces out writes that
+    /// only update `activeSlots`; memory for pacing, not for decisions).
+    pub slot_count_writes: WriteTimes,
+}
+
+/// The time of the last write per key.
+#[derive(Default)]
+pub(crate) struct WriteTimes(
+    std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+);
+
+impl WriteTimes {
+    /// Time since the last write of `key`.
+    pub fn since(&self, key: &str) -> Option<std::time::Duration> {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(key).map(|t| t.elapsed())
+    }
+
+    /// Records a write of `key` now.
+    pub fn record(&self, key: &str) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.insert(key.to_string(), std::time::Instant::now());
+    }
 }
 
 impl std::ops::Deref for Context {
@@ -152,6 +176,37 @@ impl Ctx {
             Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
             Err(e) => Err(ControllerError::kube(format!("deleting {kind} {name}"), e)),
         }
+    }
+
+    /// Writes `desired` as the status of `name` if it says something other
+    /// than `current` (see [`status_changed`]); stamps `lastUpdated` with now
+    /// unless `desired` carries one. With `resource_version`, the write
+    /// succeeds only on that version of the object. Returns whether it wrote.
+    pub async fn write_status<K, S>(
+        &self,
+        api: &Api<K>,
+        kind: &'static str,
+        name: &str,
+        current: Option<&S>,
+        mut desired: S,
+        resource_version: Option<String>,
+    ) -> Result<bool, ControllerError>
+    where
+        K: Resource + Clone + DeserializeOwned + Debug,
+        S: Stamped,
+    {
+        if !status_changed(current, &desired) {
+            return Ok(false);
+        }
+        if desired.stamp_mut().is_none() {
+            *desired.stamp_mut() = Some(crate::plan::status::now_rfc3339());
+        }
+        let mut patch = serde_json::json!({ "status": status_patch(current, &desired) });
+        if let Some(rv) = resource_version {
+            patch["metadata"] = serde_json::json!({ "resourceVersion": rv });
+        }
+        self.patch_status(api, kind, name, patch).await?;
+        Ok(true)
     }
 
     /// Merge-patches the status subresource.

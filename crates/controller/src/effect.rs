@@ -11,7 +11,9 @@ use std::future::Future;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::EventType;
-use vpno_api::{Mask, MaskConsumer, MaskConsumerStatus, MaskReservationStatus, MaskStatus};
+use vpno_api::{
+    Mask, MaskConsumer, MaskConsumerStatus, MaskProviderStatus, MaskReservationStatus, MaskStatus,
+};
 
 use crate::error::ControllerError;
 
@@ -133,36 +135,63 @@ pub(crate) trait Executor: Send + Sync {
 }
 
 /// The parts of a status that say something; `lastUpdated` is when it was said.
-pub(crate) trait Stamped: Clone + PartialEq {
+pub(crate) trait Stamped: Clone + PartialEq + serde::Serialize {
+    /// The status's `lastUpdated`.
+    fn stamp_mut(&mut self) -> &mut Option<String>;
+
     /// The same status without its timestamp.
-    fn unstamped(&self) -> Self;
-}
-
-impl Stamped for MaskStatus {
     fn unstamped(&self) -> Self {
-        MaskStatus {
-            last_updated: None,
-            ..self.clone()
-        }
+        let mut s = self.clone();
+        *s.stamp_mut() = None;
+        s
     }
 }
 
-impl Stamped for MaskReservationStatus {
-    fn unstamped(&self) -> Self {
-        MaskReservationStatus {
-            last_updated: None,
-            ..self.clone()
+macro_rules! stamped {
+    ($($t:ty),*) => {$(
+        impl Stamped for $t {
+            fn stamp_mut(&mut self) -> &mut Option<String> {
+                &mut self.last_updated
+            }
         }
-    }
+    )*};
 }
+stamped!(
+    MaskStatus,
+    MaskReservationStatus,
+    MaskConsumerStatus,
+    MaskProviderStatus
+);
 
-impl Stamped for MaskConsumerStatus {
-    fn unstamped(&self) -> Self {
-        MaskConsumerStatus {
-            last_updated: None,
-            ..self.clone()
+/// The JSON merge patch that turns status `current` into `desired`: fields
+/// that changed or appeared are set, fields that went away are set to null.
+pub(crate) fn status_patch<S: serde::Serialize>(
+    current: Option<&S>,
+    desired: &S,
+) -> serde_json::Value {
+    let to_map = |v: serde_json::Value| match v {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    let old = current
+        .and_then(|c| serde_json::to_value(c).ok())
+        .map(to_map)
+        .unwrap_or_default();
+    let new = serde_json::to_value(desired)
+        .map(to_map)
+        .unwrap_or_default();
+    let mut patch = serde_json::Map::new();
+    for (k, v) in &new {
+        if old.get(k) != Some(v) {
+            patch.insert(k.clone(), v.clone());
         }
     }
+    for k in old.keys() {
+        if !new.contains_key(k) {
+            patch.insert(k.clone(), serde_json::Value::Null);
+        }
+    }
+    serde_json::Value::Object(patch)
 }
 
 /// Whether writing `desired` over `current` changes anything but the timestamp.
@@ -229,6 +258,30 @@ pub(crate) mod tests {
                 .get(&(namespace.to_string(), name.to_string()))
                 .cloned())
         }
+    }
+
+    #[test]
+    fn the_status_patch_sets_what_changed_and_clears_what_went() {
+        let current = MaskConsumerStatus {
+            phase: Some(vpno_api::MaskPhase::Active),
+            message: Some("assigned".into()),
+            last_updated: Some("then".into()),
+            provider: Some(Default::default()),
+        };
+        let desired = MaskConsumerStatus {
+            phase: Some(vpno_api::MaskPhase::Waiting),
+            message: Some("assigned".into()),
+            last_updated: Some("now".into()),
+            provider: None,
+        };
+        assert_eq!(
+            status_patch(Some(&current), &desired),
+            serde_json::json!({"phase": "Waiting", "lastUpdated": "now", "provider": null})
+        );
+        assert_eq!(
+            status_patch(None, &desired),
+            serde_json::json!({"phase": "Waiting", "message": "assigned", "lastUpdated": "now"})
+        );
     }
 
     #[test]

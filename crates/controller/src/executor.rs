@@ -13,6 +13,26 @@ use crate::effect::{Effect, EventNote, Executor, Kind, NewObject, StatusWrite, T
 use crate::error::{ControllerError, is_namespace_terminating, is_status};
 use crate::plan::status::now_rfc3339;
 
+/// Runs `$body` with `$api` bound to the `Api` of the target's kind.
+macro_rules! by_kind {
+    ($ctx:expr, $target:expr, |$api:ident| $body:expr) => {
+        match $target.kind {
+            Kind::Mask => {
+                let $api = $ctx.api::<Mask>($target);
+                $body
+            }
+            Kind::MaskConsumer => {
+                let $api = $ctx.api::<MaskConsumer>($target);
+                $body
+            }
+            Kind::MaskReservation => {
+                let $api = $ctx.api::<MaskReservation>($target);
+                $body
+            }
+        }
+    };
+}
+
 impl Executor for Ctx {
     async fn apply(&self, effect: Effect) -> Result<(), ControllerError> {
         match effect {
@@ -26,33 +46,14 @@ impl Executor for Ctx {
                 .await
             }
             Effect::DeleteIf { target, uid } => {
-                let uid = uid.as_deref();
-                match target.kind {
-                    Kind::Mask => {
-                        self.delete_if(&self.api::<Mask>(&target), "Mask", &target.name, uid)
-                            .await
-                    }
-                    Kind::MaskConsumer => {
-                        self.delete_if(
-                            &self.api::<MaskConsumer>(&target),
-                            "MaskConsumer",
-                            &target.name,
-                            uid,
-                        )
-                        .await
-                    }
-                    Kind::MaskReservation => {
-                        self.delete_if(
-                            &self.api::<MaskReservation>(&target),
-                            "MaskReservation",
-                            &target.name,
-                            uid,
-                        )
-                        .await
-                    }
-                }
+                let (kind, uid) = (target.kind.name(), uid.as_deref());
+                by_kind!(self, &target, |api| self
+                    .delete_if(&api, kind, &target.name, uid)
+                    .await)
             }
-            Effect::PatchStatus { target, status } => self.write_status(&target, status).await,
+            Effect::PatchStatus { target, status } => {
+                self.write_effect_status(&target, status).await
+            }
             Effect::SetFinalizers {
                 target,
                 current,
@@ -123,7 +124,7 @@ impl Ctx {
         }
     }
 
-    async fn write_status(
+    async fn write_effect_status(
         &self,
         target: &Target,
         status: StatusWrite,
@@ -143,41 +144,14 @@ impl Ctx {
         let patch = serde_json::json!({ "status": body });
         let kind = target.kind.name();
         let pp = PatchParams::default();
-        let res = match target.kind {
-            Kind::Mask => self
-                .metrics()
-                .write(
-                    kind,
-                    self.api::<Mask>(target)
-                        .patch_status(&target.name, &pp, &Patch::Merge(&patch)),
-                )
-                .await
-                .map(|_| ()),
-            Kind::MaskConsumer => self
-                .metrics()
-                .write(
-                    kind,
-                    self.api::<MaskConsumer>(target).patch_status(
-                        &target.name,
-                        &pp,
-                        &Patch::Merge(&patch),
-                    ),
-                )
-                .await
-                .map(|_| ()),
-            Kind::MaskReservation => self
-                .metrics()
-                .write(
-                    kind,
-                    self.api::<MaskReservation>(target).patch_status(
-                        &target.name,
-                        &pp,
-                        &Patch::Merge(&patch),
-                    ),
-                )
-                .await
-                .map(|_| ()),
-        };
+        let res = by_kind!(self, target, |api| self
+            .metrics()
+            .write(
+                kind,
+                api.patch_status(&target.name, &pp, &Patch::Merge(&patch))
+            )
+            .await
+            .map(|_| ()));
         match res {
             Ok(()) => Ok(()),
             // Deleted meanwhile: nothing to show.
@@ -200,34 +174,11 @@ impl Ctx {
     ) -> Result<(), ControllerError> {
         let kind = target.kind.name();
         let pp = PatchParams::default();
-        let res = match target.kind {
-            Kind::Mask => self
-                .metrics()
-                .write(
-                    kind,
-                    self.api::<Mask>(target).patch(&target.name, &pp, &patch),
-                )
-                .await
-                .map(|_| ()),
-            Kind::MaskConsumer => self
-                .metrics()
-                .write(
-                    kind,
-                    self.api::<MaskConsumer>(target)
-                        .patch(&target.name, &pp, &patch),
-                )
-                .await
-                .map(|_| ()),
-            Kind::MaskReservation => self
-                .metrics()
-                .write(
-                    kind,
-                    self.api::<MaskReservation>(target)
-                        .patch(&target.name, &pp, &patch),
-                )
-                .await
-                .map(|_| ()),
-        };
+        let res = by_kind!(self, target, |api| self
+            .metrics()
+            .write(kind, api.patch(&target.name, &pp, &patch))
+            .await
+            .map(|_| ()));
         match res {
             Ok(()) => Ok(()),
             Err(e) if is_status(&e, 404) => Ok(()),

@@ -26,7 +26,7 @@ use crate::error::ControllerError;
 use crate::index::SlotIndex;
 use crate::metrics::{ControllerMetrics, Metrics};
 use crate::triggers::{self as t, ProviderChanges};
-use crate::view::{Change, OnChange, Scope, WatchSpec, metadata, objects, watch_kind};
+use crate::view::{Change, OnChange, Scope, WatchSpec, Watched, metadata, objects, watch_kind};
 use crate::{ControllerConfig, consumer, mask, provider, reservation};
 
 /// Builds a client from `kubeconfig`, or the default (KUBECONFIG, ~/.kube/config, in-cluster).
@@ -181,15 +181,27 @@ fn hook<K: 'static>(
     }))
 }
 
-/// Runs the four controllers until `shutdown` is cancelled.
-pub(crate) async fn run_controllers(
-    client: Client,
-    config: ControllerConfig,
-    shutdown: CancellationToken,
-) -> Result<(), ControllerError> {
-    let scope = Scope::new(&config.namespaces);
-    let metrics = config.metrics.clone();
-    let index: Arc<RwLock<SlotIndex>> = Arc::default();
+/// Every watch the controllers use, not yet started.
+struct Watches {
+    providers: Watched<MaskProvider>,
+    masks: Watched<Mask>,
+    consumers: Watched<MaskConsumer>,
+    reservations: Watched<MaskReservation>,
+    secrets: Watched<PartialObjectMeta<Secret>>,
+    pods: Watched<PartialObjectMeta<Pod>>,
+    /// The streams driving the watches.
+    pumps: Vec<futures::stream::BoxStream<'static, ()>>,
+    /// One per watch: true once it has listed every namespace.
+    readies: Vec<signal::Receiver<bool>>,
+}
+
+/// Sets up every watch in `scope`, keeping `index` in step with the stores.
+fn watches(
+    client: &Client,
+    scope: &Scope,
+    metrics: &Metrics,
+    index: &Arc<RwLock<SlotIndex>>,
+) -> Watches {
     let mut readies = Vec::new();
     let mut pumps = Vec::new();
     let mut sig = || {
@@ -205,7 +217,7 @@ pub(crate) async fn run_controllers(
                 store: $store,
                 on_change: $hook,
             };
-            let (w, f) = watch_kind(spec, &client, &scope, &metrics, sig());
+            let (w, f) = watch_kind(spec, client, scope, metrics, sig());
             pumps.push(f);
             w
         }};
@@ -214,26 +226,118 @@ pub(crate) async fn run_controllers(
         "MaskProvider",
         objects::<MaskProvider>,
         true,
-        hook(&index, SlotIndex::provider)
+        hook(index, SlotIndex::provider)
     );
     let masks = watch!("Mask", objects::<Mask>, true, None);
     let consumers = watch!(
         "MaskConsumer",
         objects::<MaskConsumer>,
         true,
-        hook(&index, SlotIndex::consumer)
+        hook(index, SlotIndex::consumer)
     );
     let reservations = watch!(
         "MaskReservation",
         objects::<MaskReservation>,
         true,
-        hook(&index, SlotIndex::reservation)
+        hook(index, SlotIndex::reservation)
     );
     let secrets = watch!("Secret", metadata::<Secret>, true, None);
     // Pod metadata only, without a store: verification Pods wake their
     // provider, and a deleted Pod wakes the consumer owning it.
     let pods = watch!("Pod", metadata::<Pod>, false, None);
+    Watches {
+        providers,
+        masks,
+        consumers,
+        reservations,
+        secrets,
+        pods,
+        pumps,
+        readies,
+    }
+}
 
+/// The four controllers, each with the triggers that wake it.
+struct Controllers {
+    mask: Controller<Mask>,
+    consumer: Controller<MaskConsumer>,
+    provider: Controller<MaskProvider>,
+    reservation: Controller<MaskReservation>,
+}
+
+/// The wiring table: which change of which kind wakes which objects (the
+/// functions of [`crate::triggers`]). Every trigger is subscribed before the
+/// watches start, so nothing is missed.
+fn wiring(w: &Watches, cache: &Cache) -> Controllers {
+    let run_config = |concurrency: u16| ControllerRunConfig::default().concurrency(concurrency);
+    let mask_ctl = Controller::for_stream(live(w.masks.hub.subscribe()), w.masks.store.clone())
+        .with_config(run_config(32))
+        .reconcile_on(mapped(w.consumers.hub.subscribe(), t::mask_of_consumer));
+
+    let (c1, c2, c3) = (cache.clone(), cache.clone(), cache.clone());
+    let provider_changes = ProviderChanges::default();
+    let consumer_ctl =
+        Controller::for_stream(live(w.consumers.hub.subscribe()), w.consumers.store.clone())
+            .with_config(run_config(32))
+            .reconcile_on(mapped(w.reservations.hub.subscribe(), move |c| {
+                t::consumers_of_reservation(&c1, c)
+            }))
+            .reconcile_on(mapped(w.providers.hub.subscribe(), move |c| {
+                t::consumers_of_provider(&c2, &provider_changes, c)
+            }))
+            .reconcile_on(mapped(w.secrets.hub.subscribe(), move |c| {
+                t::consumers_of_secret(&c3, c)
+            }))
+            .reconcile_on(mapped(w.pods.hub.subscribe(), t::consumer_of_gone_pod))
+            .reconcile_on(mapped(w.masks.hub.subscribe(), t::consumer_of_gone_mask));
+
+    let (c1, c2, c3) = (cache.clone(), cache.clone(), cache.clone());
+    let provider_ctl =
+        Controller::for_stream(live(w.providers.hub.subscribe()), w.providers.store.clone())
+            .with_config(run_config(8).debounce(Duration::from_millis(100)))
+            .reconcile_on(mapped(
+                w.reservations.hub.subscribe(),
+                t::provider_of_reservation,
+            ))
+            .reconcile_on(mapped(w.masks.hub.subscribe(), t::provider_of_mask))
+            .reconcile_on(mapped(w.consumers.hub.subscribe(), move |c| {
+                t::provider_of_pinned_consumer(&c1, c)
+            }))
+            .reconcile_on(mapped(
+                w.pods.hub.subscribe(),
+                move |c: &Change<PartialObjectMeta<Pod>>| t::provider_of_verify_pod(&c2, c),
+            ))
+            .reconcile_on(mapped(w.secrets.hub.subscribe(), move |c| {
+                t::providers_of_secret(&c3, c)
+            }));
+
+    let c1 = cache.clone();
+    let reservation_ctl = Controller::for_stream(
+        live(w.reservations.hub.subscribe()),
+        w.reservations.store.clone(),
+    )
+    .with_config(run_config(16))
+    .reconcile_on(mapped(w.consumers.hub.subscribe(), move |c| {
+        t::reservations_of_consumer(&c1, c)
+    }));
+
+    Controllers {
+        mask: mask_ctl,
+        consumer: consumer_ctl,
+        provider: provider_ctl,
+        reservation: reservation_ctl,
+    }
+}
+
+/// Runs the four controllers until `shutdown` is cancelled.
+pub(crate) async fn run_controllers(
+    client: Client,
+    config: ControllerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), ControllerError> {
+    let scope = Scope::new(&config.namespaces);
+    let index: Arc<RwLock<SlotIndex>> = Arc::default();
+    let mut w = watches(&client, &scope, &config.metrics, &index);
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -242,11 +346,11 @@ pub(crate) async fn run_controllers(
         },
     );
     let cache = Cache {
-        providers: providers.store.clone(),
-        masks: masks.store.clone(),
-        consumers: consumers.store.clone(),
-        reservations: reservations.store.clone(),
-        secrets: secrets.store.clone(),
+        providers: w.providers.store.clone(),
+        masks: w.masks.store.clone(),
+        consumers: w.consumers.store.clone(),
+        reservations: w.reservations.store.clone(),
+        secrets: w.secrets.store.clone(),
         index,
     };
     let shared = Arc::new(Context {
@@ -255,6 +359,7 @@ pub(crate) async fn run_controllers(
         scope: scope.clone(),
         cache: cache.clone(),
         recorder,
+        slot_count_writes: Default::default(),
     });
     let ctx_for = |kind: &'static str, m: fn(&Metrics) -> &ControllerMetrics| {
         Arc::new(Ctx {
@@ -263,98 +368,46 @@ pub(crate) async fn run_controllers(
             m,
         })
     };
-    let run_config = |concurrency: u16| ControllerRunConfig::default().concurrency(concurrency);
-
-    // The wiring table: which change of which kind wakes which objects.
-    // Every trigger is subscribed before the watches start, so nothing is missed.
-    let mask_ctl = Controller::for_stream(live(masks.hub.subscribe()), masks.store.clone())
-        .with_config(run_config(32))
-        .reconcile_on(mapped(consumers.hub.subscribe(), t::mask_of_consumer));
-
-    let (c1, c2, c3) = (cache.clone(), cache.clone(), cache.clone());
-    let provider_changes = ProviderChanges::default();
-    let consumer_ctl =
-        Controller::for_stream(live(consumers.hub.subscribe()), consumers.store.clone())
-            .with_config(run_config(32))
-            .reconcile_on(mapped(reservations.hub.subscribe(), move |c| {
-                t::consumers_of_reservation(&c1, c)
-            }))
-            .reconcile_on(mapped(providers.hub.subscribe(), move |c| {
-                t::consumers_of_provider(&c2, &provider_changes, c)
-            }))
-            .reconcile_on(mapped(secrets.hub.subscribe(), move |c| {
-                t::consumers_of_secret(&c3, c)
-            }))
-            .reconcile_on(mapped(pods.hub.subscribe(), t::consumer_of_gone_pod))
-            .reconcile_on(mapped(masks.hub.subscribe(), t::consumer_of_gone_mask));
-
-    let (c1, c2, c3) = (cache.clone(), cache.clone(), cache.clone());
-    let provider_ctl =
-        Controller::for_stream(live(providers.hub.subscribe()), providers.store.clone())
-            .with_config(run_config(8).debounce(Duration::from_millis(100)))
-            .reconcile_on(mapped(
-                reservations.hub.subscribe(),
-                t::provider_of_reservation,
-            ))
-            .reconcile_on(mapped(masks.hub.subscribe(), t::provider_of_mask))
-            .reconcile_on(mapped(consumers.hub.subscribe(), move |c| {
-                t::provider_of_pinned_consumer(&c1, c)
-            }))
-            .reconcile_on(mapped(
-                pods.hub.subscribe(),
-                move |c: &Change<PartialObjectMeta<Pod>>| t::provider_of_verify_pod(&c2, c),
-            ))
-            .reconcile_on(mapped(secrets.hub.subscribe(), move |c| {
-                t::providers_of_secret(&c3, c)
-            }));
-
-    let c1 = cache.clone();
-    let reservation_ctl = Controller::for_stream(
-        live(reservations.hub.subscribe()),
-        reservations.store.clone(),
-    )
-    .with_config(run_config(16))
-    .reconcile_on(mapped(consumers.hub.subscribe(), move |c| {
-        t::reservations_of_consumer(&c1, c)
-    }));
+    let ctls = wiring(&w, &cache);
 
     // Start watching and the controllers; reconciles wait for the initial lists.
     let (synced_tx, synced_rx) = signal::channel(false);
     let mut pump_tasks = tokio::task::JoinSet::new();
-    for p in pumps {
+    for p in std::mem::take(&mut w.pumps) {
         pump_tasks.spawn(p.for_each(|_| async {}));
     }
     let controllers = futures::future::join4(
         run_controller(
-            mask_ctl,
+            ctls.mask,
             ctx_for("Mask", |m| &m.mask),
             synced_rx.clone(),
             shutdown.clone(),
             mask::reconcile,
         ),
         run_controller(
-            consumer_ctl,
+            ctls.consumer,
             ctx_for("MaskConsumer", |m| &m.consumer),
             synced_rx.clone(),
             shutdown.clone(),
             consumer::reconcile,
         ),
         run_controller(
-            provider_ctl,
+            ctls.provider,
             ctx_for("MaskProvider", |m| &m.provider),
             synced_rx.clone(),
             shutdown.clone(),
             provider::reconcile,
         ),
         run_controller(
-            reservation_ctl,
+            ctls.reservation,
             ctx_for("MaskReservation", |m| &m.reservation),
             synced_rx,
             shutdown.clone(),
             reservation::reconcile,
         ),
     );
-    let all_ready = futures::future::join_all(readies.into_iter().map(wait_ready));
+    let all_ready =
+        futures::future::join_all(std::mem::take(&mut w.readies).into_iter().map(wait_ready));
     let announce = async {
         all_ready.await;
         tracing::info!(namespaces = ?config.namespaces, "caches synced; controllers running");

@@ -30,6 +30,22 @@ pub fn mask_status_from_consumer(
     }
 }
 
+/// Least time between two status writes of a provider that change nothing
+/// but `activeSlots`: under churn its slots change with every assignment,
+/// and the count is informational (slot safety rests on reservations).
+pub const SLOT_COUNT_WRITE_GAP: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// When a status write that only updates `activeSlots` may happen, given
+/// the time since the last such write: `None` now, else after the returned wait.
+pub fn slot_count_write_wait(
+    since_last: Option<std::time::Duration>,
+) -> Option<std::time::Duration> {
+    match since_last {
+        Some(d) if d < SLOT_COUNT_WRITE_GAP => Some(SLOT_COUNT_WRITE_GAP - d),
+        _ => None,
+    }
+}
+
 /// Current time as the RFC 3339 string used in `status.lastUpdated`.
 pub fn now_rfc3339() -> String {
     jiff::Timestamp::now().to_string()
@@ -58,6 +74,17 @@ mod tests {
                 .unwrap()
                 .0,
             MaskPhase::Terminating
+        );
+    }
+
+    #[test]
+    fn slot_count_writes_are_spaced() {
+        use std::time::Duration;
+        assert_eq!(slot_count_write_wait(None), None);
+        assert_eq!(slot_count_write_wait(Some(Duration::from_secs(5))), None);
+        assert_eq!(
+            slot_count_write_wait(Some(Duration::from_millis(300))),
+            Some(Duration::from_millis(700))
         );
     }
 

@@ -152,75 +152,91 @@ pub fn decide(i: &VerifyInputs) -> VerifyDecision {
         ProviderPhase::Verifying
     };
     if let Some(a) = &i.attempt {
-        let deadline = plus(a.started, i.timeout);
-        let timeout_text = vpno_api::duration::format_duration(i.timeout);
-        match &a.pod {
-            Some(PodProgress::Succeeded) => {
-                return VerifyDecision {
-                    phase: usage_phase(i.active_slots.saturating_sub(1)),
-                    message: "verified: the public IP changed through the VPN".into(),
-                    verified_now: true,
-                    user_error: false,
-                    action: VerifyAction::FinishAttempt,
-                    requeue: i.interval,
-                };
-            }
-            Some(PodProgress::Failed { detail }) => {
-                return VerifyDecision {
-                    phase: ProviderPhase::ErrVerifyFailed,
-                    message: format!("verification failed: {detail}"),
-                    verified_now: false,
-                    user_error: true,
-                    action: VerifyAction::FinishAttempt,
-                    requeue: i.interval,
-                };
-            }
-            _ => {}
-        }
-        if i.now >= deadline {
-            let what = match (&a.pod, a.slot_held) {
-                (Some(PodProgress::Running { detail }), _) => {
-                    format!("the verification pod did not finish: {detail}")
-                }
-                (None, true) => "the verification pod was never created".to_string(),
-                (None, false) => format!(
-                    "no slot became free for the verification pod ({} of {} slots in use)",
-                    i.active_slots, i.max_slots
-                ),
-                _ => unreachable!("finished pods handled above"),
+        return in_attempt(i, a, in_progress_phase);
+    }
+    idle(i, usage, in_progress_phase)
+}
+
+/// The step while an attempt is in progress: its result, its timeout, or
+/// the next thing it needs.
+fn in_attempt(i: &VerifyInputs, a: &Attempt, in_progress_phase: ProviderPhase) -> VerifyDecision {
+    let deadline = plus(a.started, i.timeout);
+    let timeout_text = vpno_api::duration::format_duration(i.timeout);
+    match &a.pod {
+        Some(PodProgress::Succeeded) => {
+            return VerifyDecision {
+                phase: usage_phase(i.active_slots.saturating_sub(1)),
+                message: "verified: the public IP changed through the VPN".into(),
+                verified_now: true,
+                user_error: false,
+                action: VerifyAction::FinishAttempt,
+                requeue: i.interval,
             };
+        }
+        Some(PodProgress::Failed { detail }) => {
             return VerifyDecision {
                 phase: ProviderPhase::ErrVerifyFailed,
-                message: format!("verification timed out after {timeout_text}: {what}"),
+                message: format!("verification failed: {detail}"),
                 verified_now: false,
                 user_error: true,
                 action: VerifyAction::FinishAttempt,
                 requeue: i.interval,
             };
         }
-        let (message, action) = match (&a.pod, a.slot_held) {
-            (None, false) => (
-                "verifying: waiting for a slot for the verification pod".to_string(),
-                VerifyAction::None,
-            ),
-            (None, true) => (
-                "verifying: starting the verification pod".to_string(),
-                VerifyAction::CreatePod,
-            ),
+        _ => {}
+    }
+    if i.now >= deadline {
+        let what = match (&a.pod, a.slot_held) {
             (Some(PodProgress::Running { detail }), _) => {
-                (format!("verifying: {detail}"), VerifyAction::None)
+                format!("the verification pod did not finish: {detail}")
             }
+            (None, true) => "the verification pod was never created".to_string(),
+            (None, false) => format!(
+                "no slot became free for the verification pod ({} of {} slots in use)",
+                i.active_slots, i.max_slots
+            ),
             _ => unreachable!("finished pods handled above"),
         };
         return VerifyDecision {
-            phase: in_progress_phase,
-            message,
+            phase: ProviderPhase::ErrVerifyFailed,
+            message: format!("verification timed out after {timeout_text}: {what}"),
             verified_now: false,
-            user_error: false,
-            action,
-            requeue: Some(until(i.now, deadline) + Duration::from_millis(100)),
+            user_error: true,
+            action: VerifyAction::FinishAttempt,
+            requeue: i.interval,
         };
     }
+    let (message, action) = match (&a.pod, a.slot_held) {
+        (None, false) => (
+            "verifying: waiting for a slot for the verification pod".to_string(),
+            VerifyAction::None,
+        ),
+        (None, true) => (
+            "verifying: starting the verification pod".to_string(),
+            VerifyAction::CreatePod,
+        ),
+        (Some(PodProgress::Running { detail }), _) => {
+            (format!("verifying: {detail}"), VerifyAction::None)
+        }
+        _ => unreachable!("finished pods handled above"),
+    };
+    VerifyDecision {
+        phase: in_progress_phase,
+        message,
+        verified_now: false,
+        user_error: false,
+        action,
+        requeue: Some(until(i.now, deadline) + Duration::from_millis(100)),
+    }
+}
+
+/// The step with no attempt in progress: start one, retry after a failure,
+/// or stay as verified.
+fn idle(
+    i: &VerifyInputs,
+    usage: ProviderPhase,
+    in_progress_phase: ProviderPhase,
+) -> VerifyDecision {
     // No attempt in progress.
     let start = VerifyDecision {
         phase: in_progress_phase,

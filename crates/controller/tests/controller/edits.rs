@@ -15,20 +15,15 @@ async fn set_mask_providers(client: &Client, ns: &str, name: &str, tags: &[&str]
 
 #[tokio::test]
 async fn editing_a_masks_providers_moves_it_only_when_its_provider_no_longer_matches() {
-    let Some((client, ns)) = setup(&["edit-providers"]).await else {
+    let Some(w) = World::new("edit-providers")
+        .with(provider("a", 1).tags(&["x"]))
+        .with(provider("b", 1).tags(&["y"]))
+        .ready()
+        .await
+    else {
         return;
     };
-    let ns = &ns[0];
-    let metrics = Arc::new(vpno_controller::Metrics::default());
-    let _ctl = Running::start_with(
-        &client,
-        ControllerConfig {
-            metrics: metrics.clone(),
-            ..ControllerConfig::for_namespaces([ns.as_str()])
-        },
-    );
-    provider("a", 1).tags(&["x"]).create(&client, ns).await;
-    provider("b", 1).tags(&["y"]).create(&client, ns).await;
+    let (client, ns, metrics) = (w.client.clone(), &w.ns, w.metrics.clone());
     create_mask(&client, ns, "m1", Some(&["x"])).await;
     create_mask(&client, ns, "m2", Some(&["y"])).await;
     wait_mask_phase(&client, ns, "m1", MaskPhase::Active).await;

@@ -6,6 +6,7 @@
 
 mod assign;
 mod edits;
+mod fixture;
 mod metrics;
 mod provider;
 mod release;
@@ -34,6 +35,8 @@ use vpno_api::{
 };
 use vpno_controller::{ControllerConfig, run_with_client};
 use vpno_testenv::TestEnv;
+
+use fixture::World;
 
 /// Upper bound for any awaited condition.
 const TIMEOUT: Duration = Duration::from_secs(30);

@@ -336,48 +336,33 @@ async fn orphaned_reservations_are_reclaimed() {
 
 #[tokio::test]
 async fn freeing_many_slots_refills_them_all_promptly() {
-    let Some((client, ns)) = setup(&["refill"]).await else {
+    let Some(w) = World::new("refill").provider("p", 10).ready().await else {
         return;
     };
-    let ns = &ns[0];
-    let _ctl = Running::start(&client, &[ns]);
-    provider("p", 10).create(&client, ns).await;
-    wait_provider_phase(&client, ns, "p", ProviderPhase::Ready).await;
-    for i in 0..20 {
-        create_mask(&client, ns, &format!("m{i}"), None).await;
-    }
-    let count = async |phase: MaskPhase| {
-        masks_in(&client, ns)
-            .await
-            .iter()
-            .filter(|m| m.phase() == phase)
-            .count()
-    };
+    let (client, ns) = (&w.client, &w.ns);
+    let names: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    w.masks(&names.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
     eventually("10 Active and 10 Waiting", async || {
-        (count(MaskPhase::Active).await == 10 && count(MaskPhase::Waiting).await == 10)
+        (w.count(MaskPhase::Active).await == 10 && w.count(MaskPhase::Waiting).await == 10)
             .then_some(())
     })
     .await;
-    let active: Vec<String> = masks_in(&client, ns)
-        .await
-        .into_iter()
-        .filter(|m| m.phase() == MaskPhase::Active)
-        .map(|m| m.name_any())
-        .collect();
-    let mapi = Api::<Mask>::namespaced(client.clone(), ns);
+    let active = w.names_in(MaskPhase::Active).await;
+    let mapi = w.mask_api();
     let start = Instant::now();
     for name in &active {
         delete(&mapi, name).await;
     }
     eventually("all 10 waiting Masks Active", async || {
-        let ms = masks_in(&client, ns).await;
+        let ms = masks_in(client, ns).await;
         (ms.len() == 10 && ms.iter().all(|m| m.phase() == MaskPhase::Active)).then_some(())
     })
     .await;
     eprintln!("10 freed slots refilled in {:?}", start.elapsed());
     eventually("exactly 10 reservations", async || {
-        (reservations(&client, ns).await.len() == 10).then_some(())
+        (reservations(client, ns).await.len() == 10).then_some(())
     })
     .await;
-    assert_no_leaks(&client, ns).await;
+    assert_no_leaks(client, ns).await;
 }
