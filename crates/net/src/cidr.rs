@@ -285,7 +285,7 @@ mod tests {
             let mut ex: Vec<Ipv4Net> = (0..count).map(|_| rng.net()).collect();
             // Mostly realistic sizes: re-draw /0../3 most of the time.
             for e in &mut ex {
-                if e.prefix_len() < 4 && rng.next() % 4 != 0 {
+                if e.prefix_len() < 4 && !rng.next().is_multiple_of(4) {
                     *e = Ipv4Net::new(e.network(), 8 + (rng.next() % 25) as u8)
                         .unwrap()
                         .trunc();
