@@ -772,3 +772,94 @@ fn add_del_cycles_with_killed_adds_leak_nothing() {
         );
     }
 }
+
+/// The annotation lookup through the API server (no runtime-passed
+/// annotations): the real control plane from vpno-testenv holds the Pods.
+/// The plugin runs in the test's own namespace here (the API server listens
+/// on its loopback), so every case stops before touching a link: the
+/// opted-in pod fails on the missing bridge, which proves the lookup said yes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn annotations_come_from_the_api_server_when_the_runtime_does_not_pass_them() {
+    use k8s_openapi::api::core::v1::Pod;
+    if !require("annotations_come_from_the_api_server_when_the_runtime_does_not_pass_them") {
+        return;
+    }
+    let Some(env) = vpno_testenv::TestEnv::shared() else {
+        return;
+    };
+    let client = env.client().await;
+    let ns = env.new_namespace("cni").await;
+    let pods: kube::Api<Pod> = kube::Api::namespaced(client, &ns);
+    for (name, annotation) in [("opted", Some("vpn/egress")), ("plain", None)] {
+        let mut pod = json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}
+        });
+        if let Some(a) = annotation {
+            pod["metadata"]["annotations"] = json!({"vpn.beebs.dev/gateway": a});
+        }
+        pods.create(&Default::default(), &serde_json::from_value(pod).unwrap())
+            .await
+            .unwrap();
+    }
+    let dir = std::env::temp_dir().join(format!("vpno-cni-kube-{}", std::process::id()));
+    let sandbox = NamedNetns::create(format!("vpnot-kube{}", std::process::id() % 10000)).unwrap();
+    let conf = |pod: &str| {
+        let prev = json!({"cniVersion": "1.0.0", "interfaces": [], "ips": [], "marker": pod});
+        json!({
+            "cniVersion": "1.0.0", "name": "podnet", "type": "vpno-cni",
+            "gateway": {"namespace": "vpn", "name": "egress"},
+            "network": NETWORK, "slice": SLICE, "vip": VIP, "mtu": 1400,
+            "bridge": "vpnot-absent", "dataDir": dir, "kubeconfig": env.kubeconfig_path(),
+            "prevResult": prev,
+        })
+    };
+    let run = |pod: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vpn-operator"))
+            .arg("cni")
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", format!("kube-{pod}"))
+            .env("CNI_NETNS", netns_path(&sandbox))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", PLUGINS)
+            .env(
+                "CNI_ARGS",
+                format!("K8S_POD_NAMESPACE={ns};K8S_POD_NAME={pod}"),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf(pod).to_string().as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let passed = ok_json(run("plain"));
+    assert_eq!(passed, conf("plain")["prevResult"]);
+    let e = err_json(run("opted"));
+    assert_eq!(e["code"], 11, "{e}");
+    assert!(e["msg"].as_str().unwrap().contains("vpnot-absent"), "{e}");
+    let e = err_json(run("missing"));
+    assert_eq!(e["code"], 11, "fails closed: {e}");
+    assert!(e["msg"].as_str().unwrap().contains("annotations"), "{e}");
+    let leases: Vec<_> = std::fs::read_dir(dir.join("podnet"))
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
+        })
+        .collect();
+    assert!(
+        leases.is_empty(),
+        "the failed ADD released its address: {leases:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
