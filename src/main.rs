@@ -36,6 +36,8 @@ enum Command {
     Lab(vpno_lab::LabArgs),
     /// Run the REST API for on-demand VPN HTTP proxies.
     Api(vpno_server::ApiArgs),
+    /// The chained CNI plugin (run by the container runtime; also entered as `vpno-cni`).
+    Cni(vpno_cni::CniArgs),
     /// Benchmarks that print figures measured in one run.
     #[command(subcommand)]
     Bench(Bench),
@@ -88,7 +90,7 @@ fn init_logging(format: LogFormat) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(vpno_cni::argv(std::env::args_os()));
     init_logging(cli.log_format);
     // kube and the API client use rustls; pick the ring provider explicitly.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -99,6 +101,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Router(args) => vpno_router::run(args).await.context("router")?,
         Command::Lab(args) => vpno_lab::run(args).await.context("lab")?,
         Command::Api(args) => vpno_server::run(args).await.context("api")?,
+        Command::Cni(args) => std::process::exit(vpno_cni::run(args).await),
         Command::Bench(Bench::Slots(args)) => {
             vpno_bench::run_slots(args).await.context("bench slots")?
         }
