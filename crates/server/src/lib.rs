@@ -14,6 +14,8 @@ pub mod auth;
 pub mod bench;
 pub mod error;
 pub mod metrics;
+pub mod openapi;
+pub mod pod_status;
 pub mod proxy;
 pub mod routes;
 pub mod servers;
@@ -26,8 +28,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::TokenSet;
-pub use proxy::PodTemplate;
-pub use routes::{ApiDoc, AppState, DEFAULT_BODY_LIMIT, router};
+pub use openapi::ApiDoc;
+pub use proxy::{ImagePullPolicy, PodTemplate};
+pub use routes::{AppState, DEFAULT_BODY_LIMIT, router};
 pub use servers::CatalogHandle;
 pub use store::ProxyStore;
 
@@ -64,11 +67,15 @@ pub struct ApiArgs {
     /// gluetun image of proxy Pods.
     #[arg(long, env = "VPNO_PROXY_IMAGE", default_value = DEFAULT_PROXY_IMAGE)]
     pub proxy_image: String,
+    /// `imagePullPolicy` of proxy Pods (`Never` for images imported onto the
+    /// nodes); default: Kubernetes' own (`Always` for `:latest`, else `IfNotPresent`).
+    #[arg(long, env = "VPNO_PROXY_IMAGE_PULL_POLICY", value_name = "POLICY")]
+    pub proxy_image_pull_policy: Option<ImagePullPolicy>,
     /// HTTP proxy port of proxy Pods and Services.
-    #[arg(long, default_value_t = DEFAULT_PROXY_PORT)]
+    #[arg(long, env = "VPNO_PROXY_PORT", default_value_t = DEFAULT_PROXY_PORT)]
     pub proxy_port: u16,
     /// Largest accepted request body, in bytes.
-    #[arg(long, default_value_t = DEFAULT_BODY_LIMIT)]
+    #[arg(long, env = "VPNO_API_BODY_LIMIT", default_value_t = DEFAULT_BODY_LIMIT)]
     pub body_limit: usize,
     /// Serve only the catalog, without Kubernetes (proxy endpoints answer 503).
     #[arg(long)]
@@ -141,10 +148,7 @@ impl ApiConfig {
             tokens,
             namespace: namespace.into(),
             max_proxies: None,
-            template: PodTemplate {
-                image: DEFAULT_PROXY_IMAGE.into(),
-                port: DEFAULT_PROXY_PORT,
-            },
+            template: PodTemplate::new(DEFAULT_PROXY_IMAGE, DEFAULT_PROXY_PORT),
             body_limit: DEFAULT_BODY_LIMIT,
         }
     }
@@ -325,8 +329,8 @@ pub async fn run(args: ApiArgs) -> Result<(), ApiError> {
         namespace,
         max_proxies: args.max_proxies,
         template: PodTemplate {
-            image: args.proxy_image.clone(),
-            port: args.proxy_port,
+            image_pull_policy: args.proxy_image_pull_policy,
+            ..PodTemplate::new(args.proxy_image.clone(), args.proxy_port)
         },
         body_limit: args.body_limit,
     };

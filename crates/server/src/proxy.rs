@@ -23,6 +23,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::jiff::Timestamp;
 use kube::Resource as _;
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,7 @@ use vpno_api::{Mask, MaskConsumer, MaskPhase, MaskSpec};
 use vpno_catalog::{Catalog, ServerFilter, TextField};
 
 use crate::error::HttpError;
+use crate::openapi::{City, Country, Hostname, ProviderName, Region, VpnProtocol};
 
 /// Label every object of a proxy carries: its id.
 pub const PROXY_LABEL: &str = "vpn.beebs.dev/proxy";
@@ -53,11 +55,13 @@ pub const SLOT_PREFIX: &str = "vpno-proxy-slot-";
 /// Container name of the gluetun container.
 pub const CONTAINER_NAME: &str = "gluetun";
 
-/// Upper bounds on request sizes (beyond the body limit).
-const MAX_VALUES_PER_FIELD: usize = 32;
-const MAX_VALUE_LEN: usize = 253;
+/// Most values of one field of a request (beyond the body limit).
+pub const MAX_VALUES_PER_FIELD: usize = 32;
+/// Longest value of a request, in characters.
+pub const MAX_VALUE_LEN: usize = 253;
 
-/// Body of `POST /proxies`: where the proxy should exit.
+/// Body of `POST /proxies`: where the proxy should exit. The values each
+/// catalog field accepts are the `enum` of its schema in the served document.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProxyRequest {
@@ -65,27 +69,50 @@ pub struct CreateProxyRequest {
     /// this provider's servers, gluetun gets `VPN_SERVICE_PROVIDER`, and —
     /// unless `providers` is given — it is the Mask's provider tag.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<ProviderName>)]
     pub provider: Option<String>,
     /// MaskProvider tags the slot may come from (any one matches). Absent:
     /// `[provider]` when a provider is named, else any MaskProvider.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<ProviderTag>, max_items = 32)]
     pub providers: Vec<String>,
     /// Countries to exit in (any one; `SERVER_COUNTRIES`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Country>, max_items = 32)]
     pub country: Vec<String>,
     /// Regions (`SERVER_REGIONS`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Region>, max_items = 32)]
     pub region: Vec<String>,
     /// Cities (`SERVER_CITIES`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<City>, max_items = 32)]
     pub city: Vec<String>,
     /// Server hostnames (`SERVER_HOSTNAMES`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Hostname>, max_items = 32)]
     pub hostname: Vec<String>,
     /// `wireguard` or `openvpn` (`VPN_TYPE`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<VpnProtocol>)]
     pub vpn: Option<String>,
 }
+
+/// A MaskProvider tag: 1 to 253 characters, not only white space.
+#[derive(Debug)]
+pub struct ProviderTag;
+
+impl utoipa::PartialSchema for ProviderTag {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::openapi::text_schema(
+            "A MaskProvider tag (`spec.tags`)",
+            Some(MAX_VALUE_LEN),
+            true,
+        )
+    }
+}
+
+impl ToSchema for ProviderTag {}
 
 impl CreateProxyRequest {
     /// The Mask's `spec.providers`.
@@ -125,7 +152,7 @@ impl CreateProxyRequest {
             }
             if let Some(v) = values
                 .iter()
-                .find(|v| v.trim().is_empty() || v.len() > MAX_VALUE_LEN)
+                .find(|v| v.trim().is_empty() || v.chars().count() > MAX_VALUE_LEN)
             {
                 return Err(HttpError::bad_request(format!(
                     "{name}: values must be 1 to {MAX_VALUE_LEN} characters, got {v:?}"
@@ -157,7 +184,7 @@ impl CreateProxyRequest {
                 let n = catalog.count(&single).map_err(HttpError::unknown_value)?;
                 if n == 0 {
                     return Err(HttpError::new(
-                        axum::http::StatusCode::BAD_REQUEST,
+                        axum::http::StatusCode::CONFLICT,
                         "no_matching_server",
                         format!(
                             "no {} server has {field} {value:?}",
@@ -171,7 +198,7 @@ impl CreateProxyRequest {
         let n = catalog.count(&all).map_err(HttpError::unknown_value)?;
         if n == 0 {
             return Err(HttpError::new(
-                axum::http::StatusCode::BAD_REQUEST,
+                axum::http::StatusCode::CONFLICT,
                 "no_matching_server",
                 "no server matches all the given filters together",
             ));
@@ -399,6 +426,44 @@ pub struct PodTemplate {
     pub image: String,
     /// HTTP proxy port.
     pub port: u16,
+    /// The container's `imagePullPolicy`; `None` leaves Kubernetes' default.
+    pub image_pull_policy: Option<ImagePullPolicy>,
+}
+
+impl PodTemplate {
+    /// `image` on `port`, with Kubernetes' default pull policy.
+    pub fn new(image: impl Into<String>, port: u16) -> Self {
+        PodTemplate {
+            image: image.into(),
+            port,
+            image_pull_policy: None,
+        }
+    }
+}
+
+/// A container's `imagePullPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImagePullPolicy {
+    /// Pull on every start.
+    #[value(name = "Always")]
+    Always,
+    /// Pull only when the node lacks the image.
+    #[value(name = "IfNotPresent")]
+    IfNotPresent,
+    /// Never pull: the image must already be on the node.
+    #[value(name = "Never")]
+    Never,
+}
+
+impl ImagePullPolicy {
+    /// The value as Kubernetes spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImagePullPolicy::Always => "Always",
+            ImagePullPolicy::IfNotPresent => "IfNotPresent",
+            ImagePullPolicy::Never => "Never",
+        }
+    }
 }
 
 /// The gluetun Pod of proxy `id`, owned by its MaskConsumer; `None` until the
@@ -459,6 +524,10 @@ pub fn proxy_pod(
     let container = Container {
         name: CONTAINER_NAME.into(),
         image: Some(template.image.clone()),
+        image_pull_policy: template.image_pull_policy.map(|p| p.as_str().to_owned()),
+        // gluetun logs why it exits; the kubelet then quotes the log tail in
+        // the container status, which the API shows in `message`.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         env: Some(env),
         env_from: Some(vec![EnvFromSource {
             secret_ref: Some(SecretEnvSource {
@@ -563,36 +632,8 @@ fn mask_phase_name(phase: MaskPhase) -> &'static str {
     }
 }
 
-/// Why the Pod's containers wait, as the kubelet says (`ErrImagePull`,
-/// `ImagePullBackOff`, `CreateContainerConfigError`, … with its message);
-/// empty when none waits for a reason worth telling (`ContainerCreating`).
-fn waiting_reasons(status: &k8s_openapi::api::core::v1::PodStatus) -> String {
-    let waiting = status
-        .init_container_statuses
-        .iter()
-        .flatten()
-        .chain(status.container_statuses.iter().flatten())
-        .filter_map(|c| {
-            let w = c.state.as_ref()?.waiting.as_ref()?;
-            let reason = w.reason.as_deref().unwrap_or_default();
-            if reason.is_empty() || reason == "ContainerCreating" || reason == "PodInitializing" {
-                return None;
-            }
-            Some(match w.message.as_deref().filter(|m| !m.is_empty()) {
-                Some(m) => format!("container {} waiting: {reason}: {m}", c.name),
-                None => format!("container {} waiting: {reason}", c.name),
-            })
-        })
-        .collect::<Vec<_>>();
-    if waiting.is_empty() {
-        String::new()
-    } else {
-        format!("; {}", waiting.join("; "))
-    }
-}
-
-/// The state a client sees, and why.
-pub fn derive_state(objects: &ProxyObjects) -> (ProxyState, String) {
+/// The state a client sees at `now`, and why.
+pub fn derive_state(objects: &ProxyObjects, now: Timestamp) -> (ProxyState, String) {
     let id = objects.record.metadata.name.as_deref().unwrap_or_default();
     if objects.record.metadata.deletion_timestamp.is_some() {
         return (ProxyState::Deleting, "the proxy is being deleted".into());
@@ -667,49 +708,7 @@ pub fn derive_state(objects: &ProxyObjects) -> (ProxyState, String) {
     if pod.metadata.deletion_timestamp.is_some() {
         return (ProxyState::Failed, "the proxy Pod is being deleted".into());
     }
-    let status = pod.status.clone().unwrap_or_default();
-    let detail = || {
-        let reason = status.reason.clone().unwrap_or_default();
-        let message = status.message.clone().unwrap_or_default();
-        match (reason.is_empty(), message.is_empty()) {
-            (true, true) => String::new(),
-            (false, true) => format!(": {reason}"),
-            (true, false) => format!(": {message}"),
-            (false, false) => format!(": {reason}: {message}"),
-        }
-    };
-    match status.phase.as_deref() {
-        Some("Running") => {
-            let ready = status
-                .conditions
-                .as_ref()
-                .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"));
-            match ready {
-                Some(c) if c.status != "True" => (
-                    ProxyState::Starting,
-                    "the proxy Pod is running but not ready yet".into(),
-                ),
-                _ => (ProxyState::Ready, "the proxy is running".into()),
-            }
-        }
-        Some("Failed") => (
-            ProxyState::Failed,
-            format!("the proxy Pod failed{}", detail()),
-        ),
-        Some("Succeeded") => (
-            ProxyState::Failed,
-            format!("the proxy Pod exited{}", detail()),
-        ),
-        Some(other) => (
-            ProxyState::Starting,
-            format!(
-                "the proxy Pod is {other}{}{}",
-                detail(),
-                waiting_reasons(&status)
-            ),
-        ),
-        None => (ProxyState::Starting, "the proxy Pod is scheduled".into()),
-    }
+    crate::pod_status::judge_pod(pod, now)
 }
 
 /// Reads the request back from a record.
@@ -741,10 +740,16 @@ pub fn credentials_of(record: &Secret) -> Option<ProxyCredentials> {
     })
 }
 
-/// The client's view of a proxy.
-pub fn view(objects: &ProxyObjects, namespace: &str, port: u16, with_credentials: bool) -> Proxy {
+/// The client's view of a proxy at `now`.
+pub fn view(
+    objects: &ProxyObjects,
+    namespace: &str,
+    port: u16,
+    with_credentials: bool,
+    now: Timestamp,
+) -> Proxy {
     let id = objects.record.metadata.name.clone().unwrap_or_default();
-    let (state, message) = derive_state(objects);
+    let (state, message) = derive_state(objects, now);
     Proxy {
         endpoint: format!("{id}.{namespace}.svc:{port}"),
         state,
@@ -831,10 +836,7 @@ mod tests {
             "px-abc",
             &request,
             &consumer(),
-            &PodTemplate {
-                image: "g".into(),
-                port: 8888,
-            },
+            &PodTemplate::new("g", 8888),
         )
         .unwrap();
         p.status = Some(PodStatus {
@@ -859,80 +861,50 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            derive_state(&o).0,
+            derive_state(&o, Timestamp::now()).0,
             ProxyState::Failed,
             "Mask deleted externally"
         );
-        assert!(derive_state(&o).1.contains("deleted outside"));
+        assert!(
+            derive_state(&o, Timestamp::now())
+                .1
+                .contains("deleted outside")
+        );
         o.mask = Some(mask(MaskPhase::Waiting, "all 2 providers full: a, b"));
-        let (state, why) = derive_state(&o);
+        let (state, why) = derive_state(&o, Timestamp::now());
         assert_eq!(state, ProxyState::Pending);
         assert!(
             why.contains("Waiting") && why.contains("all 2 providers full"),
             "{why}"
         );
         o.mask = Some(mask(MaskPhase::ErrNoProviders, "no provider"));
-        assert_eq!(derive_state(&o).0, ProxyState::Failed);
+        assert_eq!(derive_state(&o, Timestamp::now()).0, ProxyState::Failed);
         o.mask = Some(mask(MaskPhase::Active, ""));
-        assert_eq!(derive_state(&o).0, ProxyState::Starting);
+        assert_eq!(derive_state(&o, Timestamp::now()).0, ProxyState::Starting);
         o.consumer = Some(consumer());
-        assert_eq!(derive_state(&o).0, ProxyState::Starting);
+        assert_eq!(derive_state(&o, Timestamp::now()).0, ProxyState::Starting);
         o.pod = Some(pod("Pending", None));
-        assert_eq!(derive_state(&o).0, ProxyState::Starting);
+        assert_eq!(derive_state(&o, Timestamp::now()).0, ProxyState::Starting);
         o.pod = Some(pod("Running", Some("False")));
-        assert_eq!(derive_state(&o).0, ProxyState::Starting);
+        assert_eq!(derive_state(&o, Timestamp::now()).0, ProxyState::Starting);
         o.pod = Some(pod("Running", Some("True")));
-        assert_eq!(derive_state(&o).0, ProxyState::Ready);
+        assert_eq!(derive_state(&o, Timestamp::now()).0, ProxyState::Ready);
         o.pod = Some(pod("Running", None));
-        assert_eq!(derive_state(&o).0, ProxyState::Ready);
+        assert_eq!(derive_state(&o, Timestamp::now()).0, ProxyState::Ready);
         o.pod = Some(pod("Failed", None));
-        assert_eq!(derive_state(&o).0, ProxyState::Failed);
-        let v = view(&o, "ns", 8888, false);
+        assert_eq!(derive_state(&o, Timestamp::now()).0, ProxyState::Failed);
+        let v = view(&o, "ns", 8888, false, Timestamp::now());
         assert_eq!(v.endpoint, "px-abc.ns.svc:8888");
         assert_eq!(v.pod_ip.as_deref(), Some("10.0.0.7"));
         assert_eq!(v.assigned_provider.as_deref(), Some("mullvad-1"));
         assert!(v.credentials.is_none());
-        assert!(view(&o, "ns", 8888, true).credentials.is_some());
+        assert!(
+            view(&o, "ns", 8888, true, Timestamp::now())
+                .credentials
+                .is_some()
+        );
     }
 
-    #[test]
-    fn a_pending_pod_passes_on_the_kubelets_reason() {
-        use k8s_openapi::api::core::v1::{ContainerState, ContainerStateWaiting, ContainerStatus};
-        let mut o = ProxyObjects {
-            record: record(),
-            mask: Some(mask(MaskPhase::Active, "")),
-            consumer: Some(consumer()),
-            ..Default::default()
-        };
-        let waiting = |reason: &str, message: Option<&str>| ContainerStatus {
-            name: "gluetun".into(),
-            state: Some(ContainerState {
-                waiting: Some(ContainerStateWaiting {
-                    reason: Some(reason.into()),
-                    message: message.map(String::from),
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let mut p = pod("Pending", None);
-        p.status.as_mut().unwrap().container_statuses = Some(vec![waiting(
-            "ErrImagePull",
-            Some("dial tcp 127.0.0.1:9: connect: connection refused"),
-        )]);
-        o.pod = Some(p.clone());
-        let (state, why) = derive_state(&o);
-        assert_eq!(state, ProxyState::Starting);
-        assert_eq!(
-            why,
-            "the proxy Pod is Pending; container gluetun waiting: ErrImagePull: \
-             dial tcp 127.0.0.1:9: connect: connection refused"
-        );
-        p.status.as_mut().unwrap().container_statuses =
-            Some(vec![waiting("ContainerCreating", None)]);
-        o.pod = Some(p);
-        assert_eq!(derive_state(&o).1, "the proxy Pod is Pending");
-    }
 
     #[test]
     fn pod_uses_consumer_secret_and_filters() {
@@ -949,8 +921,8 @@ mod tests {
             &request,
             &consumer(),
             &PodTemplate {
-                image: "img".into(),
-                port: 8888,
+                image_pull_policy: Some(ImagePullPolicy::Never),
+                ..PodTemplate::new("img", 8888)
             },
         )
         .unwrap();
@@ -1000,6 +972,7 @@ mod tests {
             "px-abc-prov-uid"
         );
         assert_eq!(pod_credentials_secret(&p), Some("px-abc-prov-uid"));
+        assert_eq!(c.image_pull_policy.as_deref(), Some("Never"));
         let owner = &p.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!(
             (owner.kind.as_str(), owner.uid.as_str()),

@@ -11,14 +11,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::ToSchema;
 
 use crate::auth::{self, TokenSet};
 use crate::error::{ErrorBody, HttpError};
 use crate::metrics::{ApiMetrics, RequestLabels, RouteLabels};
 use crate::proxy::{CreateProxyRequest, Proxy, ProxyList};
-use crate::servers::{self, CatalogHandle, CatalogSummary, Locations, ServerList};
+use crate::servers::{self, CatalogHandle};
 use crate::store::{ProxyStore, StoreError};
 
 /// Shared state of the handlers.
@@ -160,9 +159,14 @@ async fn list(state: &AppState) -> Result<Json<ProxyList>, HttpError> {
 #[utoipa::path(
     post, path = "/proxies", tag = "proxies", request_body = CreateProxyRequest,
     responses(
-        (status = 201, description = "Created; `state` tells whether it still waits for a VPN slot", body = Proxy),
-        (status = 400, description = "Malformed body, unknown filter value or no matching server", body = ErrorBody),
+        (status = 201, description = "Created; `state` tells whether it still waits for a VPN slot", body = Proxy,
+            links(
+                ("GetProxy" = (operation_id = "get_proxy", parameters(("id" = "$response.body#/id")))),
+                ("DeleteProxy" = (operation_id = "delete_proxy", parameters(("id" = "$response.body#/id")))),
+            )),
+        (status = 400, description = "Malformed body or a filter value outside the catalog", body = ErrorBody),
         (status = 401, description = "Missing or invalid bearer token", body = ErrorBody),
+        (status = 409, description = "`no_matching_server`: every value is in the catalog, but no server has them together", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Body is not application/json", body = ErrorBody),
         (status = 422, description = "Body does not match the schema", body = ErrorBody),
@@ -181,9 +185,15 @@ pub async fn create_proxy(
 #[utoipa::path(
     post, path = "/start", tag = "aliases", request_body = CreateProxyRequest,
     responses(
-        (status = 201, description = "Created", body = Proxy),
-        (status = 400, description = "Malformed body, unknown filter value or no matching server", body = ErrorBody),
+        (status = 201, description = "Created", body = Proxy,
+            links(
+                ("Status" = (operation_id = "status_alias", parameters(("id" = "$response.body#/id")))),
+                ("Destroy" = (operation_id = "destroy_alias", parameters(("id" = "$response.body#/id")))),
+                ("DestroyByPost" = (operation_id = "destroy_post_alias", parameters(("id" = "$response.body#/id")))),
+            )),
+        (status = 400, description = "Malformed body or a filter value outside the catalog", body = ErrorBody),
         (status = 401, description = "Missing or invalid bearer token", body = ErrorBody),
+        (status = 409, description = "`no_matching_server`: every value is in the catalog, but no server has them together", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Body is not application/json", body = ErrorBody),
         (status = 422, description = "Body does not match the schema", body = ErrorBody),
@@ -316,43 +326,9 @@ pub async fn destroy_post_alias(
     remove(&state, &id).await
 }
 
-struct BearerAuth;
-
-impl Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-    }
-}
-
-/// The OpenAPI document of this API, generated from the handlers and types.
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "vpn-operator proxy API", description = "On-demand VPN HTTP proxies and gluetun's server catalog."),
-    paths(
-        health,
-        servers::list_servers, servers::locations, servers::refresh,
-        create_proxy, list_proxies, get_proxy, delete_proxy,
-        start_alias, status_list_alias, status_alias, destroy_alias, destroy_post_alias,
-    ),
-    components(schemas(ErrorBody, Health, ServerList, Locations, CatalogSummary, CreateProxyRequest, Proxy, ProxyList)),
-    modifiers(&BearerAuth),
-    security(("bearer" = [])),
-    tags(
-        (name = "catalog", description = "gluetun's VPN servers"),
-        (name = "proxies", description = "HTTP proxies through VPN slots"),
-        (name = "aliases", description = "Names an earlier API used"),
-        (name = "meta", description = "Health and documentation"),
-    )
-)]
-pub struct ApiDoc;
-
-/// The OpenAPI document as JSON; needs no token.
-pub async fn openapi_json() -> Response {
-    Json(ApiDoc::openapi()).into_response()
+/// The OpenAPI document as JSON, with the catalog in force; needs no token.
+pub async fn openapi_json(State(catalog): State<CatalogHandle>) -> Response {
+    Json(crate::openapi::document(&catalog.get())).into_response()
 }
 
 async fn not_found() -> HttpError {

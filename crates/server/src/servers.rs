@@ -10,11 +10,14 @@ use utoipa::{IntoParams, ToSchema};
 use vpno_catalog::{Catalog, Flag, LocationTree, ProviderSummary, Server, ServerFilter, TextField};
 
 use crate::error::{ErrorBody, HttpError};
+use crate::openapi::{City, Country, Hostname, ProviderName, Region, VpnProtocol};
 
 /// Default page size of `GET /servers`.
 pub const DEFAULT_LIMIT: usize = 100;
 /// Largest page size of `GET /servers`.
 pub const MAX_LIMIT: usize = 1000;
+/// Largest `offset` of `GET /servers` (far beyond any catalog).
+pub const MAX_OFFSET: usize = u32::MAX as usize;
 
 /// The loaded catalog, swappable by `POST /servers/refresh`.
 #[derive(Clone)]
@@ -62,23 +65,30 @@ impl CatalogHandle {
 
 /// Query parameters of `GET /servers` (documentation; parsed by [`parse_server_query`]).
 /// Text filters match case-insensitively and may be repeated (any value matches);
-/// different parameters must all match.
+/// different parameters must all match. The values each filter accepts are
+/// the `enum` of its schema in the served document.
 #[derive(Debug, Default, serde::Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 pub struct ServersQuery {
     /// gluetun provider name, e.g. `mullvad` or `private internet access`.
-    provider: Option<String>,
+    #[param(value_type = Option<Vec<ProviderName>>, style = Form, explode)]
+    provider: Option<Vec<String>>,
     /// Country, e.g. `Sweden`.
-    country: Option<String>,
+    #[param(value_type = Option<Vec<Country>>, style = Form, explode)]
+    country: Option<Vec<String>>,
     /// Region, e.g. `Europe` or `SE Stockholm`.
-    region: Option<String>,
+    #[param(value_type = Option<Vec<Region>>, style = Form, explode)]
+    region: Option<Vec<String>>,
     /// City, e.g. `Stockholm`.
-    city: Option<String>,
+    #[param(value_type = Option<Vec<City>>, style = Form, explode)]
+    city: Option<Vec<String>>,
     /// Exact hostname.
-    hostname: Option<String>,
+    #[param(value_type = Option<Vec<Hostname>>, style = Form, explode)]
+    hostname: Option<Vec<String>>,
     /// `wireguard` or `openvpn`.
-    vpn: Option<String>,
+    #[param(value_type = Option<Vec<VpnProtocol>>, style = Form, explode)]
+    vpn: Option<Vec<String>>,
     /// Port forwarding offered.
     port_forward: Option<bool>,
     /// Provider-owned hardware.
@@ -94,9 +104,11 @@ pub struct ServersQuery {
     /// Tor server.
     tor: Option<bool>,
     /// Page size, 1 to 1000 (default 100).
-    limit: Option<usize>,
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
     /// Servers to skip (default 0).
-    offset: Option<usize>,
+    #[param(minimum = 0, maximum = 4294967295_u64)]
+    offset: Option<u64>,
 }
 
 /// Query parameters of `GET /locations`: the filters of `GET /servers`, without paging.
@@ -104,18 +116,24 @@ pub struct ServersQuery {
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 pub struct LocationsQuery {
-    /// gluetun provider name.
-    provider: Option<String>,
-    /// Country.
-    country: Option<String>,
-    /// Region.
-    region: Option<String>,
-    /// City.
-    city: Option<String>,
+    /// gluetun provider name, e.g. `mullvad` or `private internet access`.
+    #[param(value_type = Option<Vec<ProviderName>>, style = Form, explode)]
+    provider: Option<Vec<String>>,
+    /// Country, e.g. `Sweden`.
+    #[param(value_type = Option<Vec<Country>>, style = Form, explode)]
+    country: Option<Vec<String>>,
+    /// Region, e.g. `Europe` or `SE Stockholm`.
+    #[param(value_type = Option<Vec<Region>>, style = Form, explode)]
+    region: Option<Vec<String>>,
+    /// City, e.g. `Stockholm`.
+    #[param(value_type = Option<Vec<City>>, style = Form, explode)]
+    city: Option<Vec<String>>,
     /// Exact hostname.
-    hostname: Option<String>,
+    #[param(value_type = Option<Vec<Hostname>>, style = Form, explode)]
+    hostname: Option<Vec<String>>,
     /// `wireguard` or `openvpn`.
-    vpn: Option<String>,
+    #[param(value_type = Option<Vec<VpnProtocol>>, style = Form, explode)]
+    vpn: Option<Vec<String>>,
     /// Port forwarding offered.
     port_forward: Option<bool>,
     /// Provider-owned hardware.
@@ -191,6 +209,11 @@ pub fn parse_server_query(raw: Option<&str>, paging: bool) -> Result<ServerQuery
             }
         } else if paging && name == "offset" {
             query.offset = parse_usize(&name, &value)?;
+            if query.offset > MAX_OFFSET {
+                return Err(HttpError::bad_request(format!(
+                    "offset must be at most {MAX_OFFSET}"
+                )));
+            }
         } else {
             let mut accepted: Vec<&str> = TextField::ALL.iter().map(|f| f.name()).collect();
             accepted.extend(Flag::ALL.iter().map(|f| f.name()));
@@ -371,6 +394,7 @@ mod tests {
             "limit=1001",
             "limit=x",
             "offset=-1",
+            "offset=4294967296",
             "tor=maybe",
             "colour=red",
             "vpn=ipsec",

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use futures::StreamExt as _;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, PostParams, Preconditions};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client};
@@ -163,6 +164,7 @@ impl ProxyStore {
             &self.namespace,
             self.template.port,
             true,
+            Timestamp::now(),
         ))
     }
 
@@ -298,6 +300,7 @@ impl ProxyStore {
             &self.namespace,
             self.template.port,
             true,
+            Timestamp::now(),
         )))
     }
 
@@ -350,7 +353,13 @@ impl ProxyStore {
                     pod: pods.remove(&name),
                     record,
                 };
-                proxy::view(&objects, &self.namespace, self.template.port, false)
+                proxy::view(
+                    &objects,
+                    &self.namespace,
+                    self.template.port,
+                    false,
+                    Timestamp::now(),
+                )
             })
             .collect())
     }
@@ -368,7 +377,13 @@ impl ProxyStore {
             consumer: None,
             pod: None,
         };
-        let mut view = proxy::view(&objects, &self.namespace, self.template.port, false);
+        let mut view = proxy::view(
+            &objects,
+            &self.namespace,
+            self.template.port,
+            false,
+            Timestamp::now(),
+        );
         let dp = DeleteParams::background();
         match self.masks().delete(id, &dp).await {
             Ok(_) => {}

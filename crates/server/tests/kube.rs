@@ -108,9 +108,13 @@ async fn create_provider(client: &Client, ns: &str, name: &str, max_slots: u32) 
 }
 
 async fn start_api(client: &Client, ns: &str, max_proxies: Option<u32>) -> (RunningApi, ApiClient) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut config = ApiConfig::new(testdata_catalog(), TokenSet::new([TOKEN]), ns);
     config.max_proxies = max_proxies;
+    start_api_with(client, config).await
+}
+
+async fn start_api_with(client: &Client, config: ApiConfig) -> (RunningApi, ApiClient) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = vpno_server::start(config, Some(client.clone()), listener)
         .await
         .unwrap();
@@ -377,6 +381,179 @@ async fn pending_and_failed_proxies_say_why() {
     assert_eq!(view["mask_phase"], "ErrNoProviders");
 }
 
+/// Writes the Pod status a kubelet would report (merge patch of `status`).
+async fn kubelet_reports(pods: &Api<Pod>, name: &str, status: Value) {
+    pods.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({ "status": status })),
+    )
+    .await
+    .unwrap();
+}
+
+/// An RFC 3339 time `secs` seconds ago.
+fn ago(secs: i64) -> String {
+    (k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(secs))
+        .to_string()
+}
+
+#[tokio::test]
+async fn unrunnable_proxy_pods_say_why() {
+    let Some((client, ns)) = setup("api-kubelet").await else {
+        return;
+    };
+    let _ctl = Controller::start(&client, &ns);
+    create_provider(&client, &ns, "mullvad-k", 1).await;
+    let mut config = ApiConfig::new(testdata_catalog(), TokenSet::new([TOKEN]), &ns);
+    config.template = vpno_server::PodTemplate {
+        image_pull_policy: Some(vpno_server::ImagePullPolicy::Never),
+        ..vpno_server::PodTemplate::new("localhost/no-such-gluetun:dev", 8888)
+    };
+    let (_api, http) = start_api_with(&client, config).await;
+    let reply = http
+        .call(
+            "POST",
+            "/proxies",
+            "/proxies",
+            Some(json!({"provider": "mullvad"})),
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    let id = reply.body["id"].as_str().unwrap().to_owned();
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    let pod = eventually("the proxy Pod", async || pods.get_opt(&id).await.unwrap()).await;
+    let container = &pod.spec.as_ref().unwrap().containers[0];
+    assert_eq!(
+        container.image.as_deref(),
+        Some("localhost/no-such-gluetun:dev")
+    );
+    assert_eq!(container.image_pull_policy.as_deref(), Some("Never"));
+    let name = container.name.clone();
+    let waiting = |reason: &str, message: &str| {
+        json!([{
+            "name": name, "image": "localhost/no-such-gluetun:dev", "imageID": "",
+            "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": reason, "message": message}},
+        }])
+    };
+
+    // Not schedulable: starting, with the scheduler's words.
+    kubelet_reports(
+        &pods,
+        &id,
+        json!({"phase": "Pending", "conditions": [{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": "0/1 nodes are available: 1 Insufficient memory.",
+            "lastTransitionTime": ago(5),
+        }]}),
+    )
+    .await;
+    let (state, view) = proxy_state(&http, &id).await;
+    assert_eq!(state, "starting", "{view}");
+    let message = view["message"].as_str().unwrap();
+    assert!(
+        message.contains("Unschedulable") && message.contains("Insufficient memory"),
+        "{view}"
+    );
+
+    // The image cannot be pulled: starting with the kubelet's reason and message ...
+    let pull_error = "rpc error: code = Unknown desc = failed to pull and unpack image";
+    let ready_false = |since: i64| {
+        json!([
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": ago(since)},
+            {"type": "Ready", "status": "False", "reason": "ContainersNotReady",
+             "lastTransitionTime": ago(since)},
+        ])
+    };
+    kubelet_reports(
+        &pods,
+        &id,
+        json!({"phase": "Pending", "conditions": ready_false(20),
+               "containerStatuses": waiting("ErrImagePull", pull_error)}),
+    )
+    .await;
+    let (state, view) = proxy_state(&http, &id).await;
+    assert_eq!(state, "starting", "{view}");
+    let message = view["message"].as_str().unwrap();
+    assert!(
+        message.contains("ErrImagePull") && message.contains(pull_error),
+        "{view}"
+    );
+    // ... and failed once it has lasted longer than the kubelet is given.
+    kubelet_reports(
+        &pods,
+        &id,
+        json!({"conditions": ready_false(600),
+               "containerStatuses": waiting("ImagePullBackOff", "Back-off pulling image")}),
+    )
+    .await;
+    let (state, view) = proxy_state(&http, &id).await;
+    assert_eq!(state, "failed", "{view}");
+    assert!(
+        view["message"]
+            .as_str()
+            .unwrap()
+            .contains("ImagePullBackOff"),
+        "{view}"
+    );
+
+    // Never pulled and not on the node: failed at once, whatever the age.
+    kubelet_reports(
+        &pods,
+        &id,
+        json!({"conditions": ready_false(1),
+               "containerStatuses": waiting("ErrImageNeverPull",
+                   "Container image \"localhost/no-such-gluetun:dev\" is not present with pull policy of Never")}),
+    )
+    .await;
+    let (state, view) = proxy_state(&http, &id).await;
+    assert_eq!(state, "failed", "{view}");
+    let message = view["message"].as_str().unwrap();
+    assert!(
+        message.contains("ErrImageNeverPull") && message.contains("is not present"),
+        "{view}"
+    );
+    // Listed the same way.
+    let list = http.get("/proxies", "/proxies").await;
+    assert_eq!(list.body["proxies"][0]["state"], "failed", "{}", list.body);
+
+    // A crash loop quotes the container's last words.
+    let mut crash = waiting(
+        "CrashLoopBackOff",
+        "back-off 10s restarting failed container",
+    );
+    crash[0]["restartCount"] = json!(2);
+    crash[0]["lastState"] = json!({"terminated": {
+        "exitCode": 1, "reason": "Error", "message": "ERROR VPN settings: provider is not valid",
+        "startedAt": ago(12), "finishedAt": ago(11),
+    }});
+    kubelet_reports(
+        &pods,
+        &id,
+        json!({"phase": "Running", "conditions": ready_false(30), "containerStatuses": crash}),
+    )
+    .await;
+    let (state, view) = proxy_state(&http, &id).await;
+    assert_eq!(state, "starting", "{view}");
+    let message = view["message"].as_str().unwrap();
+    assert!(
+        message.contains("CrashLoopBackOff")
+            && message.contains("last exit code 1")
+            && message.contains("provider is not valid"),
+        "{view}"
+    );
+
+    // Recovered: ready.
+    run_pod(&client, &ns, &id, "10.0.0.9").await;
+    let mut running = crash.clone();
+    running[0]["state"] = json!({"running": {"startedAt": ago(1)}});
+    running[0]["ready"] = json!(true);
+    kubelet_reports(&pods, &id, json!({"containerStatuses": running})).await;
+    let (state, view) = proxy_state(&http, &id).await;
+    assert_eq!(state, "ready", "{view}");
+}
+
 #[tokio::test]
 async fn max_proxies_holds_across_two_replicas() {
     let Some((client, ns)) = setup("api-limit").await else {
@@ -537,33 +714,40 @@ async fn auth_and_bad_inputs_with_kubernetes() {
     );
     assert_eq!(anonymous.get("/proxies", "/proxies").await.status, 401);
 
-    for (body, error) in [
-        (json!({"provider": "nordvpn"}), "unknown_filter_value"),
+    // Values outside the catalog (schema-invalid: not in the document's
+    // enums) are 400s; catalog values that no server has together are 409s.
+    for (body, status, error) in [
+        (json!({"provider": "nordvpn"}), 400, "unknown_filter_value"),
         (
             json!({"provider": "mullvad", "country": ["Narnia"]}),
+            400,
             "unknown_filter_value",
         ),
         (
             json!({"provider": "mullvad", "country": ["Switzerland"]}),
+            409,
             "no_matching_server",
         ),
         (
             json!({"provider": "mullvad", "hostname": ["ch-01.protonvpn.net"]}),
+            409,
             "no_matching_server",
         ),
         (
             json!({"country": ["Sweden"], "city": ["Zurich"]}),
+            409,
             "no_matching_server",
         ),
-        (json!({"vpn": "ipsec"}), "bad_request"),
-        (json!({"providers": [""]}), "bad_request"),
+        (json!({"vpn": "ipsec"}), 400, "bad_request"),
+        (json!({"providers": [""]}), 400, "bad_request"),
+        (json!({"providers": ["  "]}), 400, "bad_request"),
     ] {
         let reply = http
             .call("POST", "/proxies", "/proxies", Some(body.clone()))
             .await;
         assert_eq!(
             (reply.status, reply.body["error"].as_str()),
-            (400, Some(error)),
+            (status, Some(error)),
             "{body}: {}",
             reply.body
         );
