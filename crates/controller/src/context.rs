@@ -3,16 +3,15 @@
 use std::fmt::Debug;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use vpno_api::MaskProvider;
 
 use crate::ControllerConfig;
 use crate::cache::Cache;
-use crate::effect::{Stamped, status_changed, status_patch};
+use crate::effect::{EventNote, Stamped, status_changed, status_patch};
 use crate::error::{ControllerError, is_status};
 use crate::metrics::{ControllerMetrics, Metrics};
 use crate::plan::assign::ProviderSlots;
@@ -88,21 +87,14 @@ impl Ctx {
         action: &str,
         note: String,
     ) {
-        let reference: ObjectReference = obj.object_ref(&());
-        let ev = Event {
-            type_,
+        self.publish(&EventNote {
+            regarding: obj.object_ref(&()),
+            warning: type_ == EventType::Warning,
             reason: reason.into(),
-            note: Some(note),
             action: action.into(),
-            secondary: None,
-        };
-        let res = self
-            .metrics()
-            .write("Event", self.recorder.publish(&ev, &reference))
-            .await;
-        if let Err(err) = res {
-            tracing::warn!(reason, error = %err, "could not publish event");
-        }
+            note,
+        })
+        .await;
     }
 
     /// GETs an object, `None` when it does not exist.
