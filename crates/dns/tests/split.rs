@@ -1,0 +1,299 @@
+//! The resolver against real DNS servers on loopback: dnsmasq as the cluster DNS and a
+//! second dnsmasq as the upstream. Each server holds a decoy answer for the other's
+//! names, and logs every query it sees, so a name sent the wrong way shows both as a
+//! wrong answer and as a line in the wrong log.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const DNSMASQ: &str = "/usr/sbin/dnsmasq";
+
+/// Returns false after `SKIPPED:` when dnsmasq is missing; panics under CI=true.
+fn have_dnsmasq() -> bool {
+    if Path::new(DNSMASQ).exists() {
+        return true;
+    }
+    let why = format!("{DNSMASQ} not installed (scripts/setup installs dnsmasq-base)");
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{why}");
+    }
+    eprintln!("SKIPPED: {why}");
+    false
+}
+
+/// A dnsmasq process answering only from its own records, killed on drop.
+struct Dnsmasq {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+struct TempDir(PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port(ip: IpAddr) -> u16 {
+    // Both UDP and TCP must be free; bind UDP, then check TCP on the same port.
+    loop {
+        let udp = std::net::UdpSocket::bind((ip, 0)).unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+impl Dnsmasq {
+    fn start(name: &str, ip: &str, records: &[&str]) -> Dnsmasq {
+        let ip: IpAddr = ip.parse().unwrap();
+        let dir = std::env::temp_dir().join(format!("vpno-dns-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("queries.log");
+        let port = free_port(ip);
+        let mut cmd = Command::new(DNSMASQ);
+        cmd.args([
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--no-poll",
+            "--bind-interfaces",
+            "--user=root",
+            "--pid-file=",
+            "--log-queries",
+            "--local-ttl=60",
+        ])
+        .arg(format!("--listen-address={ip}"))
+        .arg(format!("--port={port}"))
+        .arg(format!("--log-facility={}", log.display()))
+        .args(records)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        let child = cmd.spawn().expect("start dnsmasq");
+        let d = Dnsmasq {
+            child,
+            addr: SocketAddr::new(ip, port),
+            log,
+            _dir: TempDir(dir),
+        };
+        d.wait_listening();
+        d
+    }
+
+    fn wait_listening(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(self.addr).is_err() {
+            assert!(Instant::now() < deadline, "dnsmasq on {} did not start", self.addr);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// How many queries for `name` this server has logged.
+    fn queries_for(&self, name: &str) -> usize {
+        let needle = format!("] {name} from");
+        self.log().lines().filter(|l| l.contains("query[") && l.contains(&needle)).count()
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn query_message(name: &str, rtype: RecordType) -> Vec<u8> {
+    let mut m = Message::new(rand_id(), MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
+    m.to_vec().unwrap()
+}
+
+fn rand_id() -> u16 {
+    (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() & 0xffff) as u16
+}
+
+async fn ask_udp(server: SocketAddr, name: &str, rtype: RecordType) -> Message {
+    let sock = tokio::net::UdpSocket::bind((server.ip(), 0)).await.unwrap();
+    sock.send_to(&query_message(name, rtype), server).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), sock.recv(&mut buf))
+        .await
+        .expect("UDP answer in time")
+        .unwrap();
+    Message::from_vec(&buf[..n]).unwrap()
+}
+
+async fn ask_tcp(server: SocketAddr, name: &str, rtype: RecordType) -> Message {
+    let mut s = tokio::net::TcpStream::connect(server).await.unwrap();
+    let q = query_message(name, rtype);
+    s.write_all(&(q.len() as u16).to_be_bytes()).await.unwrap();
+    s.write_all(&q).await.unwrap();
+    let mut len = [0u8; 2];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut len))
+        .await
+        .expect("TCP answer in time")
+        .unwrap();
+    let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+    s.read_exact(&mut buf).await.unwrap();
+    Message::from_vec(&buf).unwrap()
+}
+
+fn addresses(m: &Message) -> Vec<String> {
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            RData::PTR(p) => Some(p.0.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn scrape(addr: SocketAddr) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    body
+}
+
+/// The value of one sample line of `text` (0 when absent).
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+struct Lab {
+    cluster: Dnsmasq,
+    upstream: Dnsmasq,
+}
+
+fn lab() -> Lab {
+    let cluster = Dnsmasq::start(
+        "cluster",
+        "127.0.0.2",
+        &[
+            "--local=/cluster.local/",
+            "--local=/96.10.in-addr.arpa/",
+            "--host-record=kubernetes.default.svc.cluster.local,10.96.0.1",
+            "--host-record=kube-dns.kube-system.svc.cluster.local,10.96.0.10",
+            "--ptr-record=1.0.96.10.in-addr.arpa,kubernetes.default.svc.cluster.local",
+            // Decoy: only a leak to the wrong server would return this.
+            "--host-record=www.example.test,198.51.100.99",
+            "--host-record=tcp.example.test,198.51.100.98",
+        ],
+    );
+    let upstream = Dnsmasq::start(
+        "upstream",
+        "127.0.0.3",
+        &[
+            "--local=/example.test/",
+            "--host-record=www.example.test,192.0.2.80",
+            "--host-record=tcp.example.test,192.0.2.81",
+            // Decoys.
+            "--host-record=kubernetes.default.svc.cluster.local,203.0.113.66",
+            "--host-record=kube-dns.kube-system.svc.cluster.local,203.0.113.67",
+        ],
+    );
+    Lab { cluster, upstream }
+}
+
+fn args(lab: &Lab, cluster_spec: &str) -> vpno_dns::DnsArgs {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        dns: vpno_dns::DnsArgs,
+    }
+    Cli::parse_from([
+        "dns",
+        "--listen=127.0.0.1:0",
+        "--metrics-listen=127.0.0.1:0",
+        &format!("--cluster-dns={cluster_spec}"),
+        &format!("--upstream={}", lab.upstream.addr),
+        "--cluster-cidr=10.96.0.0/12,10.244.0.0/16",
+    ])
+    .dns
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_names_go_to_the_cluster_dns_and_the_rest_upstream_only() {
+    if !have_dnsmasq() {
+        return;
+    }
+    let lab = lab();
+    // The cluster DNS over TCP only, the upstream over UDP (TCP on truncation).
+    let resolver = vpno_dns::Resolver::bind(&args(&lab, &format!("tcp://{}", lab.cluster.addr)))
+        .await
+        .unwrap();
+    let dns = resolver.dns_addr();
+    let http = resolver.http_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(resolver.run_until(async {
+        let _ = stopped.await;
+    }));
+
+    // UDP from the client.
+    let m = ask_udp(dns, "kubernetes.default.svc.cluster.local", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(addresses(&m), ["10.96.0.1"]);
+    let m = ask_udp(dns, "www.example.test", RecordType::A).await;
+    assert_eq!(addresses(&m), ["192.0.2.80"]);
+    // TCP from the client.
+    let m = ask_tcp(dns, "kube-dns.kube-system.svc.cluster.local", RecordType::A).await;
+    assert_eq!(addresses(&m), ["10.96.0.10"]);
+    let m = ask_tcp(dns, "tcp.example.test", RecordType::A).await;
+    assert_eq!(addresses(&m), ["192.0.2.81"]);
+    // Reverse look-ups of the service range stay in the cluster.
+    let m = ask_udp(dns, "1.0.96.10.in-addr.arpa", RecordType::PTR).await;
+    assert_eq!(addresses(&m), ["kubernetes.default.svc.cluster.local."]);
+    // Negative answers are passed through.
+    let m = ask_udp(dns, "missing.default.svc.cluster.local", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    let m = ask_udp(dns, "missing.example.test", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    // A repeated name is answered from the cache: the upstream sees it once.
+    let m = ask_udp(dns, "www.example.test", RecordType::A).await;
+    assert_eq!(addresses(&m), ["192.0.2.80"]);
+
+    let cluster_log = lab.cluster.log();
+    let upstream_log = lab.upstream.log();
+    for name in ["kubernetes.default.svc.cluster.local", "kube-dns.kube-system.svc.cluster.local", "1.0.96.10.in-addr.arpa", "missing.default.svc.cluster.local"] {
+        assert_eq!(lab.cluster.queries_for(name), 1, "{name} at the cluster DNS:\n{cluster_log}");
+        assert_eq!(lab.upstream.queries_for(name), 0, "{name} leaked upstream:\n{upstream_log}");
+    }
+    for name in ["www.example.test", "tcp.example.test", "missing.example.test"] {
+        assert_eq!(lab.upstream.queries_for(name), 1, "{name} upstream:\n{upstream_log}");
+        assert_eq!(lab.cluster.queries_for(name), 0, "{name} at the cluster DNS:\n{cluster_log}");
+    }
+    assert!(!cluster_log.contains("example.test"), "{cluster_log}");
+    assert!(!upstream_log.contains("cluster.local"), "{upstream_log}");
+
+    let metrics = scrape(http).await;
+    assert!(metrics.starts_with("HTTP/1.0 200") || metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert_eq!(sample(&metrics, r#"vpno_dns_queries_total{zone="cluster",result="noerror"}"#), 3.0, "{metrics}");
+    assert_eq!(sample(&metrics, r#"vpno_dns_queries_total{zone="cluster",result="nxdomain"}"#), 1.0, "{metrics}");
+    assert_eq!(sample(&metrics, r#"vpno_dns_queries_total{zone="upstream",result="noerror"}"#), 3.0, "{metrics}");
+    assert_eq!(sample(&metrics, r#"vpno_dns_queries_total{zone="upstream",result="nxdomain"}"#), 1.0, "{metrics}");
+    assert_eq!(sample(&metrics, r#"vpno_dns_cache_hits_total{zone="upstream"}"#), 1.0, "{metrics}");
+    assert_eq!(sample(&metrics, r#"vpno_dns_query_duration_seconds_count{zone="cluster"}"#), 4.0, "{metrics}");
+    assert!(!metrics.contains("example.test"), "query names must never be labels:\n{metrics}");
+
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
