@@ -56,7 +56,9 @@ fn free_port(ip: IpAddr) -> u16 {
 impl Dnsmasq {
     fn start(name: &str, ip: &str, records: &[&str]) -> Dnsmasq {
         let ip: IpAddr = ip.parse().unwrap();
-        let dir = std::env::temp_dir().join(format!("vpno-dns-{name}-{}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("vpno-dns-{name}-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join("queries.log");
         let port = free_port(ip);
@@ -92,7 +94,11 @@ impl Dnsmasq {
     fn wait_listening(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(self.addr).is_err() {
-            assert!(Instant::now() < deadline, "dnsmasq on {} did not start", self.addr);
+            assert!(
+                Instant::now() < deadline,
+                "dnsmasq on {} did not start",
+                self.addr
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -104,7 +110,10 @@ impl Dnsmasq {
     /// How many queries for `name` this server has logged.
     fn queries_for(&self, name: &str) -> usize {
         let needle = format!("] {name} from");
-        self.log().lines().filter(|l| l.contains("query[") && l.contains(&needle)).count()
+        self.log()
+            .lines()
+            .filter(|l| l.contains("query[") && l.contains(&needle))
+            .count()
     }
 }
 
@@ -123,12 +132,18 @@ fn query_message(name: &str, rtype: RecordType) -> Vec<u8> {
 }
 
 fn rand_id() -> u16 {
-    (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() & 0xffff) as u16
+    (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        & 0xffff) as u16
 }
 
 async fn ask_udp(server: SocketAddr, name: &str, rtype: RecordType) -> Message {
     let sock = tokio::net::UdpSocket::bind((server.ip(), 0)).await.unwrap();
-    sock.send_to(&query_message(name, rtype), server).await.unwrap();
+    sock.send_to(&query_message(name, rtype), server)
+        .await
+        .unwrap();
     let mut buf = vec![0u8; 4096];
     let n = tokio::time::timeout(Duration::from_secs(10), sock.recv(&mut buf))
         .await
@@ -165,7 +180,9 @@ fn addresses(m: &Message) -> Vec<String> {
 
 async fn scrape(addr: SocketAddr) -> String {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).await.unwrap();
     body
@@ -213,22 +230,23 @@ fn lab() -> Lab {
     Lab { cluster, upstream }
 }
 
-fn args(lab: &Lab, cluster_spec: &str) -> vpno_dns::DnsArgs {
+fn args(lab: &Lab, cluster_spec: &str, extra: &[&str]) -> vpno_dns::DnsArgs {
     use clap::Parser;
     #[derive(Parser)]
     struct Cli {
         #[command(flatten)]
         dns: vpno_dns::DnsArgs,
     }
-    Cli::parse_from([
-        "dns",
-        "--listen=127.0.0.1:0",
-        "--metrics-listen=127.0.0.1:0",
-        &format!("--cluster-dns={cluster_spec}"),
-        &format!("--upstream={}", lab.upstream.addr),
-        "--cluster-cidr=10.96.0.0/12,10.244.0.0/16",
-    ])
-    .dns
+    let mut argv = vec![
+        "dns".to_owned(),
+        "--listen=127.0.0.1:0".to_owned(),
+        "--metrics-listen=127.0.0.1:0".to_owned(),
+        format!("--cluster-dns={cluster_spec}"),
+        format!("--upstream={}", lab.upstream.addr),
+        "--cluster-cidr=10.96.0.0/12,10.244.0.0/16".to_owned(),
+    ];
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    Cli::parse_from(argv).dns
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,9 +256,10 @@ async fn cluster_names_go_to_the_cluster_dns_and_the_rest_upstream_only() {
     }
     let lab = lab();
     // The cluster DNS over TCP only, the upstream over UDP (TCP on truncation).
-    let resolver = vpno_dns::Resolver::bind(&args(&lab, &format!("tcp://{}", lab.cluster.addr)))
-        .await
-        .unwrap();
+    let resolver =
+        vpno_dns::Resolver::bind(&args(&lab, &format!("tcp://{}", lab.cluster.addr), &[]))
+            .await
+            .unwrap();
     let dns = resolver.dns_addr();
     let http = resolver.http_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -273,27 +292,152 @@ async fn cluster_names_go_to_the_cluster_dns_and_the_rest_upstream_only() {
 
     let cluster_log = lab.cluster.log();
     let upstream_log = lab.upstream.log();
-    for name in ["kubernetes.default.svc.cluster.local", "kube-dns.kube-system.svc.cluster.local", "1.0.96.10.in-addr.arpa", "missing.default.svc.cluster.local"] {
-        assert_eq!(lab.cluster.queries_for(name), 1, "{name} at the cluster DNS:\n{cluster_log}");
-        assert_eq!(lab.upstream.queries_for(name), 0, "{name} leaked upstream:\n{upstream_log}");
+    for name in [
+        "kubernetes.default.svc.cluster.local",
+        "kube-dns.kube-system.svc.cluster.local",
+        "1.0.96.10.in-addr.arpa",
+        "missing.default.svc.cluster.local",
+    ] {
+        assert_eq!(
+            lab.cluster.queries_for(name),
+            1,
+            "{name} at the cluster DNS:\n{cluster_log}"
+        );
+        assert_eq!(
+            lab.upstream.queries_for(name),
+            0,
+            "{name} leaked upstream:\n{upstream_log}"
+        );
     }
-    for name in ["www.example.test", "tcp.example.test", "missing.example.test"] {
-        assert_eq!(lab.upstream.queries_for(name), 1, "{name} upstream:\n{upstream_log}");
-        assert_eq!(lab.cluster.queries_for(name), 0, "{name} at the cluster DNS:\n{cluster_log}");
+    for name in [
+        "www.example.test",
+        "tcp.example.test",
+        "missing.example.test",
+    ] {
+        assert_eq!(
+            lab.upstream.queries_for(name),
+            1,
+            "{name} upstream:\n{upstream_log}"
+        );
+        assert_eq!(
+            lab.cluster.queries_for(name),
+            0,
+            "{name} at the cluster DNS:\n{cluster_log}"
+        );
     }
     assert!(!cluster_log.contains("example.test"), "{cluster_log}");
     assert!(!upstream_log.contains("cluster.local"), "{upstream_log}");
 
     let metrics = scrape(http).await;
-    assert!(metrics.starts_with("HTTP/1.0 200") || metrics.starts_with("HTTP/1.1 200"), "{metrics}");
-    assert_eq!(sample(&metrics, r#"vpno_dns_queries_total{zone="cluster",result="noerror"}"#), 3.0, "{metrics}");
-    assert_eq!(sample(&metrics, r#"vpno_dns_queries_total{zone="cluster",result="nxdomain"}"#), 1.0, "{metrics}");
-    assert_eq!(sample(&metrics, r#"vpno_dns_queries_total{zone="upstream",result="noerror"}"#), 3.0, "{metrics}");
-    assert_eq!(sample(&metrics, r#"vpno_dns_queries_total{zone="upstream",result="nxdomain"}"#), 1.0, "{metrics}");
-    assert_eq!(sample(&metrics, r#"vpno_dns_cache_hits_total{zone="upstream"}"#), 1.0, "{metrics}");
-    assert_eq!(sample(&metrics, r#"vpno_dns_query_duration_seconds_count{zone="cluster"}"#), 4.0, "{metrics}");
-    assert!(!metrics.contains("example.test"), "query names must never be labels:\n{metrics}");
+    assert!(
+        metrics.starts_with("HTTP/1.0 200") || metrics.starts_with("HTTP/1.1 200"),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"vpno_dns_queries_total{zone="cluster",result="noerror"}"#
+        ),
+        3.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"vpno_dns_queries_total{zone="cluster",result="nxdomain"}"#
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"vpno_dns_queries_total{zone="upstream",result="noerror"}"#
+        ),
+        3.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"vpno_dns_queries_total{zone="upstream",result="nxdomain"}"#
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, r#"vpno_dns_cache_hits_total{zone="upstream"}"#),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"vpno_dns_query_duration_seconds_count{zone="cluster"}"#
+        ),
+        4.0,
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("example.test"),
+        "query names must never be labels:\n{metrics}"
+    );
 
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
+}
+
+/// Latency figures for the note (printed with --nocapture; no thresholds): sequential
+/// UDP queries straight to the upstream dnsmasq, through the resolver with the cache
+/// off, and through the resolver answering from its cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_latency_through_the_resolver_vs_direct() {
+    if !have_dnsmasq() {
+        return;
+    }
+    const N: usize = 300;
+    let lab = lab();
+    let mut figures = Vec::new();
+    for (label, cache) in [("resolver, cache off", "0"), ("resolver, cached", "1000")] {
+        let resolver = vpno_dns::Resolver::bind(&args(
+            &lab,
+            &lab.cluster.addr.to_string(),
+            &[&format!("--cache-size={cache}")],
+        ))
+        .await
+        .unwrap();
+        let dns = resolver.dns_addr();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(resolver.run_until(async {
+            let _ = stopped.await;
+        }));
+        figures.push((label, measure(dns, N).await));
+        stop.send(()).unwrap();
+        task.await.unwrap().unwrap();
+    }
+    figures.insert(
+        0,
+        ("direct to upstream", measure(lab.upstream.addr, N).await),
+    );
+    for (label, mut us) in figures {
+        us.sort_unstable();
+        eprintln!(
+            "dns latency {label:<22} n={N} median={}us p90={}us p99={}us",
+            us[N / 2],
+            us[N * 9 / 10],
+            us[N * 99 / 100]
+        );
+    }
+}
+
+/// Microseconds per query for `n` sequential queries of one upstream name.
+async fn measure(server: SocketAddr, n: usize) -> Vec<u128> {
+    let mut us = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        let m = ask_udp(server, "www.example.test", RecordType::A).await;
+        us.push(started.elapsed().as_micros());
+        assert_eq!(addresses(&m), ["192.0.2.80"]);
+    }
+    us
 }
