@@ -14,12 +14,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DNSMASQ: &str = "/usr/sbin/dnsmasq";
 
+const UNBOUND: &str = "/usr/sbin/unbound";
+
 /// Returns false after `SKIPPED:` when dnsmasq is missing; panics under CI=true.
 fn have_dnsmasq() -> bool {
-    if Path::new(DNSMASQ).exists() {
+    have(DNSMASQ, "dnsmasq-base")
+}
+
+/// Returns false after `SKIPPED:` when `bin` is missing; panics under CI=true.
+fn have(bin: &str, package: &str) -> bool {
+    if Path::new(bin).exists() {
         return true;
     }
-    let why = format!("{DNSMASQ} not installed (scripts/setup installs dnsmasq-base)");
+    let why = format!("{bin} not installed (scripts/setup installs {package})");
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{why}");
     }
@@ -440,4 +447,205 @@ async fn measure(server: SocketAddr, n: usize) -> Vec<u128> {
         assert_eq!(addresses(&m), ["192.0.2.80"]);
     }
     us
+}
+
+/// Runs `openssl` with `args` in `dir`, panicking with its output on failure.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A throw-away CA (`ca.pem`) and a server certificate for `dot.test` signed by it
+/// (`cert.pem`, `key.pem`) in `dir`.
+fn make_certs(dir: &Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let ca = [
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=vpno-test-ca",
+            "-days",
+            "1",
+        ],
+    ]
+    .concat();
+    openssl(dir, &ca);
+    let csr = [
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "key.pem",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=dot.test",
+        ],
+    ]
+    .concat();
+    openssl(dir, &csr);
+    std::fs::write(dir.join("ext"), "subjectAltName=DNS:dot.test\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "cert.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "ext",
+        ],
+    );
+}
+
+/// unbound serving DNS over TLS from local data only (`local-zone: "." static`: it
+/// never recurses, so nothing leaves the machine), killed on drop.
+struct Unbound {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Unbound {
+    fn start(dir: &Path) -> Unbound {
+        let ip: IpAddr = "127.0.0.4".parse().unwrap();
+        let port = free_port(ip);
+        let d = dir.display();
+        let conf = format!(
+            "server:\n  interface: {ip}@{port}\n  tls-port: {port}\n  tls-service-key: \"{d}/key.pem\"\n  tls-service-pem: \"{d}/cert.pem\"\n  do-daemonize: no\n  username: \"\"\n  chroot: \"\"\n  pidfile: \"\"\n  directory: \"{d}\"\n  use-syslog: no\n  logfile: \"{d}/unbound.log\"\n  log-queries: yes\n  access-control: 127.0.0.0/8 allow\n  module-config: \"iterator\"\n  do-ip6: no\n  local-zone: \".\" static\n  local-data: \"dot.example.test. 60 IN A 192.0.2.53\"\nremote-control:\n  control-enable: no\n"
+        );
+        std::fs::write(dir.join("unbound.conf"), conf).unwrap();
+        let child = Command::new(UNBOUND)
+            .args(["-d", "-c"])
+            .arg(dir.join("unbound.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start unbound");
+        let u = Unbound {
+            child,
+            addr: SocketAddr::new(ip, port),
+            log: dir.join("unbound.log"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(u.addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "unbound on {} did not start",
+                u.addr
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        u
+    }
+
+    fn queries_for(&self, name: &str) -> usize {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.lines()
+            .filter(|l| l.contains(&format!(" {name}. A IN")))
+            .count()
+    }
+}
+
+impl Drop for Unbound {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Resolves `name` through a resolver whose only upstream is `upstream`.
+async fn resolve_via(upstream: &str, extra: &[&str], name: &str) -> Message {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        dns: vpno_dns::DnsArgs,
+    }
+    let mut argv = vec![
+        "dns".to_owned(),
+        "--listen=127.0.0.1:0".to_owned(),
+        "--metrics-listen=127.0.0.1:0".to_owned(),
+        // Never asked in this test (no cluster names).
+        "--cluster-dns=127.0.0.5:53".to_owned(),
+        format!("--upstream={upstream}"),
+        "--timeout=1".to_owned(),
+    ];
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    let resolver = vpno_dns::Resolver::bind(&Cli::parse_from(argv).dns)
+        .await
+        .unwrap();
+    let dns = resolver.dns_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(resolver.run_until(async {
+        let _ = stopped.await;
+    }));
+    let m = ask_udp(dns, name, RecordType::A).await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_over_tls_upstream_is_verified_against_the_trusted_ca() {
+    if !have(UNBOUND, "unbound") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("vpno-dns-dot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _cleanup = TempDir(dir.clone());
+    make_certs(&dir);
+    let unbound = Unbound::start(&dir);
+    let ca = format!("--tls-ca-file={}", dir.join("ca.pem").display());
+    let upstream = format!("tls://{}@dot.test", unbound.addr);
+
+    let m = resolve_via(&upstream, &[&ca], "dot.example.test").await;
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(addresses(&m), ["192.0.2.53"]);
+    assert_eq!(
+        unbound.queries_for("dot.example.test"),
+        1,
+        "unbound saw the query over TLS"
+    );
+
+    // Not trusted: the certificate is refused and nothing is asked.
+    let m = resolve_via(&upstream, &[], "dot.example.test").await;
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    // Trusted CA, wrong name: refused too.
+    let wrong = format!("tls://{}@other.test", unbound.addr);
+    let m = resolve_via(&wrong, &[&ca], "dot.example.test").await;
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(
+        unbound.queries_for("dot.example.test"),
+        1,
+        "no query over an unverified connection"
+    );
 }
