@@ -38,6 +38,8 @@ enum Command {
     Api(vpno_server::ApiArgs),
     /// The chained CNI plugin (run by the container runtime; also entered as `vpno-cni`).
     Cni(vpno_cni::CniArgs),
+    /// Run the split DNS resolver: cluster names to the cluster DNS, the rest to upstreams.
+    Dns(vpno_dns::DnsArgs),
     /// Benchmarks that print figures measured in one run.
     #[command(subcommand)]
     Bench(Bench),
@@ -102,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Lab(args) => vpno_lab::run(args).await.context("lab")?,
         Command::Api(args) => vpno_server::run(args).await.context("api")?,
         Command::Cni(args) => std::process::exit(vpno_cni::run(args).await),
+        Command::Dns(args) => vpno_dns::run(args).await.context("dns")?,
         Command::Bench(Bench::Slots(args)) => {
             vpno_bench::run_slots(args).await.context("bench slots")?
         }
