@@ -78,9 +78,13 @@ fn crds(args: CrdsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The log filter when `RUST_LOG` is unset. hickory-server logs every query name at
+/// info level; `vpn-operator dns` must not write the names pods resolve into logs.
+const DEFAULT_LOG_FILTER: &str = "info,hickory_server=warn";
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
