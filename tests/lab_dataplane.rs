@@ -351,7 +351,7 @@ async fn standby_router_takes_over_and_down_removes_everything() {
     let pids: Vec<i32> = lab.state().pids.values().copied().collect();
     let prefix = format!("vpno-{}-", lab.name);
     lab.ok(&["down"]);
-    let left: Vec<String> = vpno_lab::kernel::list_netns()
+    let left: Vec<String> = vpno_sys::netns::list()
         .into_iter()
         .filter(|n| n.starts_with(&prefix))
         .collect();
@@ -427,7 +427,7 @@ fn down_cleans_up_after_a_killed_up() {
     lab.ok(&["down"]);
     let prefix = format!("vpno-{}-", lab.name);
     assert!(
-        vpno_lab::kernel::list_netns()
+        vpno_sys::netns::list()
             .iter()
             .all(|n| !n.starts_with(&prefix)),
         "namespaces left"

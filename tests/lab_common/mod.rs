@@ -30,26 +30,11 @@ pub fn require_root(test: &str) -> bool {
             .map(|o| o.status.success())
             .unwrap_or(false)
     });
-    if nix_is_root() && Path::new("/dev/net/tun").exists() && tools {
-        return true;
-    }
-    let why = format!("SKIPPED: {test} needs root, /dev/net/tun, ip, nft and setsid");
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{why} (CI=true)");
-    }
-    eprintln!("{why}");
-    false
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
-        .unwrap_or(false)
+    let ok = vpno_sys::is_root() && Path::new("/dev/net/tun").exists() && tools;
+    vpno_sys::require(
+        ok,
+        &format!("{test} needs root, /dev/net/tun, ip, nft and setsid"),
+    )
 }
 
 /// A running lab; `down` on drop.

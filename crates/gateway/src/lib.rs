@@ -36,43 +36,8 @@ use crate::metrics::{
 use crate::probe::ProbeUrl;
 use crate::routing::{RoutingError, RoutingPlan};
 
-/// Parses durations like `750ms`, `1s`, `2m`, `1m30s`.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let mut total = Duration::ZERO;
-    let mut number = String::new();
-    let mut chars = text.trim().chars().peekable();
-    let mut saw_unit = false;
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() {
-            number.push(c);
-            continue;
-        }
-        let n: u64 = number
-            .parse()
-            .map_err(|_| format!("invalid duration {text:?}"))?;
-        number.clear();
-        saw_unit = true;
-        total += match (c, chars.peek()) {
-            ('m', Some('s')) => {
-                chars.next();
-                Duration::from_millis(n)
-            }
-            ('s', _) => Duration::from_secs(n),
-            ('m', _) => Duration::from_secs(n * 60),
-            ('h', _) => Duration::from_secs(n * 3600),
-            _ => return Err(format!("invalid duration {text:?} (use ms, s, m, h)")),
-        };
-    }
-    if !number.is_empty() || !saw_unit {
-        return Err(format!(
-            "invalid duration {text:?}: a unit (ms, s, m, h) is required"
-        ));
-    }
-    if total.is_zero() {
-        return Err(format!("duration {text:?} must be positive"));
-    }
-    Ok(total)
-}
+/// Duration flags take the one grammar of `vpno_sys::duration`.
+use vpno_sys::positive_duration as parse_duration;
 
 /// Command-line arguments of `vpn-operator gateway`.
 #[derive(Debug, Clone, clap::Args)]
@@ -160,13 +125,8 @@ pub enum GatewayError {
     #[error("routing: {0}")]
     Routing(#[from] RoutingError),
     /// A sysctl could not be written.
-    #[error("cannot write {path}: {source}")]
-    Sysctl {
-        /// The /proc/sys path.
-        path: String,
-        /// Underlying error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Sysctl(#[from] vpno_sys::sysctl::SysctlError),
     /// Netlink or HTTP socket set-up failed.
     #[error("{what}: {source}")]
     Io {
@@ -293,16 +253,10 @@ pub(crate) struct Shared {
     pub(crate) metrics: GatewayMetrics,
 }
 
-fn write_sysctl(path: &str, value: &str) -> Result<String, GatewayError> {
-    let old = std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    std::fs::write(path, value).map_err(|source| GatewayError::Sysctl {
-        path: path.into(),
-        source,
-    })?;
-    Ok(old)
+/// Forwarding is switched on after the kill switch and off before clean-up,
+/// never restored to what it was: a gateway must not forward unprotected.
+fn write_sysctl(path: &str, value: &str) -> Result<(), GatewayError> {
+    Ok(vpno_sys::sysctl::write(std::path::Path::new(path), value)?)
 }
 
 fn forwarding_sysctl(net: &IpNet) -> &'static str {
@@ -327,22 +281,7 @@ fn read_env(args: &GatewayArgs) -> Result<HashMap<String, String>, GatewayError>
 /// Runs the agent until SIGTERM or ctrl-c, then removes its state.
 pub async fn run(args: GatewayArgs) -> Result<(), GatewayError> {
     let env = read_env(&args)?;
-    run_until(args, env, shutdown_signal()).await
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
-        }
-    }
+    run_until(args, env, vpno_sys::shutdown_signal()).await
 }
 
 /// Runs the agent with an explicit environment map until `shutdown`

@@ -49,10 +49,10 @@ pub async fn serve_internet(state_dir: &Path) -> Result<(), LabError> {
         .await
     });
     let sink_task = tokio::spawn(run_sink(sink));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    let term = vpno_sys::terminate_signal()
         .map_err(|e| LabError::Daemon(format!("signal handler: {e}")))?;
     tokio::select! {
-        _ = term.recv() => Ok(()),
+        _ = term => Ok(()),
         r = echo_task => Err(LabError::Daemon(format!("echo service ended: {r:?}"))),
         r = sink_task => Err(LabError::Daemon(format!("sink ended: {r:?}"))),
     }
@@ -166,18 +166,16 @@ pub fn provider_tunnel_config(t: &Topology, k: u32) -> Result<vpno_tunnel::Tunne
 pub async fn serve_provider(state_dir: &Path, k: u32) -> Result<(), LabError> {
     let state = crate::state::LabState::load(state_dir)?;
     let config = provider_tunnel_config(&state.topology, k)?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    let term = vpno_sys::terminate_signal()
         .map_err(|e| LabError::Daemon(format!("signal handler: {e}")))?;
     tracing::info!(
         provider = k,
         peers = config.peers.len(),
         "WireGuard server starting"
     );
-    vpno_tunnel::run_tunnel_until(config, async move {
-        term.recv().await;
-    })
-    .await
-    .map_err(|e| LabError::Daemon(format!("provider-{k} WireGuard server: {e}")))
+    vpno_tunnel::run_tunnel_until(config, term)
+        .await
+        .map_err(|e| LabError::Daemon(format!("provider-{k} WireGuard server: {e}")))
 }
 
 /// Path of a node's log file in the state dir.

@@ -2,10 +2,8 @@
 //! nftables and processes, through `ip`, `nft` and signals. Everything here is
 //! a thin adapter; what to do is decided in [`crate::plan`] and [`crate::render`].
 
-use std::fs::File;
 use std::io::Write as _;
 use std::net::Ipv4Addr;
-use std::os::fd::AsFd as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -248,56 +246,23 @@ where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
-    let path = format!("/run/netns/{netns}");
-    let file = File::open(&path).map_err(|e| KernelError::Netns {
+    vpno_sys::netns::run_in(netns, f).map_err(|e| KernelError::Netns {
         netns: netns.into(),
-        reason: e.to_string(),
-    })?;
-    let netns_name = netns.to_string();
-    std::thread::spawn(move || {
-        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
-            KernelError::Netns {
-                netns: netns_name,
-                reason: e.to_string(),
-            }
-        })?;
-        Ok(f())
+        reason: e.source.to_string(),
     })
-    .join()
-    .map_err(|_| KernelError::Netns {
-        netns: netns.into(),
-        reason: "worker thread panicked".into(),
-    })?
 }
 
 /// Sets a sysctl inside a namespace (the `/proc/sys/net` tree follows the
 /// namespace of the thread that opens it).
 pub fn write_sysctl(netns: &str, key: &str, value: &str) -> Result<(), KernelError> {
-    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    let path = vpno_sys::sysctl::dotted(key);
     let value = value.to_string();
     in_netns(netns, move || {
-        std::fs::write(&path, value).map_err(|source| KernelError::Io {
-            context: format!("writing {path}"),
-            source,
+        vpno_sys::sysctl::write(&path, &value).map_err(|e| KernelError::Io {
+            context: format!("writing {}", e.path),
+            source: e.source,
         })
     })?
-}
-
-/// Every network namespace on the host, by name.
-pub fn list_netns() -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir("/run/netns") else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = dir
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .collect();
-    names.sort();
-    names
-}
-
-/// Whether a namespace of this name exists.
-pub fn netns_exists(netns: &str) -> bool {
-    Path::new("/run/netns").join(netns).exists()
 }
 
 /// Pids of processes inside a namespace.

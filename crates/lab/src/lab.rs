@@ -30,7 +30,7 @@ pub struct UpOptions {
 
 /// Refuses to run without root or the tools the lab drives.
 pub fn preflight() -> Result<(), LabError> {
-    if !nix::unistd::geteuid().is_root() {
+    if !vpno_sys::is_root() {
         return Err(LabError::NotRoot);
     }
     for tool in ["ip", "nft", "setsid"] {
@@ -55,7 +55,7 @@ fn generate_keys(n: usize) -> Vec<KeyPair> {
 
 /// Names of this lab's namespaces that exist now.
 pub fn existing_netns(name: &LabName) -> Vec<String> {
-    kernel::list_netns()
+    vpno_sys::netns::list()
         .into_iter()
         .filter(|ns| name.node_of_netns(ns).is_some())
         .collect()
@@ -299,7 +299,7 @@ pub fn outages(name: &LabName, provider: u32) -> BTreeSet<String> {
 /// returns its exit code.
 pub fn exec(name: &LabName, node: NodeName, command: &[String]) -> Result<i32, LabError> {
     let ns = name.netns(&node);
-    if !kernel::netns_exists(&ns) {
+    if !vpno_sys::netns::exists(&ns) {
         return Err(LabError::NoSuchNode {
             node: node.to_string(),
             lab: name.to_string(),

@@ -83,9 +83,9 @@ pub struct UpArgs {
     /// Number of clients.
     #[arg(long, default_value_t = 2)]
     pub clients: u32,
-    /// Seconds to wait for everything to become healthy.
-    #[arg(long, default_value_t = 60)]
-    pub timeout: u64,
+    /// How long to wait for everything to become healthy.
+    #[arg(long, default_value = "60s", value_parser = vpno_sys::positive_duration)]
+    pub timeout: Duration,
     /// The `vpn-operator` binary to run the agents with (default: this one).
     #[arg(long)]
     pub binary: Option<PathBuf>,
@@ -244,7 +244,7 @@ pub async fn run(args: LabArgs) -> Result<(), LabError> {
             let opts = lab::UpOptions {
                 spec,
                 binary,
-                timeout: Duration::from_secs(a.timeout),
+                timeout: a.timeout,
             };
             let report = lab::up(&opts).await?;
             if a.json {
@@ -342,13 +342,15 @@ async fn show_status(name: &LabName, a: &StatusArgs) -> Result<(), LabError> {
         )
         .expect("static template"),
     );
+    let stop = vpno_sys::shutdown_signal();
+    tokio::pin!(stop);
     loop {
         let r = status::collect(name).await?;
         bar.set_message(r.render());
         bar.tick();
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = tokio::signal::ctrl_c() => { bar.finish(); return Ok(()); }
+            _ = &mut stop => { bar.finish(); return Ok(()); }
         }
     }
 }

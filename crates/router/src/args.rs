@@ -33,11 +33,8 @@ impl std::str::FromStr for GatewayArg {
     }
 }
 
-/// Parses a duration such as `1s`, `750ms` or `1.5s`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d: jiff::SignedDuration = s.parse().map_err(|e| format!("bad duration {s:?}: {e}"))?;
-    Duration::try_from(d).map_err(|_| format!("duration {s:?} must not be negative"))
-}
+/// Duration flags take the one grammar of `vpno_sys::duration`.
+use vpno_sys::positive_duration as parse_duration;
 
 /// Parses a MAC address `aa:bb:cc:dd:ee:ff`.
 pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
@@ -207,7 +204,7 @@ mod tests {
             parse(&["--interval", "soon"])
                 .unwrap_err()
                 .to_string()
-                .contains("bad duration")
+                .contains("invalid duration \"soon\"")
         );
         assert!(parse(&["--priority", "0"]).is_err());
         assert!(
@@ -220,11 +217,12 @@ mod tests {
     }
 
     #[test]
-    fn durations_parse_in_friendly_units() {
-        assert_eq!(parse_duration("750ms").unwrap(), Duration::from_millis(750));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert!(parse_duration("-1s").is_err());
+    fn duration_flags_use_the_shared_grammar() {
+        let args = parse(&["--interval", "1.5s", "--timeout", "750ms"]).unwrap();
+        assert_eq!(args.interval, Duration::from_millis(1500));
+        assert_eq!(args.timeout, Duration::from_millis(750));
+        assert!(parse(&["--interval", "-1s"]).is_err());
+        assert!(parse(&["--interval", "0s"]).is_err());
     }
 
     #[test]

@@ -23,7 +23,7 @@ use vpno_net::egress::{
 };
 
 use crate::nexthop::{GROUP_TYPE_RESILIENT, NexthopError, NexthopHandle};
-use crate::sysctl;
+use vpno_sys::sysctl;
 
 /// Routing protocol id marking the router's nexthops, routes and rules
 /// (`proto 77` in `ip` output).

@@ -31,7 +31,6 @@ pub mod http;
 pub mod kernel;
 pub mod nexthop;
 pub mod probe;
-pub mod sysctl;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -52,7 +51,7 @@ use http::{
 };
 use kernel::{Dataplane, KernelError, NetlinkDataplane};
 use probe::{HealthProber, ProbeResult};
-use sysctl::SysctlGuard;
+use vpno_sys::sysctl::{self, SysctlGuard};
 
 /// Errors of the router agent.
 #[derive(Debug, thiserror::Error)]
@@ -84,23 +83,7 @@ pub enum RouterError {
 
 /// Runs the router until SIGTERM or ctrl-c, then removes what it created.
 pub async fn run(args: RouterArgs) -> Result<(), RouterError> {
-    run_until(args, shutdown_signal()).await
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(e) => {
-            warn!(error = %e, "cannot listen for SIGTERM; only ctrl-c stops the router cleanly");
-            let _ = ctrl_c.await;
-        }
-    }
+    run_until(args, vpno_sys::shutdown_signal()).await
 }
 
 /// Builds the planner's configuration from the arguments.

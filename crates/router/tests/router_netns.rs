@@ -116,10 +116,9 @@ impl Drop for Netns {
 
 /// Runs `f` on a new thread inside namespace `ns`.
 fn spawn_in<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
-    let path = format!("/run/netns/{ns}");
+    let ns = ns.to_owned();
     std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("open netns");
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        vpno_sys::netns::enter(&ns).expect("setns");
         f()
     })
 }

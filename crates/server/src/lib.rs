@@ -341,31 +341,8 @@ pub async fn run(args: ApiArgs) -> Result<(), ApiError> {
             source,
         })?;
     let running = start(config, client, listener).await?;
-    shutdown_signal().await;
+    vpno_sys::shutdown_signal().await;
     tracing::info!("shutting down");
     drop(running);
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }

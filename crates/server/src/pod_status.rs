@@ -20,7 +20,9 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodCondition, PodStatus};
+use k8s_openapi::api::core::v1::{
+    ContainerStateTerminated, ContainerStatus, Pod, PodCondition, PodStatus,
+};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::proxy::ProxyState;
@@ -169,17 +171,7 @@ fn problem_of(init: bool, c: &ContainerStatus) -> Option<Problem> {
             .last_state
             .as_ref()
             .and_then(|s| s.terminated.as_ref())
-            .map(|t| {
-                format!(
-                    "; last exit code {}{}{}",
-                    t.exit_code,
-                    t.reason
-                        .as_deref()
-                        .map(|r| format!(" ({r})"))
-                        .unwrap_or_default(),
-                    quoted(t.message.as_deref())
-                )
-            })
+            .map(|t| format!("; last exit {}", exit(t)))
             .unwrap_or_default();
         return Some(Problem {
             permanent: PERMANENT_WAITING.contains(&reason),
@@ -198,17 +190,7 @@ fn problem_of(init: bool, c: &ContainerStatus) -> Option<Problem> {
     Some(Problem {
         permanent: false,
         retried: true,
-        text: format!(
-            "container {} exited with code {}{}{}",
-            c.name,
-            terminated.exit_code,
-            terminated
-                .reason
-                .as_deref()
-                .map(|r| format!(" ({r})"))
-                .unwrap_or_default(),
-            quoted(terminated.message.as_deref())
-        ),
+        text: format!("container {} exited with {}", c.name, exit(terminated)),
     })
 }
 
@@ -278,18 +260,23 @@ fn exit_detail(status: &PodStatus) -> String {
             if init && t.exit_code == 0 {
                 return None;
             }
-            Some(format!(
-                "; container {} exited with code {}{}{}",
-                c.name,
-                t.exit_code,
-                t.reason
-                    .as_deref()
-                    .map(|r| format!(" ({r})"))
-                    .unwrap_or_default(),
-                quoted(t.message.as_deref())
-            ))
+            Some(format!("; container {} exited with {}", c.name, exit(t)))
         })
         .collect()
+}
+
+/// `code N (reason): message`.
+fn exit(t: &ContainerStateTerminated) -> String {
+    let reason = t
+        .reason
+        .as_deref()
+        .map(|r| format!(" ({r})"))
+        .unwrap_or_default();
+    format!(
+        "code {}{reason}{}",
+        t.exit_code,
+        quoted(t.message.as_deref())
+    )
 }
 
 /// `: message` (trimmed, shortened to [`MAX_QUOTED`] characters), or empty.
@@ -309,8 +296,7 @@ fn quoted(message: Option<&str>) -> String {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{
-        ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
-        PodSpec,
+        ContainerState, ContainerStateRunning, ContainerStateWaiting, PodSpec,
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 

@@ -6,7 +6,6 @@
 //! socket or TUN device created on it belongs to the namespace; a
 //! current-thread tokio runtime on that thread keeps all spawned tasks there.
 
-use std::fs::File;
 use std::future::Future;
 use std::io;
 use std::process::Command;
@@ -145,13 +144,10 @@ impl Drop for NamedNetns {
 
 /// Enters the named namespace on the calling thread (only this thread).
 pub fn enter(name: &str) -> Result<(), NetnsError> {
-    let enter_err = |source| NetnsError::Enter {
-        name: name.to_string(),
-        source,
-    };
-    let file = File::open(format!("/run/netns/{name}")).map_err(enter_err)?;
-    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-        .map_err(|e| enter_err(io::Error::from(e)))
+    vpno_sys::netns::enter(name).map_err(|e| NetnsError::Enter {
+        name: e.name,
+        source: e.source,
+    })
 }
 
 /// A dedicated OS thread inside a network namespace, running a
@@ -257,21 +253,5 @@ impl Drop for NetnsRuntime {
     }
 }
 
-/// Whether this process can create namespaces and TUN devices (is root).
-pub fn have_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// For kernel tests: returns `true` if the test may run; otherwise prints a
-/// loud `SKIPPED` line and returns `false`, or panics when `CI=true`.
-pub fn require_root(test: &str) -> bool {
-    if have_root() && std::path::Path::new("/dev/net/tun").exists() {
-        return true;
-    }
-    let why = format!("SKIPPED: {test} needs root and /dev/net/tun");
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{why} (CI=true)");
-    }
-    eprintln!("{why}");
-    false
-}
+pub use vpno_sys::is_root as have_root;
+pub use vpno_sys::require_root;
