@@ -38,6 +38,8 @@ enum Command {
     Api(vpno_server::ApiArgs),
     /// The chained CNI plugin (run by the container runtime; also entered as `vpno-cni`).
     Cni(vpno_cni::CniArgs),
+    /// Run the node agent: the gateway bridge, VXLAN links and the CNI plugin's install.
+    Node(vpno_node::NodeArgs),
     /// Benchmarks that print figures measured in one run.
     #[command(subcommand)]
     Bench(Bench),
@@ -102,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Lab(args) => vpno_lab::run(args).await.context("lab")?,
         Command::Api(args) => vpno_server::run(args).await.context("api")?,
         Command::Cni(args) => std::process::exit(vpno_cni::run(args).await),
+        Command::Node(args) => vpno_node::run(args).await.context("node")?,
         Command::Bench(Bench::Slots(args)) => {
             vpno_bench::run_slots(args).await.context("bench slots")?
         }
