@@ -235,9 +235,14 @@ impl NetlinkKernel {
     }
 }
 
+/// The IPv4 remote of a VXLAN FDB entry. In bridge-family messages the
+/// parser leaves `NDA_DST` as raw bytes (it keys on the message's family).
 fn fdb_remote(entry: &NeighbourMessage) -> Option<Ipv4Addr> {
     entry.attributes.iter().find_map(|a| match a {
         NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+            <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
+        }
         _ => None,
     })
 }
