@@ -40,6 +40,8 @@ enum Command {
     Cni(vpno_cni::CniArgs),
     /// Run the split DNS resolver: cluster names to the cluster DNS, the rest to upstreams.
     Dns(vpno_dns::DnsArgs),
+    /// Run the node agent: the gateway bridge, VXLAN links and the CNI plugin's install.
+    Node(vpno_node::NodeArgs),
     /// Benchmarks that print figures measured in one run.
     #[command(subcommand)]
     Bench(Bench),
@@ -109,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Api(args) => vpno_server::run(args).await.context("api")?,
         Command::Cni(args) => std::process::exit(vpno_cni::run(args).await),
         Command::Dns(args) => vpno_dns::run(args).await.context("dns")?,
+        Command::Node(args) => vpno_node::run(args).await.context("node")?,
         Command::Bench(Bench::Slots(args)) => {
             vpno_bench::run_slots(args).await.context("bench slots")?
         }
