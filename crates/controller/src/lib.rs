@@ -117,15 +117,11 @@ pub struct ControllerArgs {
     )]
     pub verify_ip_url: String,
     /// Verification timeout for providers whose `verify.timeout` is unset (Go duration).
-    #[arg(long, env = "VPNO_VERIFY_TIMEOUT", default_value = "1m", value_parser = parse_timeout)]
+    #[arg(long, env = "VPNO_VERIFY_TIMEOUT", default_value = "1m", value_parser = vpno_sys::positive_duration)]
     pub verify_timeout: Duration,
     /// Name under which Events are reported (the `reportingController`).
     #[arg(long, env = "VPNO_REPORTER", default_value = "vpn-operator")]
     pub reporter: String,
-}
-
-fn parse_timeout(s: &str) -> Result<Duration, String> {
-    vpno_api::duration::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// Everything [`run_with_client`] needs besides a client.
@@ -206,7 +202,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
     ));
     let signal_token = shutdown.clone();
     tokio::spawn(async move {
-        runtime::wait_for_signal().await;
+        vpno_sys::shutdown_signal().await;
         tracing::info!("shutdown signal received");
         signal_token.cancel();
     });

@@ -48,29 +48,6 @@ pub(crate) async fn client_from(
     Client::try_from(config).map_err(ControllerError::Client)
 }
 
-/// Resolves on SIGTERM or ctrl-c.
-pub(crate) async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
 fn live<K>(
     rx: Receiver<Change<K>>,
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static

@@ -247,22 +247,7 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<TlsConfig, ResolverEr
 pub async fn run(args: DnsArgs) -> Result<(), ResolverError> {
     Resolver::bind(&args)
         .await?
-        .run_until(shutdown_signal())
+        .run_until(vpno_sys::shutdown_signal())
         .await
 }
 
-// TODO: vpno-sys — replace with the shared shutdown signal once crates/sys lands.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
-        }
-    }
-}

@@ -329,7 +329,7 @@ pub async fn run(args: NodeArgs) -> Result<(), NodeError> {
     let resync = Duration::from_secs(args.resync_seconds.max(1));
     tokio::select! {
         r = drive(&mut agent, &mut source, resync) => r,
-        _ = shutdown_signal() => {
+        _ = vpno_sys::shutdown_signal() => {
             info!("stopping; the gateway network and CNI entry stay (use --uninstall to remove them)");
             Ok(())
         }
@@ -355,18 +355,3 @@ pub async fn drive<K: NodeKernel, S: NodeSource>(
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(e) => {
-            warn!(error = %e, "cannot listen for SIGTERM; only ctrl-c stops the agent");
-            let _ = ctrl_c.await;
-        }
-    }
-}

@@ -388,6 +388,9 @@ impl Lab {
         for j in 1..=routers {
             let r = Netns::new(format!("{prefix}-r{j}"));
             attach(&r, &format!("10.77.0.{}", 1 + j));
+            // A new namespace copies the host's ip_forward (devconf_inherit_init_net=0), and
+            // the host forwards while a test cluster runs: start from a known "off".
+            r.set_sysctl("net/ipv4/ip_forward", "0");
             rts.push(r);
         }
         let client = Netns::new(format!("{prefix}-c"));
