@@ -1003,10 +1003,12 @@ mod cluster {
             .get(&id)
             .await
             .unwrap();
-        Api::<Service>::namespaced(admin.clone(), &ns)
-            .get(&id)
-            .await
-            .unwrap();
+        // The API creates the Service right after the Pod: wait for it too.
+        let services = Api::<Service>::namespaced(admin.clone(), &ns);
+        eventually("the proxy Service", async || {
+            services.get_opt(&id).await.unwrap()
+        })
+        .await;
         let (status, body) = call(&base, &token, "DELETE", &proxy, None).await;
         assert!(
             (200..300).contains(&status),
