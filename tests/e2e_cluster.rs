@@ -539,6 +539,15 @@ async fn scenario_verification(cluster: &Cluster) {
     delete_provider(&providers, "leaky").await;
 }
 
+/// Whether a TCP connection to `addr` from the host succeeds.
+async fn accepts(addr: SocketAddr) -> bool {
+    tokio::task::spawn_blocking(move || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
+    })
+    .await
+    .unwrap()
+}
+
 /// One HTTP/1.0 request from the host; returns (status, body).
 async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
     let request = match body {
@@ -599,6 +608,14 @@ async fn scenario_proxy_api(cluster: &Cluster) {
                 .await
                 .is_ok_and(|l| l.items.iter().any(pod_ready))
         },
+    )
+    .await;
+    // kube-proxy programs the Service's endpoint a moment after the Pod is
+    // Ready; until then connections are refused.
+    eventually(
+        "the API Service to accept connections",
+        Duration::from_secs(60),
+        || async { accepts(addr).await },
     )
     .await;
     let (status, body) = http(addr, "GET", "/health", None).await;
