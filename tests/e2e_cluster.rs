@@ -681,7 +681,7 @@ async fn scenario_proxy_api(cluster: &Cluster) {
 
 /// Generated requests per API operation and phase in-cluster: fewer than
 /// the in-process test's 40, to keep the e2e binary within a few minutes.
-const SCHEMATHESIS_MAX_EXAMPLES: u32 = 5;
+const SCHEMATHESIS_MAX_EXAMPLES: u32 = 15;
 /// Without the coverage phase, which is not bounded by `--max-examples`
 /// and, with the chart's full catalog as `enum`s, did not finish in 300 s.
 const SCHEMATHESIS_PHASES: &[&str] = &["--phases", "examples,fuzzing,stateful"];
