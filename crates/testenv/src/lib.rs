@@ -58,6 +58,7 @@
 mod binaries;
 pub mod cluster;
 mod pki;
+pub mod schemathesis;
 mod process;
 
 use std::ffi::OsString;
