@@ -62,7 +62,7 @@ impl Lab {
         }
         let lab = Lab::handle(name);
         let started = Instant::now();
-        let mut args = vec!["up", "--timeout", "90"];
+        let mut args = vec!["up", "--timeout", "90s"];
         args.extend_from_slice(flags);
         let out = lab.cli(&args);
         assert!(
