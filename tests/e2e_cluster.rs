@@ -724,7 +724,10 @@ async fn scenario_api_schemathesis(cluster: &Cluster) {
     );
     if let Some(report) = report {
         let summary: Vec<&str> = report.lines().rev().take(12).collect();
-        eprintln!("{}", summary.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        eprintln!(
+            "{}",
+            summary.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
     }
     let (status, body) = http(addr, "GET", "/proxies", None).await;
     assert_eq!(status, 200, "GET /proxies: {body}");
@@ -749,7 +752,10 @@ async fn scenario_api_schemathesis(cluster: &Cluster) {
         },
     )
     .await;
-    eprintln!("{} proxies left by schemathesis deleted in {gone:?}", ids.len());
+    eprintln!(
+        "{} proxies left by schemathesis deleted in {gone:?}",
+        ids.len()
+    );
 }
 
 /// The ids in a `GET /proxies` answer (`{"total": n, "proxies": [...]}`).

@@ -1,11 +1,11 @@
-//! Rendering of the four CustomResourceDefinitions (for `vpn-operator crds`,
+//! Rendering of the CustomResourceDefinitions (for `vpn-operator crds`,
 //! `deploy/crds/` and test environments).
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 
-use crate::{Mask, MaskConsumer, MaskProvider, MaskReservation};
+use crate::{Mask, MaskConsumer, MaskGateway, MaskProvider, MaskReservation};
 
 /// Failure to render CRDs as YAML.
 #[derive(Debug, thiserror::Error)]
@@ -24,13 +24,15 @@ pub fn free_form_object(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
-/// The four CRDs, in a stable order (providers first: the rest refer to them).
+/// Every CRD, in a stable order: the four Mask API kinds (providers first:
+/// the rest refer to them), then `MaskGateway`, built on them.
 pub fn all() -> Vec<CustomResourceDefinition> {
     vec![
         MaskProvider::crd(),
         Mask::crd(),
         MaskConsumer::crd(),
         MaskReservation::crd(),
+        MaskGateway::crd(),
     ]
 }
 
@@ -69,7 +71,7 @@ mod tests {
 
     #[test]
     fn crds_have_expected_names_columns_and_subresources() {
-        let crds = all();
+        let crds: Vec<_> = all().into_iter().take(4).collect();
         let names: Vec<_> = crds
             .iter()
             .map(|c| c.metadata.name.clone().unwrap())
@@ -111,6 +113,42 @@ mod tests {
     }
 
     #[test]
+    fn gateway_crd_has_scale_status_and_columns() {
+        let crd = MaskGateway::crd();
+        assert_eq!(
+            crd.metadata.name.as_deref(),
+            Some("maskgateways.vpn.beebs.dev")
+        );
+        let v = &crd.spec.versions[0];
+        let sub = v.subresources.as_ref().unwrap();
+        assert!(sub.status.is_some());
+        let scale = sub.scale.as_ref().expect("scale subresource");
+        assert_eq!(scale.spec_replicas_path, ".spec.replicas");
+        assert_eq!(scale.status_replicas_path, ".status.replicas");
+        assert_eq!(
+            scale.label_selector_path.as_deref(),
+            Some(".status.selector")
+        );
+        let cols: Vec<_> = v
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(cols, ["READY", "GATEWAYS", "PUBLIC IPS", "AGE"]);
+        let json = serde_json::to_value(&crd).unwrap();
+        let spec = &json["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        assert_eq!(
+            spec["properties"]["replicas"]["maximum"].as_f64(),
+            Some(1000.0)
+        );
+        assert_eq!(
+            spec["properties"]["tunnel"]["properties"]["type"]["enum"],
+            serde_json::json!(["native", "gluetun"])
+        );
+    }
+
+    #[test]
     fn provider_schema_validates_what_v1_20_can() {
         let json = serde_json::to_value(MaskProvider::crd()).unwrap();
         let spec = &json["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
@@ -144,7 +182,7 @@ mod tests {
     #[test]
     fn yaml_stream_round_trips() {
         let yaml = render_all().unwrap();
-        assert_eq!(yaml.matches("---\n").count(), 4);
+        assert_eq!(yaml.matches("---\n").count(), all().len());
         for doc in yaml.split("---\n").filter(|d| !d.trim().is_empty()) {
             let back: CustomResourceDefinition = serde_saphyr::from_str(doc).unwrap();
             assert!(all().contains(&back));

@@ -1,5 +1,6 @@
 //! The `vpn.beebs.dev/v1` API: `MaskProvider`, `Mask`, `MaskConsumer` and
-//! `MaskReservation`, wire-compatible with existing users of the API.
+//! `MaskReservation`, wire-compatible with existing users of the API, and
+//! `MaskGateway`, the VPN network for pods built on them.
 //!
 //! This crate holds types and pure helpers only (naming rules, duration
 //! parsing, CRD rendering); it performs no I/O.
@@ -8,11 +9,17 @@
 
 pub mod crd;
 pub mod duration;
+pub mod gateway;
 pub mod mask;
 pub mod names;
 pub mod provider;
 pub mod reservation;
 
+pub use gateway::{
+    ClientsSpec, Condition, GatewayPhase, GatewayStatus, HealthCheckSpec, LabelSelector,
+    LabelSelectorRequirement, MaskGateway, MaskGatewaySpec, MaskGatewayStatus, NetworkSpec,
+    NetworkStatus, RouterRole, RouterStatus, SelectorOperator, TunnelSpec, TunnelType,
+};
 pub use mask::{
     AssignedProvider, Mask, MaskConsumer, MaskConsumerSpec, MaskConsumerStatus, MaskPhase,
     MaskSpec, MaskStatus,

@@ -250,4 +250,3 @@ pub async fn run(args: DnsArgs) -> Result<(), ResolverError> {
         .run_until(vpno_sys::shutdown_signal())
         .await
 }
-

@@ -10,5 +10,6 @@ pub mod client;
 pub mod egress;
 pub mod election;
 pub mod health;
+pub mod layout;
 pub mod mtu;
 pub mod slices;

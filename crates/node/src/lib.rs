@@ -354,4 +354,3 @@ pub async fn drive<K: NodeKernel, S: NodeSource>(
         }
     }
 }
-

@@ -905,7 +905,6 @@ mod tests {
         );
     }
 
-
     #[test]
     fn pod_uses_consumer_secret_and_filters() {
         let request = CreateProxyRequest {

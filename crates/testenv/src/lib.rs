@@ -58,8 +58,8 @@
 mod binaries;
 pub mod cluster;
 mod pki;
-pub mod schemathesis;
 mod process;
+pub mod schemathesis;
 
 use std::ffi::OsString;
 use std::fmt;

@@ -58,7 +58,8 @@ impl Run<'_> {
     /// instead under `CI=true`).
     pub async fn check(&self) -> Option<String> {
         let Some(program) = program() else {
-            let why = "schemathesis not installed (scripts/setup installs it; or set VPNO_SCHEMATHESIS)";
+            let why =
+                "schemathesis not installed (scripts/setup installs it; or set VPNO_SCHEMATHESIS)";
             assert!(!crate::ci(), "{why} (CI=true: not skipping)");
             use std::io::Write as _;
             let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
