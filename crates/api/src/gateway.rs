@@ -254,6 +254,10 @@ pub struct MaskGatewayStatus {
     /// The network as planned: range, VIP, MTU and what stays outside.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkStatus>,
+    /// Each node's slice of the network (client pods there take addresses
+    /// from it); allocated by the controller, stable while the node exists.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeSlice>,
     /// One entry per gateway (per replica ordinal).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<GatewayStatus>,
@@ -285,6 +289,16 @@ pub struct NetworkStatus {
     /// Destinations that stay on the pods' primary network.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub excludes: Vec<String>,
+}
+
+/// A node's slice of the gateway network.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSlice {
+    /// The Node's name.
+    pub node: String,
+    /// Its slice (CIDR).
+    pub slice: String,
 }
 
 /// Where one gateway stands.

@@ -18,7 +18,7 @@ pub mod reservation;
 pub use gateway::{
     ClientsSpec, Condition, GatewayPhase, GatewayStatus, HealthCheckSpec, LabelSelector,
     LabelSelectorRequirement, MaskGateway, MaskGatewaySpec, MaskGatewayStatus, NetworkSpec,
-    NetworkStatus, RouterRole, RouterStatus, SelectorOperator, TunnelSpec, TunnelType,
+    NetworkStatus, NodeSlice, RouterRole, RouterStatus, SelectorOperator, TunnelSpec, TunnelType,
 };
 pub use mask::{
     AssignedProvider, Mask, MaskConsumer, MaskConsumerSpec, MaskConsumerStatus, MaskPhase,
