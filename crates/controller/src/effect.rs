@@ -29,6 +29,7 @@ use crate::error::ControllerError;
 pub(crate) enum Kind {
     Mask,
     MaskConsumer,
+    MaskProvider,
     MaskReservation,
     Secret,
     Pod,
@@ -45,6 +46,7 @@ impl Kind {
         match self {
             Kind::Mask => "Mask",
             Kind::MaskConsumer => "MaskConsumer",
+            Kind::MaskProvider => "MaskProvider",
             Kind::MaskReservation => "MaskReservation",
             Kind::Secret => "Secret",
             Kind::Pod => "Pod",
@@ -79,6 +81,8 @@ pub(crate) struct Target {
 #[derive(Debug, Clone)]
 pub(crate) enum NewObject {
     MaskConsumer(Box<MaskConsumer>),
+    /// A provider's verification Mask.
+    Mask(Box<Mask>),
     /// A credentials copy; one that exists already is made to match (data,
     /// owner, label), with an Event on its owning consumer.
     Credentials(Box<Secret>),
@@ -97,6 +101,14 @@ pub(crate) enum StatusWrite {
         current: Option<Box<MaskConsumerStatus>>,
         desired: Box<MaskConsumerStatus>,
         resource_version: Option<String>,
+    },
+    /// A provider's status, as a patch from `current`; `desired` carries its
+    /// own `lastUpdated` (when the phase was entered). The write is noted
+    /// for the provider `uid` (see `slot_count_write_wait`).
+    Provider {
+        uid: String,
+        current: Option<Box<MaskProviderStatus>>,
+        desired: Box<MaskProviderStatus>,
     },
 }
 
@@ -186,6 +198,14 @@ pub(crate) trait Executor: Send + Sync {
         &self,
         namespace: &str,
     ) -> impl Future<Output = Result<Vec<K>, ControllerError>> + Send;
+
+    /// Creates a verification Pod; `Ok(Err(why))` when the API server
+    /// rejects it (a user error: the provider's overrides). One that exists
+    /// counts as created.
+    fn create_verify_pod(
+        &self,
+        pod: &k8s_openapi::api::core::v1::Pod,
+    ) -> impl Future<Output = Result<Result<(), String>, ControllerError>> + Send;
 
     /// Takes a slot: creates the reservation; `None` when it exists (409),
     /// i.e. someone else holds the slot.
@@ -322,9 +342,13 @@ pub(crate) mod tests {
     use std::collections::HashMap;
     use std::sync::Mutex;
 
-    use kube::Resource;
+    use kube::{Resource, ResourceExt};
 
     use super::*;
+
+    /// A Pod with this annotation is rejected by [`Recording`] as the API
+    /// server rejects invalid Pods.
+    pub(crate) const REJECT_ANNOTATION: &str = "test.vpno/reject";
 
     /// An executor that records effects and answers fresh reads from maps
     /// (the tests' view of the API server). A reservation is taken unless its
@@ -411,6 +435,17 @@ pub(crate) mod tests {
 
         async fn list<K: ApiObject>(&self, namespace: &str) -> Result<Vec<K>, ControllerError> {
             Ok(self.all::<K>(namespace))
+        }
+
+        async fn create_verify_pod(
+            &self,
+            pod: &k8s_openapi::api::core::v1::Pod,
+        ) -> Result<Result<(), String>, ControllerError> {
+            if pod.annotations().contains_key(REJECT_ANNOTATION) {
+                return Ok(Err("the API server rejected the verification pod".into()));
+            }
+            self.put(pod);
+            Ok(Ok(()))
         }
 
         async fn try_reserve(

@@ -10,7 +10,7 @@ use kube::runtime::events::Event;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use vpno_api::{Mask, MaskConsumer, MaskReservation};
+use vpno_api::{Mask, MaskConsumer, MaskProvider, MaskReservation};
 
 use crate::context::{Ctx, finalizer_patch};
 use crate::effect::{
@@ -35,6 +35,10 @@ macro_rules! by_kind {
             }
             Kind::MaskReservation => {
                 let $api = $ctx.api::<MaskReservation>($target);
+                $body
+            }
+            Kind::MaskProvider => {
+                let $api = $ctx.api::<MaskProvider>($target);
                 $body
             }
             Kind::Secret => {
@@ -82,6 +86,15 @@ impl Executor for Ctx {
                 .await
             }
             Effect::Create(NewObject::Credentials(s)) => self.create_credentials(*s).await,
+            Effect::Create(NewObject::Mask(m)) => {
+                let ns = m.namespace().unwrap_or_default();
+                self.create(
+                    &Api::<Mask>::namespaced(self.client.clone(), &ns),
+                    "Mask",
+                    &m,
+                )
+                .await
+            }
             Effect::UpdateCredentials(s) => self.replace_credentials(&s).await,
             Effect::DeleteIf {
                 target,
@@ -167,6 +180,31 @@ impl Executor for Ctx {
             .await
             .map_err(|e| ControllerError::kube(format!("listing {kind}s in {namespace}"), e))?;
         Ok(list.items)
+    }
+
+    async fn create_verify_pod(&self, pod: &Pod) -> Result<Result<(), String>, ControllerError> {
+        let ns = pod.namespace().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        match self
+            .metrics()
+            .write("Pod", api.create(&PostParams::default(), pod))
+            .await
+        {
+            Ok(_) => {
+                self.metrics().action("create_verify_pod");
+                Ok(Ok(()))
+            }
+            Err(e) if is_status(&e, 409) => Ok(Ok(())),
+            // The API server rejected the Pod: almost always bad overrides.
+            Err(kube::Error::Api(s)) if (400..500).contains(&s.code) => Ok(Err(format!(
+                "the API server rejected the verification pod: {}",
+                s.message
+            ))),
+            Err(e) => Err(ControllerError::kube(
+                format!("creating Pod {ns}/{}", pod.name_any()),
+                e,
+            )),
+        }
     }
 
     async fn try_reserve(
@@ -270,6 +308,17 @@ impl Ctx {
                     patch["metadata"] = serde_json::json!({ "resourceVersion": rv });
                 }
                 return self.patch_status_of(target, &patch).await;
+            }
+            StatusWrite::Provider {
+                uid,
+                current,
+                desired,
+            } => {
+                let patch =
+                    serde_json::json!({ "status": status_patch(current.as_deref(), &*desired) });
+                self.patch_status_of(target, &patch).await?;
+                self.slot_count_writes.record(&uid);
+                return Ok(());
             }
         }
         .map_err(|e| ControllerError::Finalizer(e.to_string()))?;

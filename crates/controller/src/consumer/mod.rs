@@ -23,6 +23,7 @@ use vpno_api::MaskConsumer;
 use crate::context::Ctx;
 use crate::effect::{Effect, Executor};
 use crate::error::ControllerError;
+pub(crate) use decide::Decided;
 use decide::{ReservePlan, Then};
 use observe::{Candidate, Observed};
 
