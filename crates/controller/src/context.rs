@@ -29,6 +29,44 @@ pub(crate) struct Context {
     /// When each provider's status was last written (spaces out writes that
     /// only update `activeSlots`; memory for pacing, not for decisions).
     pub slot_count_writes: WriteTimes,
+    /// Credentials copies last seen equal to their provider Secret (saves
+    /// two reads per consumer reconcile; memory for cost, not for decisions).
+    pub copies_in_step: CopiesInStep,
+}
+
+/// The versions at which a credentials copy was last seen equal to its
+/// provider Secret, per copy `(namespace, name)`: while the cache shows
+/// both at those versions, nothing changed and neither needs reading.
+#[derive(Default)]
+pub(crate) struct CopiesInStep(
+    std::sync::Mutex<std::collections::HashMap<(String, String), Versions>>,
+);
+
+/// The resourceVersions of a provider Secret and its copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Versions {
+    pub source: String,
+    pub copy: String,
+}
+
+impl CopiesInStep {
+    /// Whether the copy was seen in step at exactly `versions`.
+    pub fn holds(&self, namespace: &str, name: &str, versions: &Versions) -> bool {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(&(namespace.to_string(), name.to_string())) == Some(versions)
+    }
+
+    /// Records the copy as in step at `versions`.
+    pub fn record(&self, namespace: &str, name: &str, versions: Versions) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.insert((namespace.to_string(), name.to_string()), versions);
+    }
+
+    /// Forgets a copy (it is being deleted).
+    pub fn forget(&self, namespace: &str, name: &str) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.remove(&(namespace.to_string(), name.to_string()));
+    }
 }
 
 /// The time of the last write per key.

@@ -140,6 +140,13 @@ pub(crate) enum Effect {
         target: Target,
         providers: Option<Vec<String>>,
     },
+    /// Remember that a credentials copy is in step with its provider Secret
+    /// at these versions (so the next look need not read either).
+    NoteCopyInStep {
+        namespace: String,
+        name: String,
+        versions: crate::context::Versions,
+    },
     /// Publish an Event about an object; failures are logged, never fatal.
     Event(EventNote),
     /// Count an action in the controller's metrics.

@@ -102,6 +102,9 @@ impl Executor for Ctx {
                 propagation,
             } => {
                 let (kind, uid) = (target.kind.name(), uid.as_deref());
+                if target.kind == Kind::Secret {
+                    self.copies_in_step.forget(&target.namespace, &target.name);
+                }
                 match propagation {
                     Propagation::Background => by_kind!(self, &target, |api| self
                         .delete_if(&api, kind, &target.name, uid)
@@ -127,6 +130,14 @@ impl Executor for Ctx {
                 let patch = serde_json::json!({"spec": {"providers": providers}});
                 self.patch_target(&target, Patch::Merge(&patch), "updating")
                     .await
+            }
+            Effect::NoteCopyInStep {
+                namespace,
+                name,
+                versions,
+            } => {
+                self.copies_in_step.record(&namespace, &name, versions);
+                Ok(())
             }
             Effect::Event(note) => {
                 self.publish(&note).await;

@@ -13,7 +13,7 @@ use vpno_api::{
 
 use super::observe::{Candidate, Completion, Credentials, Free, Held, Observed, State};
 use super::release;
-use crate::context::{controller_ref, provider_view};
+use crate::context::{Versions, controller_ref, provider_view};
 use crate::effect::{
     Effect, EventNote, Kind, NewObject, Propagation, StatusWrite, regarding, status_changed,
     target_of,
@@ -171,6 +171,11 @@ fn keep(o: &Observed, held: &Held) -> Decided {
     let (source, copy) = match &held.credentials {
         Credentials::Read { source, copy } => (source, copy),
         Credentials::NotRead => return Decided::wait(Vec::new()),
+        Credentials::InStep => {
+            let desired = active_status(a.clone());
+            let status = consumer_status(consumer, consumer.status.as_ref(), desired, None);
+            return Decided::wait(status.into_iter().collect());
+        }
         Credentials::SourceMissing => {
             let note = format!(
                 "provider Secret {}/{} not found; keeping the last copy",
@@ -187,10 +192,10 @@ fn keep(o: &Observed, held: &Held) -> Decided {
                 Effect::Create(NewObject::Credentials(Box::new(desired))),
                 Effect::Count("copy_credentials"),
             ]),
-            Some(existing) => effects.extend(
-                credentials_update(existing, &desired)
-                    .map(|s| Effect::UpdateCredentials(Box::new(s))),
-            ),
+            Some(existing) => match credentials_update(existing, &desired) {
+                Some(s) => effects.push(Effect::UpdateCredentials(Box::new(s))),
+                None => effects.extend(in_step(&o.namespace, &a.secret, source, existing)),
+            },
         }
     }
     let desired = active_status(a.clone());
@@ -201,6 +206,23 @@ fn keep(o: &Observed, held: &Held) -> Decided {
         None,
     ));
     Decided::wait(effects)
+}
+
+/// Remembers a copy seen equal to its source, at both versions.
+fn in_step(
+    ns: &str,
+    name: &str,
+    source: &k8s_openapi::api::core::v1::Secret,
+    copy: &k8s_openapi::api::core::v1::Secret,
+) -> Option<Effect> {
+    Some(Effect::NoteCopyInStep {
+        namespace: ns.to_string(),
+        name: name.to_string(),
+        versions: Versions {
+            source: source.metadata.resource_version.clone()?,
+            copy: copy.metadata.resource_version.clone()?,
+        },
+    })
 }
 
 /// No slot yet: adopt a reservation made for it, or plan which slots to try.

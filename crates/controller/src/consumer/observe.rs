@@ -11,7 +11,7 @@ use vpno_api::{AssignedProvider, Mask, MaskConsumer, MaskProvider, MaskReservati
 
 use super::decide;
 use super::release::{self, Holding};
-use crate::context::{Ctx, ns_of, uid_of};
+use crate::context::{Ctx, Versions, ns_of, uid_of};
 use crate::effect::Executor;
 use crate::error::ControllerError;
 use crate::plan::assign::ProviderSlots;
@@ -58,6 +58,8 @@ pub(crate) struct Held {
 pub(crate) enum Credentials {
     /// Not read (the assignment is being given up).
     NotRead,
+    /// Not read: the cache shows both at the versions last seen equal.
+    InStep,
     /// The provider Secret does not exist.
     SourceMissing,
     /// Both read; `copy` is `None` when the copy does not exist.
@@ -202,6 +204,19 @@ async fn read_credentials(
     provider: &MaskProvider,
     ctx: &Ctx,
 ) -> Result<Credentials, ControllerError> {
+    let version = |ns: &str, name: &str| {
+        ctx.secret(ns, name)
+            .and_then(|s| s.metadata.resource_version.clone())
+    };
+    if let (Some(source), Some(copy)) = (
+        version(&a.namespace, &provider.spec.secret),
+        version(ns, &a.secret),
+    ) && ctx
+        .copies_in_step
+        .holds(ns, &a.secret, &Versions { source, copy })
+    {
+        return Ok(Credentials::InStep);
+    }
     let Some(source) = ctx
         .fresh::<Secret>(&a.namespace, &provider.spec.secret)
         .await?

@@ -324,13 +324,28 @@ async fn a_held_slot_keeps_the_copy_equal_to_the_provider_secret() {
         owner,
         "uid-nord",
     );
-    // In step: nothing to do at all.
+    // In step: remembered at both versions, nothing else.
     let ex = Recording::default();
+    let with_rv = |mut s: Secret, rv: &str| {
+        s.metadata.resource_version = Some(rv.into());
+        Box::new(s)
+    };
     let read = |copy: &Secret| Credentials::Read {
-        source: Box::new(source(&p, "new")),
-        copy: Some(Box::new(copy.clone())),
+        source: with_rv(source(&p, "new"), "11"),
+        copy: Some(with_rv(copy.clone(), "12")),
     };
     run(&observed(c.clone(), held(&p, &c, read(&up_to_date))), &ex)
+        .await
+        .unwrap();
+    assert!(
+        matches!(ex.taken().as_slice(),
+        [Effect::NoteCopyInStep { versions, .. }] if versions.source == "11" && versions.copy == "12"),
+        "{:?}",
+        ex.taken()
+    );
+    // Seen in step before and unchanged since: no reads, nothing to do.
+    let ex = Recording::default();
+    run(&observed(c.clone(), held(&p, &c, Credentials::InStep)), &ex)
         .await
         .unwrap();
     assert!(ex.taken().is_empty(), "{:?}", ex.taken());
