@@ -387,6 +387,7 @@ async fn serve(
             verdict: HealthVerdict {
                 healthy: false,
                 reasons: vec!["starting".into()],
+                causes: vec![health::DownCause::NoHandshake],
             },
             public_ip: None,
             tunnel_interface: config.tunnel_interface.clone(),
@@ -430,6 +431,10 @@ struct Agent<'a> {
     deltas: DeltaTracker,
     last_probe: Option<(Instant, Result<probe::ProbeSuccess, String>)>,
     last_public_ip: Option<String>,
+    /// Client packets forwarded during the last tick (idle vs. up).
+    forwarded_last_tick: u64,
+    /// The last handshake's age at the previous tick (counts handshakes).
+    last_handshake_age: Option<Duration>,
 }
 
 impl<'a> Agent<'a> {
@@ -440,6 +445,8 @@ impl<'a> Agent<'a> {
             deltas: DeltaTracker::default(),
             last_probe: None,
             last_public_ip: None,
+            forwarded_last_tick: 0,
+            last_handshake_age: None,
         }
     }
 
@@ -506,6 +513,7 @@ impl<'a> Agent<'a> {
         let c = firewall::counters(&current);
         let delta = self.deltas.delta("forwarded", c.forwarded_packets);
         metrics.forwarded_packets.inc_by(delta);
+        self.forwarded_last_tick = delta;
         for (reason, value) in [
             ("killswitch", c.killswitch_dropped_packets),
             ("guard", c.guard_dropped_packets),
@@ -563,8 +571,12 @@ impl<'a> Agent<'a> {
                 metrics
                     .probe_latency_seconds
                     .set(success.latency.as_secs_f64());
-                if let Some(ip) = success.public_ip {
-                    self.last_public_ip = Some(ip.to_string());
+                if let Some(ip) = success.public_ip.map(|ip| ip.to_string()) {
+                    if self.last_public_ip.as_ref().is_some_and(|last| *last != ip) {
+                        tracing::info!(public_ip = %ip, "public IP changed");
+                        metrics.public_ip_changes.inc();
+                    }
+                    self.last_public_ip = Some(ip);
                 }
             }
             Err(e) => tracing::debug!(error = %e, "probe failed"),
@@ -593,7 +605,7 @@ impl<'a> Agent<'a> {
     /// Evaluates health ([`health::evaluate`], pure) and publishes it with
     /// the handshake age and the public IP (claimed only while the latest
     /// probe succeeded).
-    fn publish_health(&self, tunnel: Option<&Tunnel>, interface_up: bool, shared: &Shared) {
+    fn publish_health(&mut self, tunnel: Option<&Tunnel>, interface_up: bool, shared: &Shared) {
         let metrics = &shared.metrics;
         let native = matches!(self.config.tunnel, TunnelSource::Native(_));
         let last_handshake = tunnel
@@ -604,6 +616,10 @@ impl<'a> Agent<'a> {
         metrics
             .handshake_age_seconds
             .set(last_handshake.map_or(-1.0, |d| d.as_secs_f64()));
+        if health::handshake_happened(self.last_handshake_age, last_handshake) {
+            metrics.handshakes.inc();
+        }
+        self.last_handshake_age = last_handshake;
         let probe = self.probe_outcome();
         let verdict = health::evaluate(&HealthInputs {
             native,
@@ -620,6 +636,10 @@ impl<'a> Agent<'a> {
             max_probe_age: self.args.probe_interval * 3 + self.args.probe_timeout,
         });
         metrics.healthy.set(i64::from(verdict.healthy));
+        metrics.show_state(
+            health::tunnel_state(&verdict, self.forwarded_last_tick),
+            &verdict.causes,
+        );
         let mut status = shared.status.lock().unwrap_or_else(|e| e.into_inner());
         if status.verdict.healthy != verdict.healthy {
             if verdict.healthy {
