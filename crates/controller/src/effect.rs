@@ -147,6 +147,11 @@ pub(crate) enum Effect {
         name: String,
         versions: crate::context::Versions,
     },
+    /// Show a provider's used and free slots (`None`: it is gone).
+    ShowSlots {
+        provider: String,
+        counts: Option<(u32, u32)>,
+    },
     /// Publish an Event about an object; failures are logged, never fatal.
     Event(EventNote),
     /// Count an action in the controller's metrics.

@@ -139,6 +139,10 @@ impl Executor for Ctx {
                 self.copies_in_step.record(&namespace, &name, versions);
                 Ok(())
             }
+            Effect::ShowSlots { provider, counts } => {
+                self.config.metrics.show_slots(&provider, counts);
+                Ok(())
+            }
             Effect::Event(note) => {
                 self.publish(&note).await;
                 Ok(())

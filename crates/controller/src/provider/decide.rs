@@ -105,6 +105,10 @@ pub(crate) fn finish(
     settings.annotate(&mut d);
     let failure = (d.phase == ProviderPhase::ErrVerifyFailed).then(|| failure_now(p, live));
     let active_slots = live.held.len() as u32;
+    effects.push(Effect::ShowSlots {
+        provider: format!("{}/{}", o.namespace, p.name_any()),
+        counts: Some((active_slots, p.spec.max_slots.saturating_sub(active_slots))),
+    });
     let current = p.status.clone().unwrap_or_default();
     let desired = desired_status(&current, &d, active_slots, failure, &live.now.to_string());
     let changed = current.phase != desired.phase || current.message != desired.message;

@@ -77,6 +77,10 @@ pub(crate) fn decide(o: &Observed, u: &Unassigning) -> Decided {
         // Reservation and consumer deletions trigger this reconcile; the timer is a safety net.
         return Decided::after(effects, Duration::from_secs(2));
     }
+    effects.push(Effect::ShowSlots {
+        provider: format!("{}/{}", o.namespace, p.name_any()),
+        counts: None,
+    });
     if let Some(new) = finalizers::released(p.finalizers(), Some(PROVIDER_FINALIZER)) {
         effects.push(Effect::SetFinalizers {
             target: target_of(Kind::MaskProvider, p),
