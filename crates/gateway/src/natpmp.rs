@@ -595,13 +595,44 @@ pub enum NatPmpError {
     },
 }
 
+/// What the socket edge reports while it runs: the endpoint to publish
+/// (agent `/port-forward`, MaskGateway status) and counters for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MappingStatus {
+    /// The public endpoint, while a mapping is held.
+    pub endpoint: Option<PublicEndpoint>,
+    /// Mappings granted (first grant and renewals).
+    pub grants: u64,
+    /// Renewals that came back with another external port.
+    pub port_changes: u64,
+    /// Times the server was seen to have lost its state.
+    pub epoch_resets: u64,
+    /// The last problem (refusal, no response, expiry), as text.
+    pub last_problem: Option<String>,
+}
+
+impl MappingStatus {
+    fn apply(&mut self, action: &Action) {
+        match action {
+            Action::Send(_) => {}
+            Action::Publish(endpoint) => self.endpoint = *endpoint,
+            Action::Event(MapperEvent::Mapped { .. }) => self.grants += 1,
+            Action::Event(MapperEvent::PortChanged { .. }) => self.port_changes += 1,
+            Action::Event(MapperEvent::EpochReset) => self.epoch_resets += 1,
+            Action::Event(MapperEvent::Deleted) => {}
+            Action::Event(problem) => self.last_problem = Some(format!("{problem:?}")),
+        }
+    }
+}
+
 /// Runs a [`PortMapper`] against `server` (the provider's gateway, port
-/// [`SERVER_PORT`]) until `stop` completes and the mapping is deleted;
-/// every change of the public endpoint goes to `publish`.
+/// [`SERVER_PORT`]) until `stop` completes and the mapping is deleted (or
+/// deleting it was given up); every change goes to `status`.
 pub async fn run(
     server: SocketAddr,
     config: MapperConfig,
-    publish: tokio::sync::watch::Sender<Option<PublicEndpoint>>,
+    status: tokio::sync::watch::Sender<MappingStatus>,
     stop: impl Future<Output = ()>,
 ) -> Result<(), NatPmpError> {
     let fail = |source| NatPmpError::Socket { server, source };
@@ -610,7 +641,7 @@ pub async fn run(
         .map_err(fail)?;
     socket.connect(server).await.map_err(fail)?;
     let mut mapper = PortMapper::new(config);
-    execute(&socket, &publish, mapper.step(Instant::now(), Input::Start)).await;
+    execute(&socket, &status, mapper.step(Instant::now(), Input::Start)).await;
     tokio::pin!(stop);
     let mut stop_seen = false;
     let mut buf = [0u8; 64];
@@ -626,7 +657,7 @@ pub async fn run(
             },
             () = sleep_until(deadline) => Input::Timer,
         };
-        execute(&socket, &publish, mapper.step(Instant::now(), input)).await;
+        execute(&socket, &status, mapper.step(Instant::now(), input)).await;
     }
     Ok(())
 }
@@ -640,30 +671,28 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 
 async fn execute(
     socket: &tokio::net::UdpSocket,
-    publish: &tokio::sync::watch::Sender<Option<PublicEndpoint>>,
+    status: &tokio::sync::watch::Sender<MappingStatus>,
     actions: Vec<Action>,
 ) {
-    for action in actions {
+    for action in &actions {
         match action {
             Action::Send(request) => {
                 if let Err(e) = socket.send(&request.encode()).await {
                     tracing::warn!(error = %e, "cannot send a NAT-PMP request");
                 }
             }
-            Action::Publish(endpoint) => {
-                match endpoint {
-                    Some(e) => {
-                        tracing::info!(address = %e.address, port = e.port, "port forward published")
-                    }
-                    None => tracing::info!("port forward withdrawn"),
-                }
-                publish.send_replace(endpoint);
+            Action::Publish(Some(e)) => {
+                tracing::info!(address = %e.address, port = e.port, "port forward published")
             }
+            Action::Publish(None) => tracing::info!("port forward withdrawn"),
             Action::Event(MapperEvent::Mapped { port, lifetime }) => {
                 tracing::debug!(port, lifetime, "NAT-PMP mapping granted")
             }
             Action::Event(event) => tracing::warn!(?event, "NAT-PMP"),
         }
+    }
+    if actions.iter().any(|a| !matches!(a, Action::Send(_))) {
+        status.send_modify(|s| actions.iter().for_each(|a| s.apply(a)));
     }
 }
 
