@@ -478,14 +478,12 @@ async fn scenario(updater: &dyn DnsUpdater, store: &Shared, name: &str) {
             .set(name, &step)
             .await
             .unwrap_or_else(|e| panic!("set {step:?}: {e}"));
-        let s = store.lock().unwrap();
-        assert_eq!(
-            s.a_records(name),
-            step,
-            "the provider holds exactly the set"
-        );
-        assert_eq!(s.count_a(name), step.len(), "no duplicate records");
-        drop(s);
+        let (held, count) = {
+            let s = store.lock().unwrap();
+            (s.a_records(name), s.count_a(name))
+        };
+        assert_eq!(held, step, "the provider holds exactly the set");
+        assert_eq!(count, step.len(), "no duplicate records");
         assert_eq!(updater.current(name).await.unwrap(), step);
     }
     updater.remove(name).await.unwrap();
