@@ -35,7 +35,7 @@ fn forward() -> NftForward {
 }
 
 fn load(ns: &NamedNetns, script: &str) {
-    let path = std::env::temp_dir().join(format!("vpno-maglev-{}.nft", std::process::id()));
+    let path = std::env::temp_dir().join(format!("{}.nft", ns.name()));
     std::fs::write(&path, script).unwrap();
     let out = ns.exec(NFT, &["-f", path.to_str().unwrap()]).unwrap();
     let _ = std::fs::remove_file(&path);
@@ -155,6 +155,53 @@ fn kernel_sends_each_flow_to_the_backend_the_table_names() {
         moved <= had_to_move + 2,
         "{moved} flows moved, only {had_to_move} had to"
     );
+}
+
+/// The production form (TCP, prerouting, the large table) is accepted too;
+/// prints how long nft takes to load each size (a figure, not a check).
+#[test]
+fn nft_accepts_the_prerouting_form_at_every_size() {
+    if !vpno_sys::require_root("maglev_nft")
+        || !vpno_sys::require(
+            std::path::Path::new(NFT).exists(),
+            "nft not installed (scripts/setup installs nftables)",
+        )
+    {
+        return;
+    }
+    let ns = NamedNetns::create(format!("vpno-mglv-{}-pre", std::process::id())).unwrap();
+    let backends: BTreeSet<Ipv4Addr> = (1..=50).map(|i| Ipv4Addr::new(10, 9, 1, i)).collect();
+    for size in [TableSize::DEFAULT, TableSize::LARGE] {
+        let table = maglev::nft_backends(&backends, size).unwrap();
+        let f = NftForward {
+            protocol: Protocol::Tcp,
+            hook: NatHook::Prerouting,
+            ..forward()
+        };
+        let script = maglev::render_nft(&f, &table);
+        let started = Instant::now();
+        load(&ns, &script);
+        let took = started.elapsed();
+        // Loaded twice: the add/delete preamble must replace, not fail on, an existing table.
+        load(&ns, &script);
+        let out = ns
+            .exec(NFT, &["list", "chain", "ip", "vpno-maglev-test", "balance"])
+            .unwrap();
+        let listed = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            listed.contains("hook prerouting") && listed.contains("tcp dport 80"),
+            "{listed}"
+        );
+        assert!(
+            listed.contains(&format!("mod {} seed 0x5eed0001", size.get())),
+            "{listed}"
+        );
+        eprintln!(
+            "maglev in nft: M={} with 50 backends loads in {took:?} ({} bytes of script)",
+            size.get(),
+            script.len()
+        );
+    }
 }
 
 /// Loads a script into a namespace by name (the closure above runs on a thread inside it).
