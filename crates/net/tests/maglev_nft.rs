@@ -100,7 +100,6 @@ fn kernel_sends_each_flow_to_the_backend_the_table_names() {
     let after = maglev::nft_backends(&rest, size).unwrap();
     let after_script = maglev::render_nft(&forward(), &after);
 
-    let ns_name = ns.name().to_owned();
     let check = {
         let (before, after) = (before.clone(), after.clone());
         move |reload: &dyn Fn()| {
@@ -142,10 +141,7 @@ fn kernel_sends_each_flow_to_the_backend_the_table_names() {
             (moved, had_to_move)
         }
     };
-    let reload = move || {
-        let ns = NamedNetnsRef(ns_name.clone());
-        ns.load(&after_script);
-    };
+    let reload = move || load_here(&after_script, "after");
     let (moved, had_to_move) = vpno_sys::netns::run_in(ns.name(), move || check(&reload)).unwrap();
     eprintln!(
         "maglev in nft: backend 10.9.0.2 of 4 removed: {moved} of 100 new flows moved, {had_to_move} had to"
@@ -204,22 +200,20 @@ fn nft_accepts_the_prerouting_form_at_every_size() {
     }
 }
 
-/// Loads a script into a namespace by name (the closure above runs on a thread inside it).
-struct NamedNetnsRef(String);
-impl NamedNetnsRef {
-    fn load(&self, script: &str) {
-        let path = std::env::temp_dir().join(format!("vpno-maglev-{}-2.nft", std::process::id()));
-        std::fs::write(&path, script).unwrap();
-        let out = std::process::Command::new(NFT)
-            .args(["-f", path.to_str().unwrap()])
-            .output()
-            .unwrap();
-        let _ = std::fs::remove_file(&path);
-        assert!(
-            out.status.success(),
-            "nft refused the new table ({}): {}",
-            self.0,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+/// Loads a script with `nft` spawned from the calling thread: a child
+/// process starts in its parent thread's network namespace, so inside
+/// `run_in` this loads into the test's namespace.
+fn load_here(script: &str, tag: &str) {
+    let path = std::env::temp_dir().join(format!("vpno-maglev-{}-{tag}.nft", std::process::id()));
+    std::fs::write(&path, script).unwrap();
+    let out = std::process::Command::new(NFT)
+        .args(["-f", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        out.status.success(),
+        "nft refused the new table: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
