@@ -77,6 +77,9 @@ pub enum MaglevError {
         /// Table size.
         size: u32,
     },
+    /// nftables DNATs to addresses: every backend key must be an IPv4 address.
+    #[error("backend {0:?} is not an IPv4 address, so it cannot go into nftables")]
+    NotAnAddress(String),
     /// The same backend key twice would give it two shares.
     #[error("backend {0:?} is listed twice")]
     Duplicate(String),
@@ -290,7 +293,7 @@ pub enum NatHook {
 /// `add`/`delete`/`add` preamble makes it one atomic replacement whether or
 /// not the table exists. Without backends the forward drops its packets
 /// rather than leaving them to whatever listens on the router.
-pub fn render_nft(forward: &NftForward, table: &MaglevTable) -> String {
+pub fn render_nft(forward: &NftForward, table: &MaglevTable) -> Result<String, MaglevError> {
     let f = forward;
     let mut s = String::new();
     let _ = writeln!(
@@ -315,7 +318,11 @@ pub fn render_nft(forward: &NftForward, table: &MaglevTable) -> String {
     if table.backends().is_empty() {
         let _ = writeln!(s, "    {matcher} drop");
     } else {
-        let addrs: Vec<Ipv4Addr> = table.backends().iter().map(|b| backend_addr(b)).collect();
+        let addrs = table
+            .backends()
+            .iter()
+            .map(|b| b.parse().map_err(|_| MaglevError::NotAnAddress(b.clone())))
+            .collect::<Result<Vec<Ipv4Addr>, _>>()?;
         let elements: Vec<String> = table
             .slots()
             .iter()
@@ -333,13 +340,7 @@ pub fn render_nft(forward: &NftForward, table: &MaglevTable) -> String {
         );
     }
     s.push_str("  }\n}\n");
-    s
-}
-
-/// Backends rendered into nftables are addressed by their key, which must
-/// then be an IPv4 address; [`nft_backends`] builds such a table.
-fn backend_addr(key: &str) -> Ipv4Addr {
-    key.parse().unwrap_or(Ipv4Addr::UNSPECIFIED)
+    Ok(s)
 }
 
 /// A table whose keys are the backends' addresses, ready for [`render_nft`].
@@ -582,7 +583,7 @@ mod tests {
             seed: 0x1234,
             hook: NatHook::Prerouting,
         };
-        let nft = render_nft(&f, &t);
+        let nft = render_nft(&f, &t).unwrap();
         assert!(nft.starts_with("add table ip vpno-inbound\ndelete table ip vpno-inbound\n"));
         let rule = nft.lines().find(|l| l.contains("dnat ip to")).unwrap();
         assert!(rule.contains("ip daddr 10.8.0.1 tcp dport 80 dnat ip to jhash ip saddr . th sport mod 7 seed 0x1234 map {"));
@@ -593,8 +594,13 @@ mod tests {
                 "slot {slot}"
             );
         }
-        let empty = render_nft(&f, &nft_backends(&BTreeSet::new(), size).unwrap());
+        let empty = render_nft(&f, &nft_backends(&BTreeSet::new(), size).unwrap()).unwrap();
         assert!(empty.contains("ip daddr 10.8.0.1 tcp dport 80 drop"));
+        let named = MaglevTable::build(&["pod-a"], size).unwrap();
+        assert_eq!(
+            render_nft(&f, &named),
+            Err(MaglevError::NotAnAddress("pod-a".into()))
+        );
     }
 
     /// The kernel's own choice is checked against this in the netns test

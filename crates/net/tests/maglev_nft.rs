@@ -93,12 +93,12 @@ fn kernel_sends_each_flow_to_the_backend_the_table_names() {
     let size = TableSize::new(251).unwrap();
     let all: BTreeSet<Ipv4Addr> = backends().into_iter().collect();
     let before = maglev::nft_backends(&all, size).unwrap();
-    load(&ns, &maglev::render_nft(&forward(), &before));
+    load(&ns, &maglev::render_nft(&forward(), &before).unwrap());
 
     let removed = Ipv4Addr::new(10, 9, 0, 2);
     let rest: BTreeSet<Ipv4Addr> = all.iter().copied().filter(|a| *a != removed).collect();
     let after = maglev::nft_backends(&rest, size).unwrap();
-    let after_script = maglev::render_nft(&forward(), &after);
+    let after_script = maglev::render_nft(&forward(), &after).unwrap();
 
     let check = {
         let (before, after) = (before.clone(), after.clone());
@@ -174,7 +174,7 @@ fn nft_accepts_the_prerouting_form_at_every_size() {
             hook: NatHook::Prerouting,
             ..forward()
         };
-        let script = maglev::render_nft(&f, &table);
+        let script = maglev::render_nft(&f, &table).unwrap();
         let started = Instant::now();
         load(&ns, &script);
         let took = started.elapsed();
