@@ -16,6 +16,7 @@ pub mod dynu;
 mod http;
 pub mod plan;
 pub mod rfc2136;
+pub mod writer;
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;

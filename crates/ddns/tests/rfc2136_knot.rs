@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
+use vpno_ddns::plan::PlanConfig;
 use vpno_ddns::rfc2136::{Rfc2136Config, Rfc2136Updater, TsigAlg};
+use vpno_ddns::writer::{self, WriterStatus};
 use vpno_ddns::{DdnsError, DnsUpdater, Secret};
 
 const KNOTD: &str = "/usr/sbin/knotd";
@@ -48,7 +50,9 @@ fn free_tcp_udp_port() -> u16 {
 
 impl Knot {
     fn start() -> Knot {
-        let dir = std::env::temp_dir().join(format!("vpno-ddns-knot-{}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("vpno-ddns-knot-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_tcp_udp_port();
@@ -195,4 +199,67 @@ async fn sets_exactly_the_given_records_and_removes_them_with_tsig() {
     assert!(!text.contains(WRONG) && !text.contains(SECRET), "{text}");
     assert_eq!(a_records(knot.addr), addrs(&["192.0.2.1"]));
     eprintln!("wrong key: {text}");
+}
+
+/// Waits (bounded) until the server holds `want`.
+async fn until_server_has(server: SocketAddr, want: &BTreeSet<Ipv4Addr>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if a_records(server) == *want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the server holds {:?}, not {want:?}", a_records(server));
+}
+
+/// The writer loop keeps the records equal to the desired set as it changes
+/// (gateways dying and reviving), down to none, and counts its writes.
+#[tokio::test]
+async fn writer_follows_the_healthy_set() {
+    if !vpno_sys::require(
+        Path::new(KNOTD).exists(),
+        "knotd not installed (scripts/setup installs knot)",
+    ) {
+        return;
+    }
+    let knot = Knot::start();
+    let u = updater(knot.addr, SECRET);
+    // Someone left a stale record: the writer reads it and replaces it.
+    u.set(NAME, &addrs(&["192.0.2.250"])).await.unwrap();
+    let config = PlanConfig {
+        min_interval: Duration::from_millis(100),
+        retry_initial: Duration::from_millis(100),
+        retry_max: Duration::from_secs(1),
+    };
+    let (want_tx, want_rx) =
+        tokio::sync::watch::channel(addrs(&["192.0.2.1", "192.0.2.2", "192.0.2.3"]));
+    let (status_tx, status) = tokio::sync::watch::channel(WriterStatus::default());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        writer::run(&u, NAME, config, want_rx, status_tx, async {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
+    for step in [
+        addrs(&["192.0.2.1", "192.0.2.2", "192.0.2.3"]),
+        addrs(&["192.0.2.1", "192.0.2.3"]), // gateway 2 died
+        addrs(&["192.0.2.3"]),              // and 1
+        addrs(&["192.0.2.1", "192.0.2.3"]), // 1 revived
+        addrs(&[]),                         // all dead
+        addrs(&["198.51.100.9"]),           // a new public IP
+    ] {
+        want_tx.send_replace(step.clone());
+        until_server_has(knot.addr, &step).await;
+    }
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("writer stops")
+        .unwrap();
+    let s = status.borrow().clone();
+    assert_eq!(s.known, Some(addrs(&["198.51.100.9"])));
+    assert_eq!((s.failures, s.last_error), (0, None));
+    assert_eq!(s.writes, 6, "one write per change");
 }
