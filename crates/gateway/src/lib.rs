@@ -15,6 +15,7 @@ pub mod firewall;
 pub mod health;
 mod http;
 pub mod metrics;
+pub mod natpmp;
 pub mod probe;
 pub mod routing;
 
