@@ -119,6 +119,24 @@ impl NetlinkDataplane {
         }
     }
 
+    /// Sets an interface's MAC address (a no-op when it already has it).
+    pub async fn set_link_mac(&self, index: u32, mac: [u8; 6]) -> Result<(), KernelError> {
+        let links = self.link_names().await?;
+        if links.get(&index).is_some_and(|l| l.2 == mac) {
+            return Ok(());
+        }
+        self.handle
+            .link()
+            .set(
+                rtnetlink::LinkUnspec::new_with_index(index)
+                    .address(mac.to_vec())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl(format!("setting the MAC address of interface {index}")))
+    }
+
     async fn require_index(&self, name: &str) -> Result<u32, KernelError> {
         self.link_index(name)
             .await?

@@ -691,10 +691,10 @@ fn spreads_flows_fails_over_goes_unreachable_and_cleans_up() {
     Lab::wait(
         "gateway 3 out of the group",
         Duration::from_secs(10),
-        || !lab.group_members(0).contains(&7703),
+        || !lab.group_members(0).contains(&7714),
     );
     let detection = killed.elapsed();
-    assert_eq!(lab.group_members(0), vec![7701, 7702]);
+    assert_eq!(lab.group_members(0), vec![7712, 7713]);
     eprintln!(
         "FIGURE failover detection (gateway agent hangs -> out of group): {detection:?} (interval 1s + timeout 750ms = 1.75s bound)"
     );
