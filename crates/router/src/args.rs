@@ -62,23 +62,8 @@ impl std::str::FromStr for DiscoverArg {
 /// Duration flags take the one grammar of `vpno_sys::duration`.
 use vpno_sys::positive_duration as parse_duration;
 
-/// Parses a MAC address `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() != 6 {
-        return Err(format!(
-            "bad MAC address {s:?}: expected six hex bytes separated by ':'"
-        ));
-    }
-    let mut mac = [0u8; 6];
-    for (byte, part) in mac.iter_mut().zip(parts) {
-        *byte = u8::from_str_radix(part, 16).map_err(|_| format!("bad MAC address {s:?}"))?;
-    }
-    if mac[0] & 1 == 1 {
-        return Err(format!("MAC address {s:?} is a multicast address"));
-    }
-    Ok(mac)
-}
+/// MAC flags take the one grammar of `vpno_sys::mac`.
+pub use vpno_sys::parse_mac;
 
 /// Command-line arguments of the router agent.
 #[derive(Debug, Clone, clap::Args)]
