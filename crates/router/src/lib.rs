@@ -107,11 +107,6 @@ pub async fn run(args: RouterArgs) -> Result<(), RouterError> {
 /// Builds the planner's configuration from the arguments; its gateways are
 /// the static `--gateway` list (empty with `--discover`).
 pub fn egress_config(args: &RouterArgs) -> Result<EgressConfig, RouterError> {
-    if args.gateways.is_empty() && args.discover.is_none() {
-        return Err(RouterError::Config(
-            "at least one --gateway NAME=IP (or --discover NAMESPACE/NAME) is required".into(),
-        ));
-    }
     if args.kubeconfig.is_some() && args.discover.is_none() {
         return Err(RouterError::Config(
             "--kubeconfig is only used with --discover".into(),
@@ -242,6 +237,9 @@ pub async fn run_until(
 ) -> Result<(), RouterError> {
     let config = egress_config(&args)?;
     match &args.discover {
+        None if config.gateways.is_empty() => Err(RouterError::Config(
+            "at least one --gateway NAME=IP (or --discover NAMESPACE/NAME) is required".into(),
+        )),
         None => {
             let source = StaticGateways::new(config.gateways.clone());
             run_with_source(args, source, "static", shutdown).await
