@@ -44,7 +44,7 @@ pub const PROBE_PATH: &str = "/gateway-probe";
 /// The MAC address router `j` pins on its gateway-network interface, so
 /// the gateways can forward client traffic from the routers only.
 pub fn router_mac(j: u32) -> String {
-    format!("02:56:50:52:00:{:02x}", j & 0xff)
+    vpno_sys::format_mac(&vpno_net::layout::router_mac(j))
 }
 
 /// The command line of gateway `i`'s agent, reading its variables from `env_file`.

@@ -223,7 +223,7 @@ mod tests {
             (7700, 7700, 7700, 128)
         );
         assert_eq!(a.vip_interface, "vpno-vip");
-        assert_eq!(a.vip_mac, [0x02, 0x56, 0x50, 0x4e, 0x4f, 0x01]);
+        assert_eq!(a.vip_mac, vpno_net::layout::VIP_MAC);
         assert_eq!(
             (a.priority, a.peers.len(), a.heartbeat_port),
             (100, 0, 9096)
