@@ -1416,3 +1416,113 @@ fn without_a_key_a_forged_resign_moves_the_vip() {
 fn resign_heartbeat(vip: Ipv4Addr) -> vpno_net::election::Heartbeat {
     vpno_net::election::VipElection::resign_heartbeat(vip)
 }
+
+/// A gateway Pod of MaskGateway `egress` as the controller would create it.
+fn gateway_pod(name: &str, address: &str) -> k8s_openapi::api::core::v1::Pod {
+    use vpno_api::names::{GATEWAY_LABEL, GATEWAY_ROLE_LABEL, NETWORK_ADDRESS_ANNOTATION};
+    serde_json::from_value(serde_json::json!({
+        "metadata": {
+            "name": name,
+            "labels": {GATEWAY_LABEL: "egress", GATEWAY_ROLE_LABEL: "gateway"},
+            "annotations": {NETWORK_ADDRESS_ANNOTATION: address},
+        },
+        "spec": {"containers": [{"name": "agent", "image": "vpn-operator:test"}]},
+    }))
+    .unwrap()
+}
+
+/// `--discover` end to end but for where the watch runs: gateway Pods
+/// created and deleted in a real API server drive the router's nexthop
+/// group. The router runs in its namespace, which cannot reach the API
+/// server on the host's loopback, so the Kubernetes source runs on the host
+/// and hands its sets over a channel.
+#[test]
+fn gateway_pods_in_the_api_drive_the_routers_group() {
+    if skip_unless_root() {
+        return;
+    }
+    let Some(env) = vpno_testenv::TestEnv::shared() else {
+        return;
+    };
+    use kube::api::{Api, DeleteParams, PostParams};
+    let host = tokio::runtime::Runtime::new().unwrap();
+    let (client, ns) = host.block_on(async {
+        let client = env.client().await;
+        let ns = env.new_namespace("vpno-router-pods").await;
+        (client, ns)
+    });
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns);
+
+    let lab = Lab::new("p", 2, 1);
+    let mut args = lab.router_args(0, None, 100);
+    args.gateways.clear();
+    let (router, set) = RouterTask::start_with_channel(&lab.routers[0].0, args);
+    let source = {
+        let (client, ns) = (client.clone(), ns.clone());
+        host.spawn(async move {
+            use vpno_router::gateways::GatewaySource;
+            let mut source = vpno_router::gateways::KubernetesGateways::new(client, &ns, "egress");
+            while let Ok(gateways) = source.next().await {
+                if set.send(gateways).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+
+    let create = |name: &str, address: &str| {
+        host.block_on(pods.create(&PostParams::default(), &gateway_pod(name, address)))
+            .unwrap();
+    };
+    let created = Instant::now();
+    create("egress-0", "10.77.0.11/24");
+    Lab::wait(
+        "the Pod's gateway in the group",
+        Duration::from_secs(20),
+        || lab.group_members(0) == vec![nexthop_id(1)],
+    );
+    eprintln!(
+        "FIGURE gateway Pod created -> nexthop in the router's group: {:?}",
+        created.elapsed()
+    );
+    create("egress-1", "10.77.0.12/24");
+    Lab::wait(
+        "both Pods' gateways in the group",
+        Duration::from_secs(20),
+        || lab.group_members(0) == vec![nexthop_id(1), nexthop_id(2)],
+    );
+    let streams = LongLived::open(&lab.client.0, 20);
+    let via = streams.via.clone();
+
+    let deleted = Instant::now();
+    host.block_on(pods.delete("egress-0", &DeleteParams::default()))
+        .unwrap();
+    Lab::wait(
+        "the deleted Pod's gateway out of the group",
+        Duration::from_secs(20),
+        || lab.group_members(0) == vec![nexthop_id(2)],
+    );
+    eprintln!(
+        "FIGURE gateway Pod deleted -> out of the router's group: {:?}",
+        deleted.elapsed()
+    );
+    let kept = streams.check();
+    drop(streams);
+    let survivors: Vec<bool> = via
+        .iter()
+        .zip(&kept)
+        .filter(|(g, _)| **g == 2)
+        .map(|(_, k)| *k)
+        .collect();
+    eprintln!(
+        "FIGURE flows on the remaining gateway kept after a Pod deletion: {}/{}",
+        survivors.iter().filter(|k| **k).count(),
+        survivors.len()
+    );
+    assert!(
+        survivors.iter().all(|k| *k),
+        "a flow on the remaining gateway broke"
+    );
+    source.abort();
+    router.stop().expect("clean shutdown");
+}
