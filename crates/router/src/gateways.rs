@@ -3,7 +3,7 @@
 //! channel (the lab and tests). Every source yields whole gateway sets; the
 //! router diffs them against what it has.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use futures::StreamExt;
@@ -100,25 +100,33 @@ pub fn gateway_of_pod(pod: &Pod) -> Option<Gateway> {
 /// wins; the others are returned as warnings).
 pub fn normalize(config: &EgressConfig, mut gateways: Vec<Gateway>) -> (Vec<Gateway>, Vec<String>) {
     gateways.sort_by(|a, b| a.name.cmp(&b.name).then(a.address.cmp(&b.address)));
-    let (mut names, mut ids) = (BTreeSet::new(), BTreeSet::new());
+    let mut names = BTreeSet::new();
+    let mut ids: BTreeMap<u32, Ipv4Addr> = BTreeMap::new();
     let mut warnings = Vec::new();
     gateways.retain(|g| {
         let id = config.nexthop_id_of(g.address);
         if !names.insert(g.name.clone()) {
             warnings.push(format!(
-                "gateway name {:?} given twice; {} ignored",
+                "gateway name {:?} given twice; the one at {} is ignored",
                 g.name, g.address
             ));
-            false
-        } else if !ids.insert(id) {
-            warnings.push(format!(
-                "gateway {} ({}) has the address or nexthop id {id} of another gateway; ignored",
-                g.name, g.address
-            ));
-            false
-        } else {
-            true
+            return false;
         }
+        match ids.get(&id) {
+            Some(other) if *other == g.address => warnings.push(format!(
+                "gateway address {} given twice; {} is ignored",
+                g.address, g.name
+            )),
+            Some(other) => warnings.push(format!(
+                "gateway {} ({}) shares the low 16 bits of its address (nexthop id {id}) with {other}; ignored",
+                g.name, g.address
+            )),
+            None => {
+                ids.insert(id, g.address);
+                return true;
+            }
+        }
+        false
     });
     (gateways, warnings)
 }

@@ -154,9 +154,7 @@ pub fn egress_config(args: &RouterArgs) -> Result<EgressConfig, RouterError> {
         .collect();
     let (gateways, problems) = gateways::normalize(&config, given);
     if let Some(first) = problems.first() {
-        return Err(RouterError::Config(format!(
-            "{first} (every --gateway needs its own name and address, given twice otherwise)"
-        )));
+        return Err(RouterError::Config(format!("--gateway: {first}")));
     }
     config.gateways = gateways;
     Ok(config)
