@@ -25,12 +25,17 @@ pub enum GatewaySourceError {
     /// The source has nothing more to say (a closed channel, an ended watch).
     #[error("the gateway source ended")]
     Ended,
+    /// Listing or watching failed; the source retries (with backoff) on the next call.
+    #[error("watching gateway Pods: {0}")]
+    Watch(String),
 }
 
 /// A source of gateway sets.
 pub trait GatewaySource: Send + 'static {
     /// Waits for the next gateway set (the first call returns the initial
-    /// one). A source with nothing new simply never returns.
+    /// one). A source with nothing new simply never returns. After
+    /// [`GatewaySourceError::Watch`] the caller may call again; after
+    /// [`GatewaySourceError::Ended`] it should not.
     fn next(
         &mut self,
     ) -> impl std::future::Future<Output = Result<Vec<Gateway>, GatewaySourceError>> + Send;
@@ -158,7 +163,7 @@ impl GatewaySource for KubernetesGateways {
         loop {
             match self.events.next().await {
                 None => return Err(GatewaySourceError::Ended),
-                Some(Err(e)) => warn!(error = %e, "watching gateway Pods (retrying)"),
+                Some(Err(e)) => return Err(GatewaySourceError::Watch(e.to_string())),
                 // Mid-relist events: wait for the list to complete.
                 Some(Ok(Event::Init | Event::InitApply(_))) => {}
                 Some(Ok(Event::InitDone | Event::Apply(_) | Event::Delete(_))) => {

@@ -92,6 +92,9 @@ pub struct RouterStatus {
     /// Where the gateways come from: `static` (`--gateway`) or
     /// `kubernetes` (`--discover`) or `channel` (embedded in the lab or tests).
     pub gateway_source: &'static str,
+    /// Why the gateway source last failed (e.g. no permission to watch
+    /// Pods), until it delivers a set again.
+    pub gateway_source_error: Option<String>,
     /// Gateways, by name.
     pub gateways: Vec<GatewayStatus>,
     /// The kernel's group, as observed after the last reconcile.

@@ -476,6 +476,7 @@ async fn serve<S: GatewaySource>(
             peers: Vec::new(),
             heartbeat_authenticated: key.is_some(),
             gateway_source: source_name,
+            gateway_source_error: None,
             gateways: Vec::new(),
             nexthop_group: None,
             default_route: "absent",
@@ -534,20 +535,24 @@ async fn serve<S: GatewaySource>(
         role_changed(role, &shared);
     }
 
-    // The gateway source runs in a task of its own; each message is a whole set.
-    let (set_tx, mut set_rx) = mpsc::channel::<Vec<Gateway>>(8);
+    // The gateway source runs in a task of its own; each message is a whole
+    // set, or why the source could not tell (kept in /status until the next set).
+    let (set_tx, mut set_rx) = mpsc::channel::<Result<Vec<Gateway>, String>>(8);
     let source_task = tokio::spawn(async move {
         loop {
-            match source.next().await {
-                Ok(set) => {
-                    if set_tx.send(set).await.is_err() {
-                        return;
-                    }
+            let update = match source.next().await {
+                Ok(set) => Ok(set),
+                Err(gateways::GatewaySourceError::Watch(e)) => {
+                    warn!(error = %e, "gateway source failed (retrying); keeping the last gateway set");
+                    Err(e)
                 }
                 Err(e) => {
                     warn!(error = %e, "gateway source stopped; keeping the last gateway set");
                     return;
                 }
+            };
+            if set_tx.send(update).await.is_err() {
+                return;
             }
         }
     });
@@ -587,7 +592,17 @@ async fn serve<S: GatewaySource>(
                 election.on_heartbeat(from, hb, at);
             }
             _ = sleep_until_opt(deadline) => {}
-            Some(set) = set_rx.recv() => {
+            Some(update) = set_rx.recv() => {
+                let set = match update {
+                    Ok(set) => {
+                        shared.status.lock().expect("status lock").gateway_source_error = None;
+                        set
+                    }
+                    Err(e) => {
+                        shared.status.lock().expect("status lock").gateway_source_error = Some(e);
+                        continue;
+                    }
+                };
                 if apply_gateway_set(config, &mut runtimes, set, args) {
                     shared.metrics.gateway_set_changes.inc();
                     shared.metrics.gateways_configured.set(config.gateways.len() as i64);
@@ -893,6 +908,7 @@ mod tests {
                 peers: vec![],
                 heartbeat_authenticated: false,
                 gateway_source: "static",
+                gateway_source_error: None,
                 gateways: vec![],
                 nexthop_group: None,
                 default_route: "absent",

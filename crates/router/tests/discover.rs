@@ -12,7 +12,7 @@ use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use vpno_api::names::{GATEWAY_LABEL, GATEWAY_ROLE_LABEL, NETWORK_ADDRESS_ANNOTATION};
 use vpno_net::egress::Gateway;
-use vpno_router::gateways::{GatewaySource, KubernetesGateways};
+use vpno_router::gateways::{GatewaySource, GatewaySourceError, KubernetesGateways};
 use vpno_testenv::TestEnv;
 
 const HOLD: &str = "vpno.test/hold";
@@ -44,10 +44,17 @@ fn gw(name: &str, last: u8) -> Gateway {
 async fn until(source: &mut KubernetesGateways, want: &[Gateway]) {
     let mut last = None;
     for _ in 0..30 {
-        let next = tokio::time::timeout(Duration::from_secs(20), source.next())
+        let next = match tokio::time::timeout(Duration::from_secs(20), source.next())
             .await
             .unwrap_or_else(|_| panic!("no new gateway set; last one was {last:?}, want {want:?}"))
-            .expect("the source keeps going");
+        {
+            Ok(next) => next,
+            Err(GatewaySourceError::Watch(e)) => {
+                eprintln!("watch error (the source retries): {e}");
+                continue;
+            }
+            Err(e) => panic!("the source ended: {e}"),
+        };
         let mut sorted = next.clone();
         sorted.sort_by(|a, b| a.name.cmp(&b.name));
         if sorted == want {
@@ -140,4 +147,22 @@ async fn the_source_follows_the_gateway_pods_of_one_mask_gateway() {
     api.patch("egress-1", &PatchParams::default(), &Patch::Merge(&release))
         .await
         .unwrap();
+}
+
+/// An API server that cannot be reached is an error the router can show
+/// (`/status` `gateway_source_error`), not a silent empty set.
+#[tokio::test]
+async fn an_unreachable_api_server_is_a_watch_error() {
+    vpno_testenv::install_crypto_provider();
+    // Nothing listens on port 1 of the loopback.
+    let config = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
+    let client = kube::Client::try_from(config).unwrap();
+    let mut source = KubernetesGateways::new(client, "vpn", "egress");
+    let next = tokio::time::timeout(Duration::from_secs(30), source.next())
+        .await
+        .expect("the error arrives");
+    match next {
+        Err(GatewaySourceError::Watch(e)) => eprintln!("as expected: {e}"),
+        other => panic!("expected a watch error, got {other:?}"),
+    }
 }

@@ -1462,9 +1462,16 @@ fn gateway_pods_in_the_api_drive_the_routers_group() {
         host.spawn(async move {
             use vpno_router::gateways::GatewaySource;
             let mut source = vpno_router::gateways::KubernetesGateways::new(client, &ns, "egress");
-            while let Ok(gateways) = source.next().await {
-                if set.send(gateways).await.is_err() {
-                    return;
+            loop {
+                match source.next().await {
+                    Ok(gateways) => {
+                        if set.send(gateways).await.is_err() {
+                            return;
+                        }
+                    }
+                    // Transient: the watch retries with backoff.
+                    Err(vpno_router::gateways::GatewaySourceError::Watch(_)) => {}
+                    Err(_) => return,
                 }
             }
         })
