@@ -1070,4 +1070,44 @@ mod gateway_set {
             vec![7712, 7714]
         );
     }
+
+    #[test]
+    fn probe_results_of_removed_gateways_are_dropped() {
+        let args = args();
+        let mut config = egress_config(&args).unwrap();
+        let mut runtimes = BTreeMap::new();
+        apply_gateway_set(&mut config, &mut runtimes, vec![gw("a", 11)], &args);
+        let shared = Shared {
+            status: Mutex::new(RouterStatus {
+                role: Role::Standby,
+                priority: 1,
+                vip: String::new(),
+                peers: vec![],
+                heartbeat_authenticated: false,
+                gateway_source: "channel",
+                gateway_source_error: None,
+                gateways: vec![],
+                nexthop_group: None,
+                default_route: "absent",
+                last_apply_error: None,
+            }),
+            metrics: RouterMetrics::default(),
+            registry: Default::default(),
+        };
+        let result = |ok| ProbeResult {
+            ok,
+            status: None,
+            error: None,
+            latency_ms: 1.0,
+        };
+        let now = Instant::now();
+        let round = vec![
+            (Ipv4Addr::new(10, 0, 0, 11), result(true), now, 0),
+            // probed just before it was removed
+            (Ipv4Addr::new(10, 0, 0, 12), result(true), now, 0),
+        ];
+        assert!(record_probes(&config, &mut runtimes, round, &shared));
+        assert_eq!(runtimes.len(), 1);
+        assert!(runtimes[&Ipv4Addr::new(10, 0, 0, 11)].health.is_healthy());
+    }
 }
