@@ -119,11 +119,19 @@ impl NetlinkDataplane {
         }
     }
 
-    /// Sets an interface's MAC address (a no-op when it already has it).
-    pub async fn set_link_mac(&self, index: u32, mac: [u8; 6]) -> Result<(), KernelError> {
+    /// Sets an interface's MAC address; returns the one it had when that
+    /// differed (`None`: it already had `mac`, nothing changed).
+    pub async fn set_link_mac(
+        &self,
+        index: u32,
+        mac: [u8; 6],
+    ) -> Result<Option<[u8; 6]>, KernelError> {
         let links = self.link_names().await?;
-        if links.get(&index).is_some_and(|l| l.2 == mac) {
-            return Ok(());
+        let old: Option<[u8; 6]> = links
+            .get(&index)
+            .and_then(|l| <[u8; 6]>::try_from(l.2.as_slice()).ok());
+        if old == Some(mac) {
+            return Ok(None);
         }
         self.handle
             .link()
@@ -134,7 +142,8 @@ impl NetlinkDataplane {
             )
             .execute()
             .await
-            .map_err(nl(format!("setting the MAC address of interface {index}")))
+            .map_err(nl(format!("setting the MAC address of interface {index}")))?;
+        Ok(old)
     }
 
     async fn require_index(&self, name: &str) -> Result<u32, KernelError> {

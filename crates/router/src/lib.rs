@@ -276,9 +276,11 @@ pub async fn run_with_source(
                 args.interface
             ))
         })?;
-    if let Some(mac) = args.interface_mac {
-        dataplane.set_link_mac(if_index, mac).await?;
-    }
+    // The MAC the interface had before --interface-mac, restored on shutdown.
+    let original_mac = match args.interface_mac {
+        Some(mac) => dataplane.set_link_mac(if_index, mac).await?,
+        None => None,
+    };
     let own_address = dataplane
         .ipv4_addresses(if_index)
         .await?
@@ -331,6 +333,14 @@ pub async fn run_with_source(
         Err(e) => failures.push(format!("observing state for teardown: {e}")),
     }
     failures.extend(sysctls.restore().into_iter().map(|e| e.to_string()));
+    if let Some(mac) = original_mac
+        && let Err(e) = dataplane.set_link_mac(if_index, mac).await
+    {
+        failures.push(format!(
+            "restoring the MAC address of {}: {e}",
+            args.interface
+        ));
+    }
     info!(failures = failures.len(), "router state removed");
     result?;
     if failures.is_empty() {

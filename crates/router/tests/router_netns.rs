@@ -1076,6 +1076,9 @@ fn a_changing_gateway_set_keeps_flows_on_surviving_gateways() {
     let ns = lab.routers[0].0.clone();
     let mut args = lab.router_args(0, None, 100);
     args.gateways.clear(); // the channel says which gateways there are
+    args.interface_mac = Some([0x02, 0x56, 0x50, 0x52, 0x00, 0x07]);
+    let original_mac = lab.routers[0].ip_out("-br link show eth0");
+    assert!(!original_mac.contains("02:56:50:52:00:07"));
     let (router, set) = RouterTask::start_with_channel(&ns, args);
     set.blocking_send(vec![gw(1), gw(2)]).unwrap();
     Lab::wait(
@@ -1176,7 +1179,18 @@ fn a_changing_gateway_set_keeps_flows_on_surviving_gateways() {
             .contains("unreachable default")
     });
     assert!(lab.routers[0].ip_out("nexthop show").trim().is_empty());
+    assert!(
+        lab.routers[0]
+            .ip_out("-br link show eth0")
+            .contains("02:56:50:52:00:07"),
+        "--interface-mac pinned"
+    );
     router.stop().expect("clean shutdown");
+    assert_eq!(
+        lab.routers[0].ip_out("-br link show eth0"),
+        original_mac,
+        "the original MAC restored"
+    );
 }
 
 /// The heartbeat key shared by the routers of a test, removed on drop.
