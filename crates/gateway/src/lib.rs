@@ -91,6 +91,12 @@ pub struct GatewayArgs {
     /// (e.g. cluster DNS). Repeatable.
     #[arg(long = "allow-output", value_name = "CIDR")]
     pub allow_output: Vec<IpNet>,
+    /// MAC address of a router (repeat for each): client traffic arriving on
+    /// the LAN interface is forwarded only from these, so a client cannot
+    /// send straight to a gateway around the routers. Without it, any
+    /// sender on the gateway network is forwarded (as before).
+    #[arg(long = "router-mac", value_name = "MAC", value_parser = vpno_sys::parse_mac)]
+    pub router_macs: Vec<[u8; 6]>,
 }
 
 /// Errors of the gateway agent.
@@ -220,6 +226,7 @@ pub fn plan(
             gateway_network: args.gateway_network.trunc(),
             vpn_endpoint: endpoint,
             allow_output: args.allow_output.clone(),
+            router_macs: args.router_macs.clone(),
         },
         routing: RoutingPlan {
             table: args.table,

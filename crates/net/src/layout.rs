@@ -25,6 +25,18 @@ pub const MAX_ROUTERS: u32 = RESOLVER_OFFSET - ROUTER_OFFSET;
 /// The most DNS resolvers a network has room for.
 pub const MAX_RESOLVERS: u32 = GATEWAY_OFFSET - RESOLVER_OFFSET;
 
+/// The VIP's MAC address, the same on every router (like VRRP's virtual
+/// MAC; the router's `--vip-mac` default).
+pub const VIP_MAC: [u8; 6] = [0x02, 0x56, 0x50, 0x4e, 0x4f, 0x01];
+
+/// The MAC address router `index` pins on its gateway-network interface
+/// (`vpn-operator router --interface-mac`), so gateways (`--router-mac`) and
+/// the node's anti-spoofing rules know the routers' MACs without asking:
+/// `02:56:50:52:00:<index>` (locally administered, unicast).
+pub fn router_mac(index: u32) -> [u8; 6] {
+    [0x02, 0x56, 0x50, 0x52, (index >> 8) as u8, index as u8]
+}
+
 /// Why a member has no address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LayoutError {
@@ -197,5 +209,16 @@ mod tests {
         let l = layout("192.168.25.7/22");
         assert_eq!(l.network().to_string(), "192.168.24.0/22");
         assert_eq!(l.vip(), Ipv4Addr::new(192, 168, 24, 1));
+    }
+
+    #[test]
+    fn router_macs_are_distinct_unicast_and_not_the_vip_mac() {
+        let macs: Vec<[u8; 6]> = (0..MAX_ROUTERS).map(router_mac).collect();
+        assert_eq!(router_mac(1), [0x02, 0x56, 0x50, 0x52, 0, 1]);
+        for (i, m) in macs.iter().enumerate() {
+            assert_eq!(m[0] & 0b11, 0b10, "locally administered unicast");
+            assert_ne!(*m, VIP_MAC);
+            assert!(!macs[..i].contains(m));
+        }
     }
 }
