@@ -339,6 +339,41 @@ pub(crate) fn target_of<K: kube::Resource>(kind: Kind, obj: &K) -> Target {
     }
 }
 
+/// `obj` carries `ours` instead of the original vpn-operator's finalizer
+/// (counted as `adopt_legacy` when it had the original's).
+pub(crate) fn adopt_finalizers<K: kube::Resource>(kind: Kind, obj: &K, ours: &str) -> Vec<Effect> {
+    let current = obj.meta().finalizers.clone().unwrap_or_default();
+    let Some(new) = crate::plan::finalizers::adopted(&current, Some(ours)) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if current.iter().any(|f| f == crate::plan::LEGACY_FINALIZER) {
+        out.push(Effect::Count("adopt_legacy"));
+    }
+    out.push(Effect::SetFinalizers {
+        target: target_of(kind, obj),
+        current,
+        new,
+    });
+    out
+}
+
+/// `obj` lets go of `ours` and the original vpn-operator's finalizer (the
+/// release work is done).
+pub(crate) fn release_finalizers<K: kube::Resource>(
+    kind: Kind,
+    obj: &K,
+    ours: &str,
+) -> Option<Effect> {
+    let current = obj.meta().finalizers.clone().unwrap_or_default();
+    let new = crate::plan::finalizers::released(&current, Some(ours))?;
+    Some(Effect::SetFinalizers {
+        target: target_of(kind, obj),
+        current,
+        new,
+    })
+}
+
 /// The reference an Event about `obj` points at.
 pub(crate) fn regarding<K: kube::Resource<DynamicType = ()>>(obj: &K) -> ObjectReference {
     obj.object_ref(&())

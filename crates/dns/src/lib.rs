@@ -119,6 +119,27 @@ pub struct Resolver {
     http_addr: SocketAddr,
 }
 
+/// Binds UDP and then TCP on the same port. With port 0 the kernel picks
+/// the UDP port, and that TCP port may be taken by someone else: then
+/// another port is tried (a few times), rather than failing start-up.
+async fn bind_dns(
+    listen: SocketAddr,
+) -> Result<(tokio::net::UdpSocket, tokio::net::TcpListener, SocketAddr), ResolverError> {
+    let mut tries = if listen.port() == 0 { 8 } else { 1 };
+    loop {
+        tries -= 1;
+        let udp = tokio::net::UdpSocket::bind(listen)
+            .await
+            .map_err(io(format!("bind UDP {listen}")))?;
+        let addr = udp.local_addr().map_err(io("UDP address"))?;
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(tcp) => return Ok((udp, tcp, addr)),
+            Err(e) if tries > 0 && e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => return Err(io(format!("bind TCP {addr}"))(e)),
+        }
+    }
+}
+
 impl Resolver {
     /// Binds the DNS sockets (UDP, then TCP on the same port) and the HTTP listener.
     pub async fn bind(args: &DnsArgs) -> Result<Self, ResolverError> {
@@ -141,13 +162,7 @@ impl Resolver {
             cluster: pool(&args.cluster_dns),
             upstream: pool(&args.upstreams),
         };
-        let udp = tokio::net::UdpSocket::bind(args.listen)
-            .await
-            .map_err(io(format!("bind UDP {}", args.listen)))?;
-        let dns_addr = udp.local_addr().map_err(io("UDP address"))?;
-        let tcp = tokio::net::TcpListener::bind(dns_addr)
-            .await
-            .map_err(io(format!("bind TCP {dns_addr}")))?;
+        let (udp, tcp, dns_addr) = bind_dns(args.listen).await?;
         let http = tokio::net::TcpListener::bind(args.metrics_listen)
             .await
             .map_err(io(format!("bind HTTP {}", args.metrics_listen)))?;

@@ -1,4 +1,6 @@
-//! HTTP endpoints: `/healthz`, `/public-ip`, `/metrics`.
+//! HTTP endpoints: `/healthz` (liveness: the agent loop runs), `/readyz`
+//! (readiness: the tunnel passes traffic now; routers probe it),
+//! `/public-ip`, `/metrics`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,6 +21,7 @@ pub(crate) async fn serve(
 ) {
     let app = Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/public-ip", get(public_ip))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -31,7 +34,31 @@ pub(crate) async fn serve(
     }
 }
 
+/// 200 while the agent loop keeps ticking, whatever the tunnel does (a
+/// down tunnel is a reason not to route through the gateway, not to
+/// restart it).
 async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+    let since = shared
+        .last_tick
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .elapsed();
+    let alive = since <= shared.alive_within;
+    let code = if alive {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "alive": alive,
+        "since_last_tick_seconds": since.as_secs_f64(),
+        "limit_seconds": shared.alive_within.as_secs_f64(),
+    });
+    (code, axum::Json(body)).into_response()
+}
+
+/// 200 only while the tunnel passes traffic (the health verdict).
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     let status = shared
         .status
         .lock()
@@ -57,7 +84,7 @@ async fn public_ip(State(shared): State<Arc<Shared>>) -> Response {
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(json!({
                 "error": "public_ip_unknown",
-                "message": "no successful probe through the tunnel (configure --probe-url; see /healthz)",
+                "message": "no successful probe through the tunnel (configure --probe-url; see /readyz)",
                 "reasons": status.verdict.reasons,
             })),
         )
@@ -81,7 +108,7 @@ async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
         axum::Json(
-            json!({"error": "not_found", "message": "endpoints: /healthz, /public-ip, /metrics"}),
+            json!({"error": "not_found", "message": "endpoints: /healthz, /readyz, /public-ip, /metrics"}),
         ),
     )
         .into_response()

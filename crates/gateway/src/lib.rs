@@ -240,7 +240,7 @@ pub fn plan(
     })
 }
 
-/// What `/healthz` and `/public-ip` serve; updated by the agent loop.
+/// What `/readyz` and `/public-ip` serve; updated by the agent loop.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct GatewayStatus {
     /// The health verdict.
@@ -259,6 +259,10 @@ pub struct GatewayStatus {
 pub(crate) struct Shared {
     pub(crate) status: Mutex<GatewayStatus>,
     pub(crate) metrics: GatewayMetrics,
+    /// When the agent loop last finished a tick (start-up counts as one).
+    pub(crate) last_tick: Mutex<Instant>,
+    /// `/healthz` (liveness) fails once no tick finished for this long.
+    pub(crate) alive_within: Duration,
 }
 
 /// Forwarding is switched on after the kill switch and off before clean-up,
@@ -403,6 +407,8 @@ async fn serve(
             probe: None,
         }),
         metrics: GatewayMetrics::new(),
+        last_tick: Mutex::new(Instant::now()),
+        alive_within: (args.probe_interval * 5).max(Duration::from_secs(10)),
     });
     let (stop_http, stop_http_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(http::serve(listener, Arc::clone(&shared), async {
@@ -664,6 +670,7 @@ impl<'a> Agent<'a> {
         status.verdict = verdict;
         status.last_handshake_seconds = last_handshake.map(|d| d.as_secs_f64());
         status.probe = probe;
+        *shared.last_tick.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
     }
 }
 

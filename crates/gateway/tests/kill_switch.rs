@@ -245,7 +245,7 @@ async fn wait_for_health(
     let healthz: SocketAddr = "10.77.0.11:9090".parse().unwrap();
     while started.elapsed() < limit {
         if let Ok((status, body)) =
-            http_get(client, healthz, "/healthz", Duration::from_secs(1)).await
+            http_get(client, healthz, "/readyz", Duration::from_secs(1)).await
             && status == want
         {
             return Some((started.elapsed(), body));
@@ -493,10 +493,15 @@ async fn gateway_forwards_through_tunnel_and_kill_switch_holds() {
             .await
             .is_err()
     );
-    let (status, _) = http_get(&topo.client_rt, gw_http, "/healthz", Duration::from_secs(2))
+    let (status, _) = http_get(&topo.client_rt, gw_http, "/readyz", Duration::from_secs(2))
         .await
         .unwrap();
     assert_eq!(status, 503);
+    // Not ready, but alive: nothing should restart the agent for a down tunnel.
+    let (status, _) = http_get(&topo.client_rt, gw_http, "/healthz", Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
     let (_, metrics) = http_get(&topo.client_rt, gw_http, "/metrics", Duration::from_secs(2))
         .await
         .unwrap();

@@ -248,7 +248,7 @@ fn iperf(netns: &str, dst: Ipv4Addr, seconds: u64, streams: u32) -> Result<f64, 
 /// router dropped it from its nexthop group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Removal {
-    /// Until the gateway's `/healthz` stopped answering 200 (if seen before removal).
+    /// Until the gateway's `/readyz` stopped answering 200 (if seen before removal).
     pub unhealthy_after: Option<Duration>,
     /// Until the router's nexthop group no longer held the gateway.
     pub removed_after: Duration,
@@ -281,7 +281,7 @@ pub async fn measure_removal(
             let ok = crate::traffic::http_get(
                 &gateway_ns,
                 health,
-                "/healthz",
+                "/readyz",
                 Duration::from_millis(300),
             )
             .await

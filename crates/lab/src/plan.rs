@@ -21,7 +21,7 @@ pub const SINK_PORT: u16 = 9000;
 pub const IPERF_PORT: u16 = 5201;
 /// UDP port every provider's WireGuard server listens on.
 pub const WIREGUARD_PORT: u16 = 51820;
-/// Port of the gateway agent's HTTP endpoint (`/healthz`, `/public-ip`, `/metrics`).
+/// Port of the gateway agent's HTTP endpoint (`/healthz`, `/readyz`, `/public-ip`, `/metrics`).
 pub const GATEWAY_HTTP_PORT: u16 = 9090;
 /// Port of the router agent's HTTP endpoint.
 pub const ROUTER_HTTP_PORT: u16 = 9095;

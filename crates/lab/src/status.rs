@@ -24,7 +24,7 @@ pub struct GatewayStatus {
     pub lan_addr: Ipv4Addr,
     /// Whether the agent process runs.
     pub running: bool,
-    /// Whether `/healthz` answers 200.
+    /// Whether `/readyz` answers 200 (the tunnel passes traffic).
     pub healthy: bool,
     /// What `/public-ip` reports.
     pub public_ip: Option<String>,
@@ -227,7 +227,7 @@ async fn gateway_status(t: &Topology, state: &LabState, i: u32, outage: bool) ->
     let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, GATEWAY_HTTP_PORT));
     let timeout = Duration::from_millis(800);
     let (health, ip, metrics) = tokio::join!(
-        traffic::http_get(&ns, addr, "/healthz", timeout),
+        traffic::http_get(&ns, addr, "/readyz", timeout),
         traffic::http_get(&ns, addr, "/public-ip", timeout),
         traffic::http_get(&ns, addr, "/metrics", timeout),
     );

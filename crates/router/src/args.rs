@@ -131,7 +131,7 @@ pub struct RouterArgs {
     #[arg(long, default_value_t = 9090)]
     pub health_port: u16,
     /// Path of the gateways' health endpoint.
-    #[arg(long, default_value = "/healthz")]
+    #[arg(long, default_value = "/readyz")]
     pub health_path: String,
     /// Probe (and heartbeat) interval.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
@@ -216,7 +216,7 @@ mod tests {
         );
         assert_eq!(
             (a.fall, a.rise, a.health_port, a.health_path.as_str()),
-            (1, 2, 9090, "/healthz")
+            (1, 2, 9090, "/readyz")
         );
         assert_eq!(
             (a.table, a.rule_priority, a.nexthop_id, a.buckets),

@@ -20,7 +20,7 @@ use crate::effect::{
 };
 use crate::plan::assign::{AssignmentPlan, SlotRequest, admits, plan_assignment};
 use crate::plan::credentials::{credentials_update, desired_copy};
-use crate::plan::{CONSUMER_FINALIZER, LEGACY_FINALIZER, PIN_ANNOTATION, finalizers};
+use crate::plan::{CONSUMER_FINALIZER, PIN_ANNOTATION};
 
 /// When to look at the consumer again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,19 +131,7 @@ pub(crate) fn decide(o: &Observed) -> Step {
 
 /// Our finalizer instead of the original vpn-operator's.
 fn adopt_finalizers(consumer: &MaskConsumer) -> Vec<Effect> {
-    let Some(new) = finalizers::adopted(consumer.finalizers(), Some(CONSUMER_FINALIZER)) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    if consumer.finalizers().iter().any(|f| f == LEGACY_FINALIZER) {
-        out.push(Effect::Count("adopt_legacy"));
-    }
-    out.push(Effect::SetFinalizers {
-        target: target_of(Kind::MaskConsumer, consumer),
-        current: consumer.finalizers().to_vec(),
-        new,
-    });
-    out
+    crate::effect::adopt_finalizers(Kind::MaskConsumer, consumer, CONSUMER_FINALIZER)
 }
 
 /// A held slot: still valid and admitted? then keep the copy equal to the

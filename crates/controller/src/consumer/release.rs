@@ -16,7 +16,9 @@ use vpno_api::{MaskConsumer, MaskConsumerStatus, MaskPhase, MaskReservation};
 use super::decide::{Decided, consumer_status};
 use super::observe::Observed;
 use crate::context::Ctx;
-use crate::effect::{ApiObject, Effect, Executor, Kind, Propagation, Target, target_of};
+use crate::effect::{
+    ApiObject, Effect, Executor, Kind, Propagation, Target, release_finalizers, target_of,
+};
 use crate::error::ControllerError;
 use crate::plan::release::{holding_message, pod_holds_secret};
 use crate::plan::{CONSUMER_FINALIZER, finalizers};
@@ -226,12 +228,10 @@ fn free_the_slot(o: &Observed, h: &Holding) -> Vec<Effect> {
     if !h.reservations.is_empty() || consumer.assignment().is_some() {
         effects.push(Effect::Count("release"));
     }
-    if let Some(new) = finalizers::released(consumer.finalizers(), Some(CONSUMER_FINALIZER)) {
-        effects.push(Effect::SetFinalizers {
-            target: target_of(Kind::MaskConsumer, consumer),
-            current: consumer.finalizers().to_vec(),
-            new,
-        });
-    }
+    effects.extend(release_finalizers(
+        Kind::MaskConsumer,
+        consumer,
+        CONSUMER_FINALIZER,
+    ));
     effects
 }

@@ -17,9 +17,7 @@ use crate::plan::evict::{self, eviction_plan};
 use crate::plan::status::slot_count_write_wait;
 use crate::plan::verify::{VerifyAction, VerifyDecision, VerifyInputs};
 use crate::plan::verify_pod::{VerifyPodParams, render_pod};
-use crate::plan::{
-    LEGACY_FINALIZER, PIN_ANNOTATION, PROVIDER_FINALIZER, finalizers, verify_object_name,
-};
+use crate::plan::{PIN_ANNOTATION, PROVIDER_FINALIZER, verify_object_name};
 
 fn parse_ts(s: Option<&str>) -> Option<jiff::Timestamp> {
     s.and_then(|s| s.parse().ok())
@@ -45,7 +43,7 @@ pub(crate) struct LiveStep {
 /// What to do about a live provider, up to the verification Pod.
 pub(crate) fn decide_live(o: &Observed, live: &Live, images: &PodImages<'_>) -> LiveStep {
     let p = o.provider.as_ref();
-    let mut effects = adopt_finalizers(p);
+    let mut effects = crate::effect::adopt_finalizers(Kind::MaskProvider, p, PROVIDER_FINALIZER);
     effects.extend(evictions(p, &live.held));
     let settings = VerifySettings::of(p, live.default_timeout);
     let inputs = verify_inputs(p, &settings, live, &failure_now(p, live));
@@ -127,14 +125,7 @@ pub(crate) fn finish(
     };
     if later.is_none() && crate::effect::status_changed(p.status.as_ref(), &desired) {
         let message = desired.message.clone().unwrap_or_default();
-        effects.push(Effect::PatchStatus {
-            target: target_of(Kind::MaskProvider, p),
-            status: StatusWrite::Provider {
-                uid: o.uid.clone(),
-                current: p.status.clone().map(Box::new),
-                desired: Box::new(desired),
-            },
-        });
+        effects.push(status_write(o, desired));
         if changed && d.user_error {
             effects.push(event(p, true, &format!("{:?}", d.phase), "Verify", message));
         } else if changed && d.verified_now {
@@ -151,29 +142,25 @@ pub(crate) fn finish(
     }
 }
 
+/// The write of `desired` as the provider's status.
+pub(crate) fn status_write(o: &Observed, desired: MaskProviderStatus) -> Effect {
+    let p = o.provider.as_ref();
+    Effect::PatchStatus {
+        target: target_of(Kind::MaskProvider, p),
+        status: StatusWrite::Provider {
+            uid: o.uid.clone(),
+            current: p.status.clone().map(Box::new),
+            desired: Box::new(desired),
+        },
+    }
+}
+
 /// What a failure now would be recorded with (and what a recorded one is compared to).
 fn failure_now(p: &MaskProvider, live: &Live) -> VerifyFailure {
     VerifyFailure {
         generation: p.meta().generation.unwrap_or_default(),
         secret_version: live.secret_version.clone().unwrap_or_default(),
     }
-}
-
-/// Our finalizer instead of the original vpn-operator's.
-fn adopt_finalizers(p: &MaskProvider) -> Vec<Effect> {
-    let Some(new) = finalizers::adopted(p.finalizers(), Some(PROVIDER_FINALIZER)) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    if p.finalizers().iter().any(|f| f == LEGACY_FINALIZER) {
-        out.push(Effect::Count("adopt_legacy"));
-    }
-    out.push(Effect::SetFinalizers {
-        target: target_of(Kind::MaskProvider, p),
-        current: p.finalizers().to_vec(),
-        new,
-    });
-    out
 }
 
 /// Frees the slots at or above `maxSlots`: their consumers are deleted

@@ -7,11 +7,11 @@ use std::time::Duration;
 use kube::{Resource, ResourceExt};
 use vpno_api::{MaskProviderStatus, ProviderPhase};
 
-use super::decide::{event, verify_mask_target};
+use super::decide::{event, status_write, verify_mask_target};
 use super::observe::{Observed, Unassigning};
 use crate::consumer::Decided;
-use crate::effect::{Effect, Kind, Propagation, StatusWrite, status_changed, target_of};
-use crate::plan::{PROVIDER_FINALIZER, finalizers};
+use crate::effect::{Effect, Kind, Propagation, release_finalizers, status_changed, target_of};
+use crate::plan::PROVIDER_FINALIZER;
 
 /// What to do about a provider being deleted.
 pub(crate) fn decide(o: &Observed, u: &Unassigning) -> Decided {
@@ -28,14 +28,7 @@ pub(crate) fn decide(o: &Observed, u: &Unassigning) -> Decided {
             ..p.status.clone().unwrap_or_default()
         };
         if status_changed(p.status.as_ref(), &desired) {
-            effects.push(Effect::PatchStatus {
-                target: target_of(Kind::MaskProvider, p),
-                status: StatusWrite::Provider {
-                    uid: o.uid.clone(),
-                    current: p.status.clone().map(Box::new),
-                    desired: Box::new(desired),
-                },
-            });
+            effects.push(status_write(o, desired));
         }
     }
     effects.push(Effect::DeleteIf {
@@ -81,12 +74,10 @@ pub(crate) fn decide(o: &Observed, u: &Unassigning) -> Decided {
         provider: format!("{}/{}", o.namespace, p.name_any()),
         counts: None,
     });
-    if let Some(new) = finalizers::released(p.finalizers(), Some(PROVIDER_FINALIZER)) {
-        effects.push(Effect::SetFinalizers {
-            target: target_of(Kind::MaskProvider, p),
-            current: p.finalizers().to_vec(),
-            new,
-        });
-    }
+    effects.extend(release_finalizers(
+        Kind::MaskProvider,
+        p,
+        PROVIDER_FINALIZER,
+    ));
     Decided::wait(effects)
 }
