@@ -29,6 +29,8 @@ pub(crate) struct Context {
     /// When each provider's status was last written (spaces out writes that
     /// only update `activeSlots`; memory for pacing, not for decisions).
     pub slot_count_writes: WriteTimes,
+    /// The cluster's service range once discovered (see [`crate::gateway::discovery`]).
+    pub service_cidr: crate::gateway::discovery::Discovered,
 }
 
 /// The time of the last write per key.

@@ -9,10 +9,13 @@
 
 use std::future::Future;
 
-use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::runtime::events::EventType;
 use vpno_api::{
-    Mask, MaskConsumer, MaskConsumerStatus, MaskProviderStatus, MaskReservationStatus, MaskStatus,
+    Mask, MaskConsumer, MaskConsumerStatus, MaskGatewayStatus, MaskProviderStatus,
+    MaskReservationStatus, MaskStatus,
 };
 
 use crate::error::ControllerError;
@@ -23,6 +26,8 @@ pub(crate) enum Kind {
     Mask,
     MaskConsumer,
     MaskReservation,
+    MaskGateway,
+    Pod,
 }
 
 impl Kind {
@@ -32,6 +37,8 @@ impl Kind {
             Kind::Mask => "Mask",
             Kind::MaskConsumer => "MaskConsumer",
             Kind::MaskReservation => "MaskReservation",
+            Kind::MaskGateway => "MaskGateway",
+            Kind::Pod => "Pod",
         }
     }
 }
@@ -48,6 +55,28 @@ pub(crate) struct Target {
 #[derive(Debug, Clone)]
 pub(crate) enum NewObject {
     MaskConsumer(Box<MaskConsumer>),
+    Mask(Box<Mask>),
+    Pod(Box<Pod>),
+    ServiceAccount(Box<ServiceAccount>),
+    Role(Box<Role>),
+    RoleBinding(Box<RoleBinding>),
+    /// A Secret holding [`RANDOM_KEY_LEN`] random bytes under `key`; the
+    /// executor draws them, so deciding stays pure.
+    RandomKey(Box<RandomKey>),
+}
+
+/// Length of a [`NewObject::RandomKey`] in bytes.
+pub(crate) const RANDOM_KEY_LEN: usize = 32;
+
+/// A Secret of random bytes to create once (an existing one is kept).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RandomKey {
+    pub namespace: String,
+    pub name: String,
+    /// The data key the bytes are stored under.
+    pub key: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub owner: OwnerReference,
 }
 
 /// A typed status to write (a merge patch of the status subresource;
@@ -56,6 +85,12 @@ pub(crate) enum NewObject {
 pub(crate) enum StatusWrite {
     Mask(MaskStatus),
     Reservation(MaskReservationStatus),
+    /// A MaskGateway's status: `desired` as decided, `patch` the merge patch
+    /// from the current status to it (removed fields set to null).
+    Gateway {
+        desired: Box<MaskGatewayStatus>,
+        patch: serde_json::Value,
+    },
 }
 
 /// One thing a reconciler wants done.
@@ -75,8 +110,9 @@ pub(crate) enum Effect {
         current: Vec<String>,
         new: Vec<String>,
     },
-    /// Set a consumer's `spec.providers` (copied from its Mask).
-    SetConsumerProviders {
+    /// Set `spec.providers` of a consumer (copied from its Mask) or of a
+    /// Mask (copied from its MaskGateway).
+    SetProviders {
         target: Target,
         providers: Option<Vec<String>>,
     },
@@ -120,6 +156,18 @@ pub(crate) trait Executor: Send + Sync {
         name: &str,
     ) -> impl Future<Output = Result<Option<MaskConsumer>, ControllerError>> + Send;
 
+    /// The keys with a non-empty value of the Secret `namespace/name`, and
+    /// its `VPN_TYPE` (`None`: no such Secret).
+    fn credential_keys(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<CredentialKeys>, ControllerError>> + Send;
+
+    /// The cluster's service range as the cluster tells it (kube-apiserver
+    /// flags or kubeadm's configuration), `None` when it does not.
+    fn service_cidr(&self) -> impl Future<Output = Option<String>> + Send;
+
     /// Applies effects in order, stopping at the first error.
     fn apply_all(
         &self,
@@ -132,6 +180,15 @@ pub(crate) trait Executor: Send + Sync {
             Ok(())
         }
     }
+}
+
+/// What a credentials Secret holds, without the values.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct CredentialKeys {
+    /// Keys whose value is not empty.
+    pub keys: std::collections::BTreeSet<String>,
+    /// The value of `VPN_TYPE` (not a secret: `wireguard` or `openvpn`).
+    pub vpn_type: Option<String>,
 }
 
 /// The parts of a status that say something; `lastUpdated` is when it was said.
@@ -160,7 +217,8 @@ stamped!(
     MaskStatus,
     MaskReservationStatus,
     MaskConsumerStatus,
-    MaskProviderStatus
+    MaskProviderStatus,
+    MaskGatewayStatus
 );
 
 /// The JSON merge patch that turns status `current` into `desired`: fields
@@ -231,6 +289,8 @@ pub(crate) mod tests {
     pub(crate) struct Recording {
         pub effects: Mutex<Vec<Effect>>,
         pub consumers: Mutex<HashMap<(String, String), MaskConsumer>>,
+        pub credentials: Mutex<HashMap<(String, String), CredentialKeys>>,
+        pub service_cidr: Mutex<Option<String>>,
     }
 
     impl Recording {
@@ -257,6 +317,23 @@ pub(crate) mod tests {
                 .unwrap()
                 .get(&(namespace.to_string(), name.to_string()))
                 .cloned())
+        }
+
+        async fn credential_keys(
+            &self,
+            namespace: &str,
+            name: &str,
+        ) -> Result<Option<CredentialKeys>, ControllerError> {
+            Ok(self
+                .credentials
+                .lock()
+                .unwrap()
+                .get(&(namespace.to_string(), name.to_string()))
+                .cloned())
+        }
+
+        async fn service_cidr(&self) -> Option<String> {
+            self.service_cidr.lock().unwrap().clone()
         }
     }
 
