@@ -31,6 +31,8 @@ pub(crate) struct Context {
     pub slot_count_writes: WriteTimes,
     /// The cluster's service range once discovered (see [`crate::gateway::discovery`]).
     pub service_cidr: crate::gateway::discovery::Discovered,
+    /// HTTP client for the MaskGateways' agents (public IP, router role).
+    pub agents: crate::gateway::agents::AgentClient,
 }
 
 /// The time of the last write per key.

@@ -168,6 +168,10 @@ pub(crate) trait Executor: Send + Sync {
     /// flags or kubeadm's configuration), `None` when it does not.
     fn service_cidr(&self) -> impl Future<Output = Option<String>> + Send;
 
+    /// The bodies of 200 answers to `GET` of each URL (agents' status
+    /// endpoints on their Pod IPs), `None` where none came in time.
+    fn fetch_agents(&self, urls: Vec<String>) -> impl Future<Output = Vec<Option<String>>> + Send;
+
     /// Applies effects in order, stopping at the first error.
     fn apply_all(
         &self,
@@ -291,6 +295,7 @@ pub(crate) mod tests {
         pub consumers: Mutex<HashMap<(String, String), MaskConsumer>>,
         pub credentials: Mutex<HashMap<(String, String), CredentialKeys>>,
         pub service_cidr: Mutex<Option<String>>,
+        pub agents: Mutex<HashMap<String, String>>,
     }
 
     impl Recording {
@@ -334,6 +339,11 @@ pub(crate) mod tests {
 
         async fn service_cidr(&self) -> Option<String> {
             self.service_cidr.lock().unwrap().clone()
+        }
+
+        async fn fetch_agents(&self, urls: Vec<String>) -> Vec<Option<String>> {
+            let answers = self.agents.lock().unwrap();
+            urls.iter().map(|u| answers.get(u).cloned()).collect()
         }
     }
 

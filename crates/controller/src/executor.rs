@@ -117,6 +117,10 @@ impl Executor for Ctx {
     async fn service_cidr(&self) -> Option<String> {
         self.discover_service_cidr().await
     }
+
+    async fn fetch_agents(&self, urls: Vec<String>) -> Vec<Option<String>> {
+        self.shared.agents.get_all(&urls).await
+    }
 }
 
 impl Ctx {

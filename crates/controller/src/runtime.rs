@@ -385,6 +385,7 @@ pub(crate) async fn run_controllers(
         recorder,
         slot_count_writes: Default::default(),
         service_cidr: Default::default(),
+        agents: Default::default(),
     });
     let ctx_for = |kind: &'static str, m: fn(&Metrics) -> &ControllerMetrics| {
         Arc::new(Ctx {

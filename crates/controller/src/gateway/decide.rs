@@ -23,6 +23,9 @@ use crate::effect::{
     status_patch, target_of,
 };
 
+/// How often running agents are asked again for public IP and role.
+const AGENT_REFRESH: Duration = Duration::from_secs(15);
+
 /// The effects, and whether to look again after a while.
 #[derive(Debug, Default)]
 pub(crate) struct Decision {
@@ -72,6 +75,10 @@ pub(crate) fn decide(o: &Observed) -> Decision {
         .any(|c| c.kind == "Degraded" && c.status == "True")
     {
         recheck.get_or_insert(RECHECK);
+    }
+    // Public IPs and router roles change without a watch event: ask again.
+    if o.pods.iter().any(|p| status::pod_running(p)) {
+        recheck = Some(recheck.map_or(AGENT_REFRESH, |r| r.min(AGENT_REFRESH)));
     }
     effects.extend(events(gw, &desired));
     let prior = gw.status.as_ref();
@@ -161,6 +168,7 @@ fn gateway_pods(
             mask: gateway_mask_name(&gw.name_any(), ordinal),
             consumer,
             pod,
+            public_ip_answer: pod.and_then(|p| o.agents.get(&p.name_any()).map(String::as_str)),
             ..Default::default()
         };
         let address = match layout.gateway(ordinal) {
@@ -301,7 +309,8 @@ fn router_pods(
     let mut entries = Vec::new();
     for p in routers {
         if wanted.contains(&p.name_any()) {
-            entries.push((status::router_entry(p), pod_ready(p)));
+            let answer = o.agents.get(&p.name_any()).map(String::as_str);
+            entries.push((status::router_entry(p, answer), pod_ready(p)));
         } else {
             delete_pod(p, out);
         }

@@ -9,6 +9,7 @@
 //! routers and their objects are owned by it, and each gateway Pod goes
 //! with its MaskConsumer (whose finalizer releases the slot after the Pod).
 
+pub(crate) mod agents;
 mod decide;
 pub(crate) mod discovery;
 mod network;

@@ -12,9 +12,11 @@ use kube::runtime::reflector::ObjectRef;
 use vpno_api::names::GATEWAY_LABEL;
 use vpno_api::{Mask, MaskConsumer, MaskGateway, MaskPhase};
 
+use super::agents::{public_ip_url, router_status_url};
 use super::network::NodeInfo;
 use super::render::PodImages;
-use super::status::is_gateway_pod;
+use super::render::{GATEWAY_PORT, ROUTER_PORT};
+use super::status::{is_gateway_pod, pod_ready, pod_running};
 use crate::context::{Ctx, ns_of};
 use crate::effect::{CredentialKeys, Executor};
 use crate::error::ControllerError;
@@ -35,6 +37,9 @@ pub(crate) struct Observed {
     /// Key names of credentials Secrets (by name) that a gateway Pod to be
     /// created would use.
     pub credentials: BTreeMap<String, CredentialKeys>,
+    /// What agents answered, by Pod name: a ready gateway's `/public-ip`,
+    /// a running router's `/status`.
+    pub agents: BTreeMap<String, String>,
     /// Whether the routers' heartbeat key Secret exists.
     pub router_key_exists: bool,
     pub images: PodImages,
@@ -113,6 +118,7 @@ pub(crate) async fn observe(
             credentials.insert(a.secret.clone(), keys);
         }
     }
+    let agents = ask_agents(&pods, exec).await;
     let secret = router_key_secret(&name);
     let listed = *ctx.nodes_listed.borrow();
     let nodes = listed.then(|| ctx.nodes.state().iter().map(|n| node_info(n)).collect());
@@ -127,7 +133,41 @@ pub(crate) async fn observe(
         consumers,
         pods,
         credentials,
+        agents,
     })
+}
+
+/// Asks each ready gateway for its public IP and each running router for
+/// its role, on their Pod IPs.
+async fn ask_agents(pods: &[Arc<Pod>], exec: &impl Executor) -> BTreeMap<String, String> {
+    let mut names = Vec::new();
+    let mut urls = Vec::new();
+    for p in pods {
+        let Some(ip) = p.status.as_ref().and_then(|s| s.pod_ip.as_deref()) else {
+            continue;
+        };
+        let url = if is_gateway_pod(p) {
+            if !pod_ready(p) {
+                continue;
+            }
+            public_ip_url(ip, GATEWAY_PORT)
+        } else if pod_running(p) {
+            router_status_url(ip, ROUTER_PORT)
+        } else {
+            continue;
+        };
+        names.push(p.name_any());
+        urls.push(url);
+    }
+    if urls.is_empty() {
+        return BTreeMap::new();
+    }
+    let answers = exec.fetch_agents(urls).await;
+    names
+        .into_iter()
+        .zip(answers)
+        .filter_map(|(n, a)| Some((n, a?)))
+        .collect()
 }
 
 fn router_key_secret(gw: &str) -> String {

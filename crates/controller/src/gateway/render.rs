@@ -31,9 +31,9 @@ pub(crate) const TEMPLATE_ANNOTATION: &str = "vpn.beebs.dev/template";
 /// The interface the CNI plugin gives role Pods on the gateway network.
 pub(crate) const NETWORK_INTERFACE: &str = "vpn0";
 /// Port of the gateway agent's /healthz.
-const GATEWAY_PORT: i32 = 9090;
+pub(crate) const GATEWAY_PORT: i32 = 9090;
 /// Port of the router's /healthz and /status.
-const ROUTER_PORT: i32 = 9095;
+pub(crate) const ROUTER_PORT: i32 = 9095;
 /// Where the routers' heartbeat key is mounted.
 const ROUTER_KEY_DIR: &str = "/etc/vpno/router-key";
 /// The data key of the heartbeat key Secret.

@@ -12,6 +12,7 @@ use vpno_api::{
     MaskPhase, RouterRole, RouterStatus,
 };
 
+use super::agents::{parse_public_ip, parse_router_role};
 use super::network::{NetworkPlan, Problem};
 
 /// Everything known about one gateway replica.
@@ -26,6 +27,8 @@ pub(crate) struct Replica<'a> {
     pub address: Option<String>,
     /// Why it cannot run (no Pod is made while this is set).
     pub problem: Option<String>,
+    /// What its agent answered on `/public-ip`.
+    pub public_ip_answer: Option<&'a str>,
 }
 
 /// Whether a Pod is Ready (and not being deleted).
@@ -37,7 +40,8 @@ pub(crate) fn pod_ready(p: &Pod) -> bool {
             .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
-fn pod_running(p: &Pod) -> bool {
+/// Whether a Pod's phase is Running.
+pub(crate) fn pod_running(p: &Pod) -> bool {
     p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
 }
 
@@ -70,7 +74,10 @@ pub(crate) fn gateway_entry(r: &Replica<'_>) -> GatewayStatus {
         provider: assignment.map(|a| format!("{}/{}", a.namespace, a.name)),
         slot: assignment.map(|a| a.slot),
         address: r.address.clone(),
-        public_ip: None,
+        public_ip: r
+            .public_ip_answer
+            .filter(|_| phase == GatewayPhase::Ready)
+            .and_then(parse_public_ip),
         message,
     }
 }
@@ -87,13 +94,15 @@ fn waiting(consumer: Option<&MaskConsumer>) -> (GatewayPhase, Option<String>) {
     }
 }
 
-/// The status entry of one router Pod (its role is not observed yet).
-pub(crate) fn router_entry(p: &Pod) -> RouterStatus {
+/// The status entry of one router Pod, with the role its `/status` said.
+pub(crate) fn router_entry(p: &Pod, status_answer: Option<&str>) -> RouterStatus {
     RouterStatus {
         pod: p.name_any(),
         node: p.spec.as_ref().and_then(|s| s.node_name.clone()),
         address: p.annotations().get(NETWORK_ADDRESS_ANNOTATION).cloned(),
-        role: RouterRole::Unknown,
+        role: status_answer
+            .and_then(parse_router_role)
+            .unwrap_or(RouterRole::Unknown),
     }
 }
 

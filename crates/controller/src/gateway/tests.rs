@@ -44,6 +44,8 @@ struct World {
     credentials: BTreeMap<String, CredentialKeys>,
     service_cidr: Option<String>,
     router_key: bool,
+    /// Agents' answers by Pod name.
+    agents: BTreeMap<String, String>,
 }
 
 impl World {
@@ -56,6 +58,7 @@ impl World {
             credentials: BTreeMap::new(),
             service_cidr: Some("10.96.0.0/12".into()),
             router_key: true,
+            agents: BTreeMap::new(),
         }
     }
 
@@ -119,6 +122,7 @@ impl World {
             service_cidr: self.service_cidr.clone(),
             credentials: self.credentials.clone(),
             router_key_exists: self.router_key,
+            agents: self.agents.clone(),
             images: PodImages::default(),
             now: "2026-12-02T00:00:00Z".into(),
         }
@@ -437,10 +441,24 @@ async fn ready_pods_make_it_ready_and_an_unchanged_status_is_not_written_again()
     assert_eq!(condition(s, "Degraded"), ("False", "AsExpected"));
     assert_eq!(s.routers.len(), 2);
     assert_eq!(s.routers[0].address.as_deref(), Some("192.168.24.2/22"));
-    assert_eq!(d.recheck, None);
+    assert_eq!(s.public_ips, None, "no agent answered");
+    assert!(d.recheck.is_some(), "running agents are asked again");
     w.absorb(&effects, true);
     let (effects, _) = w.run().await;
     assert!(effects.is_empty(), "nothing changed: {effects:?}");
+    // The agents answer: public IPs (printer column) and router roles.
+    w.agents.insert("egress-0".into(), "203.0.113.10\n".into());
+    w.agents.insert("egress-1".into(), "203.0.113.11".into());
+    w.agents
+        .insert("egress-router-0".into(), r#"{"role":"active"}"#.into());
+    w.agents
+        .insert("egress-router-1".into(), r#"{"role":"standby"}"#.into());
+    let (effects, _) = w.run().await;
+    let s = written(&effects).unwrap();
+    assert_eq!(s.public_ips.as_deref(), Some("203.0.113.10,203.0.113.11"));
+    assert_eq!(s.gateways[1].public_ip.as_deref(), Some("203.0.113.11"));
+    assert_eq!(s.routers[0].role, vpno_api::RouterRole::Active);
+    assert_eq!(s.routers[1].role, vpno_api::RouterRole::Standby);
 }
 
 #[tokio::test]
