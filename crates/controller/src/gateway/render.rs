@@ -301,6 +301,8 @@ pub(crate) fn gateway_pod(p: &GatewayPod<'_>) -> Pod {
         PodSpec {
             containers,
             volumes: Some(vec![tun]),
+            // The agent never talks to the API server.
+            automount_service_account_token: Some(false),
             ..Default::default()
         },
         digest,

@@ -291,6 +291,10 @@ async fn each_active_slot_gets_a_gateway_pod_owned_by_its_consumer() {
             sc.capabilities.as_ref().unwrap().add.as_ref().unwrap(),
             &["NET_ADMIN"]
         );
+        assert_eq!(
+            p.spec.as_ref().unwrap().automount_service_account_token,
+            Some(false)
+        );
         let tun = &p.spec.as_ref().unwrap().volumes.as_ref().unwrap()[0];
         assert_eq!(
             tun.host_path.as_ref().unwrap().type_.as_deref(),

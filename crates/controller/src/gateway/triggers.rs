@@ -90,3 +90,102 @@ pub(crate) fn gateways_of_node(
         .map(|g| ObjectRef::from_obj(g.as_ref()))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use k8s_openapi::api::core::v1::NodeSpec;
+    use kube::api::ObjectMeta;
+    use kube::runtime::reflector::store::Writer;
+    use kube::runtime::watcher::Event;
+
+    use super::*;
+    use crate::cache::tests::cache_of;
+    use crate::gateway::replicas::mask_for;
+    use crate::gateway::tests::gateway;
+
+    fn change<K>(obj: K, deleted: bool) -> Change<K> {
+        Change {
+            obj: Arc::new(obj),
+            deleted,
+        }
+    }
+
+    fn node(name: &str, cidr: &str) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec {
+                pod_cidr: Some(cidr.into()),
+                ..Default::default()
+            }),
+            status: None,
+        }
+    }
+
+    #[test]
+    fn a_gateways_mask_consumer_and_pods_wake_it() {
+        let gw = gateway("egress", 1);
+        let mask = mask_for(&gw, 0).unwrap();
+        let want = Some(ObjectRef::new("egress").within("apps"));
+        assert_eq!(gateway_of_mask(&change(mask.clone(), false)), want);
+        let mut c = MaskConsumer::new("egress-0", Default::default());
+        c.metadata.namespace = Some("apps".into());
+        let cache = cache_of(&[], std::slice::from_ref(&mask), &[], &[]);
+        assert_eq!(gateway_of_consumer(&cache, &change(c.clone(), false)), want);
+        let plain = Mask::new("egress-0", Default::default());
+        let cache = cache_of(
+            &[],
+            &[Mask {
+                metadata: ObjectMeta {
+                    namespace: Some("apps".into()),
+                    ..plain.metadata
+                },
+                ..plain
+            }],
+            &[],
+            &[],
+        );
+        assert_eq!(
+            gateway_of_consumer(&cache, &change(c, false)),
+            None,
+            "an ordinary Mask's consumer"
+        );
+        let mut pod = Pod::default();
+        pod.metadata.namespace = Some("apps".into());
+        pod.metadata.labels = mask.metadata.labels.clone();
+        assert_eq!(gateway_of_pod(&change(pod, true)), want);
+    }
+
+    #[test]
+    fn only_nodes_that_come_go_or_change_ranges_wake_every_gateway() {
+        let mut cache = cache_of(&[], &[], &[], &[]);
+        let mut w: Writer<MaskGateway> = Writer::default();
+        w.apply_watcher_event(&Event::Apply(gateway("a", 1)));
+        w.apply_watcher_event(&Event::Apply(gateway("b", 1)));
+        cache.gateways = w.as_reader();
+        let seen = NodeRanges::default();
+        let n = node("n1", "10.244.0.0/24");
+        assert_eq!(
+            gateways_of_node(&cache, &seen, &change(n.clone(), false)).len(),
+            2
+        );
+        assert!(
+            gateways_of_node(&cache, &seen, &change(n.clone(), false)).is_empty(),
+            "a heartbeat"
+        );
+        let moved = node("n1", "10.244.9.0/24");
+        assert_eq!(
+            gateways_of_node(&cache, &seen, &change(moved.clone(), false)).len(),
+            2
+        );
+        assert_eq!(
+            gateways_of_node(&cache, &seen, &change(moved.clone(), true)).len(),
+            2
+        );
+        assert!(gateways_of_node(&cache, &seen, &change(moved, true)).is_empty());
+    }
+}
