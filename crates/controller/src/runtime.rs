@@ -386,6 +386,7 @@ pub(crate) async fn run_controllers(
         slot_count_writes: Default::default(),
         service_cidr: Default::default(),
         agents: Default::default(),
+        copies_in_step: Default::default(),
     });
     let ctx_for = |kind: &'static str, m: fn(&Metrics) -> &ControllerMetrics| {
         Arc::new(Ctx {

@@ -389,6 +389,27 @@ async fn gateway_forwards_through_tunnel_and_kill_switch_holds() {
         !metrics.contains("vpno_gateway_tunnel_bytes_total{direction=\"tx\"} 0\n"),
         "{metrics}"
     );
+    // Healthy: up or idle (depending on whether the last tick forwarded
+    // client packets), never down, no cause; a session was counted.
+    assert!(
+        metrics.contains("vpno_gateway_tunnel_state{state=\"down\"} 0"),
+        "{metrics}"
+    );
+    for cause in [
+        "no_handshake",
+        "tunnel_failed",
+        "interface_down",
+        "probe_failed",
+    ] {
+        assert!(
+            metrics.contains(&format!("vpno_gateway_down_causes{{cause=\"{cause}\"}} 0")),
+            "{metrics}"
+        );
+    }
+    assert!(
+        !metrics.contains("vpno_gateway_handshakes_total 0\n"),
+        "{metrics}"
+    );
 
     // Idempotent: the agent re-checks the table every interval and must not
     // re-create it (re-creation would change the rule handles).
@@ -476,6 +497,17 @@ async fn gateway_forwards_through_tunnel_and_kill_switch_holds() {
         .await
         .unwrap();
     assert_eq!(status, 503);
+    let (_, metrics) = http_get(&topo.client_rt, gw_http, "/metrics", Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("vpno_gateway_tunnel_state{state=\"down\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("vpno_gateway_tunnel_state{state=\"up\"} 0"),
+        "{metrics}"
+    );
     let (from_network, from_underlay) = leaked_packets(&topo.internet);
     assert_eq!(
         from_network, 0,

@@ -19,8 +19,8 @@ use super::replicas::{mask_effects, ordinal_of};
 use super::status::{self, Replica, StatusInputs, is_gateway_pod, pod_ready};
 use crate::context::controller_ref;
 use crate::effect::{
-    CredentialKeys, Effect, EventNote, Kind, NewObject, StatusWrite, regarding, status_changed,
-    status_patch, target_of,
+    CredentialKeys, Effect, EventNote, Kind, NewObject, Propagation, StatusWrite, regarding,
+    status_changed, status_patch, target_of,
 };
 
 /// How often running agents are asked again for public IP and role.
@@ -126,6 +126,7 @@ fn delete_pod(p: &Pod, out: &mut Vec<Effect>) {
         out.push(Effect::DeleteIf {
             target: target_of(Kind::Pod, p),
             uid: p.uid(),
+            propagation: Propagation::Background,
         });
     }
 }

@@ -12,7 +12,7 @@ use vpno_api::names::{
 use vpno_api::{Mask, MaskGateway, MaskSpec};
 
 use crate::context::controller_ref;
-use crate::effect::{Effect, Kind, NewObject, target_of};
+use crate::effect::{Effect, Kind, NewObject, Propagation, target_of};
 
 /// The labels every object of replica `ordinal` carries.
 pub(crate) fn replica_labels(gw: &MaskGateway, ordinal: u32) -> BTreeMap<String, String> {
@@ -74,6 +74,7 @@ pub(crate) fn mask_effects(gw: &MaskGateway, masks: &[&Mask], wanted: u32) -> Ve
             out.push(Effect::DeleteIf {
                 target: target_of(Kind::Mask, *m),
                 uid: m.uid(),
+                propagation: Propagation::Background,
             });
             out.push(Effect::Count("delete_gateway_mask"));
         }
