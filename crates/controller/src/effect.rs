@@ -257,14 +257,6 @@ pub(crate) trait Executor: Send + Sync {
         reservation: &MaskReservation,
     ) -> impl Future<Output = Result<Option<MaskReservation>, ControllerError>> + Send;
 
-    /// The keys with a non-empty value of the Secret `namespace/name`, and
-    /// its `VPN_TYPE` (`None`: no such Secret).
-    fn credential_keys(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> impl Future<Output = Result<Option<CredentialKeys>, ControllerError>> + Send;
-
     /// The cluster's service range as the cluster tells it (kube-apiserver
     /// flags or kubeadm's configuration), `None` when it does not.
     fn service_cidr(&self) -> impl Future<Output = Option<String>> + Send;
@@ -294,6 +286,23 @@ pub(crate) struct CredentialKeys {
     pub keys: std::collections::BTreeSet<String>,
     /// The value of `VPN_TYPE` (not a secret: `wireguard` or `openvpn`).
     pub vpn_type: Option<String>,
+}
+
+impl CredentialKeys {
+    /// The key names of `secret` (values other than `VPN_TYPE` are dropped here).
+    pub fn of(secret: &Secret) -> Self {
+        let data = secret.data.as_ref();
+        let keys = data
+            .iter()
+            .flat_map(|d| d.iter())
+            .filter(|(_, v)| !v.0.iter().all(u8::is_ascii_whitespace))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let vpn_type = data
+            .and_then(|d| d.get("VPN_TYPE"))
+            .map(|v| String::from_utf8_lossy(&v.0).trim().to_ascii_lowercase());
+        CredentialKeys { keys, vpn_type }
+    }
 }
 
 /// A namespaced API object the executor reads.
@@ -430,7 +439,6 @@ pub(crate) mod tests {
         pub objects: Mutex<HashMap<(String, String, String), serde_json::Value>>,
         /// Reservation names someone else holds.
         pub held: Mutex<Vec<String>>,
-        pub credentials: Mutex<HashMap<(String, String), CredentialKeys>>,
         pub service_cidr: Mutex<Option<String>>,
         pub agents: Mutex<HashMap<String, String>>,
     }
@@ -533,19 +541,6 @@ pub(crate) mod tests {
             Ok(Some(made))
         }
 
-        async fn credential_keys(
-            &self,
-            namespace: &str,
-            name: &str,
-        ) -> Result<Option<CredentialKeys>, ControllerError> {
-            Ok(self
-                .credentials
-                .lock()
-                .unwrap()
-                .get(&(namespace.to_string(), name.to_string()))
-                .cloned())
-        }
-
         async fn service_cidr(&self) -> Option<String> {
             self.service_cidr.lock().unwrap().clone()
         }
@@ -554,6 +549,34 @@ pub(crate) mod tests {
             let answers = self.agents.lock().unwrap();
             urls.iter().map(|u| answers.get(u).cloned()).collect()
         }
+    }
+
+    #[test]
+    fn credential_keys_keep_names_and_the_vpn_type_only() {
+        let secret = Secret {
+            data: Some(
+                [
+                    ("WIREGUARD_PRIVATE_KEY_1", "k"),
+                    ("EMPTY", " \n"),
+                    ("VPN_TYPE", " WireGuard\n"),
+                ]
+                .into_iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        k8s_openapi::ByteString(v.as_bytes().to_vec()),
+                    )
+                })
+                .collect(),
+            ),
+            ..Default::default()
+        };
+        let keys = CredentialKeys::of(&secret);
+        assert_eq!(
+            keys.keys.into_iter().collect::<Vec<_>>(),
+            ["VPN_TYPE", "WIREGUARD_PRIVATE_KEY_1"]
+        );
+        assert_eq!(keys.vpn_type.as_deref(), Some("wireguard"));
     }
 
     #[test]

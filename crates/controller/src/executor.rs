@@ -15,8 +15,8 @@ use vpno_api::{Mask, MaskConsumer, MaskGateway, MaskProvider, MaskReservation};
 
 use crate::context::{Ctx, finalizer_patch};
 use crate::effect::{
-    ApiObject, CredentialKeys, Effect, EventNote, Executor, Kind, NewObject, Propagation,
-    RANDOM_KEY_LEN, RandomKey, StatusWrite, Target, status_patch,
+    ApiObject, Effect, EventNote, Executor, Kind, NewObject, Propagation, RANDOM_KEY_LEN,
+    RandomKey, StatusWrite, Target, status_patch,
 };
 use crate::error::{ControllerError, is_namespace_terminating, is_status};
 use crate::plan::credentials::credentials_update;
@@ -148,27 +148,6 @@ impl Executor for Ctx {
     ) -> Result<Option<MaskConsumer>, ControllerError> {
         let api: Api<MaskConsumer> = Api::namespaced(self.client.clone(), namespace);
         self.get_opt(&api, "MaskConsumer", name).await
-    }
-
-    async fn credential_keys(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Option<CredentialKeys>, ControllerError> {
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        let Some(secret) = self.get_opt(&api, "Secret", name).await? else {
-            return Ok(None);
-        };
-        let data = secret.data.unwrap_or_default();
-        let keys = data
-            .iter()
-            .filter(|(_, v)| !v.0.iter().all(u8::is_ascii_whitespace))
-            .map(|(k, _)| k.clone())
-            .collect();
-        let vpn_type = data
-            .get("VPN_TYPE")
-            .map(|v| String::from_utf8_lossy(&v.0).trim().to_ascii_lowercase());
-        Ok(Some(CredentialKeys { keys, vpn_type }))
     }
 
     async fn service_cidr(&self) -> Option<String> {

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use vpno_api::names::GATEWAY_LABEL;
@@ -113,9 +113,9 @@ pub(crate) async fn observe(
         });
         if !has_pod
             && !credentials.contains_key(&a.secret)
-            && let Some(keys) = exec.credential_keys(&ns, &a.secret).await?
+            && let Some(secret) = exec.fresh::<Secret>(&ns, &a.secret).await?
         {
-            credentials.insert(a.secret.clone(), keys);
+            credentials.insert(a.secret.clone(), CredentialKeys::of(&secret));
         }
     }
     let agents = ask_agents(&pods, exec).await;
