@@ -257,6 +257,33 @@ async fn renders_masks_gateway_pods_and_routers_for_n_replicas_with_owners_and_s
         .get("egress-router")
         .await
         .unwrap();
+    // The routers' account may read the namespace's Pods (gateway
+    // discovery) and nothing elsewhere.
+    let mut config = TestEnv::shared().unwrap().config();
+    config.auth_info.impersonate = Some(format!("system:serviceaccount:{}:egress-router", w.ns));
+    config.auth_info.impersonate_groups = Some(vec![
+        "system:serviceaccounts".into(),
+        "system:authenticated".into(),
+    ]);
+    let as_router = Client::try_from(config).unwrap();
+    let seen = eventually("the router's RoleBinding to take effect", async || {
+        Api::<Pod>::namespaced(as_router.clone(), &w.ns)
+            .list(
+                &ListParams::default()
+                    .labels("vpn.beebs.dev/mask-gateway=egress,vpn.beebs.dev/role=gateway"),
+            )
+            .await
+            .ok()
+    })
+    .await;
+    assert_eq!(seen.items.len(), 3);
+    match Api::<Pod>::namespaced(as_router, "default")
+        .list(&ListParams::default())
+        .await
+    {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 403),
+        other => panic!("the router's account reads other namespaces: {other:?}"),
+    }
 
     let s = w
         .status_until("egress", "3 gateway Pods with slots", |s| {
