@@ -5,12 +5,12 @@
 
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::ResourceExt;
 use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use vpno_api::names::slot_of_reservation;
-use vpno_api::{Mask, MaskConsumer, MaskProvider, MaskReservation};
+use vpno_api::{Mask, MaskConsumer, MaskGateway, MaskProvider, MaskReservation};
 
 use crate::context::provider_view;
 use crate::index::SlotIndex;
@@ -26,6 +26,13 @@ pub(crate) struct Cache {
     /// Secret metadata (existence and resourceVersion of provider Secrets).
     pub secrets: Store<PartialObjectMeta<Secret>>,
     pub index: Arc<RwLock<SlotIndex>>,
+    pub gateways: Store<MaskGateway>,
+    /// Pods labelled `vpn.beebs.dev/mask-gateway` (gateways and routers).
+    pub gateway_pods: Store<Pod>,
+    /// Nodes, without their status.
+    pub nodes: Store<Node>,
+    /// Whether Nodes have been listed (a namespace-scoped controller may not).
+    pub nodes_listed: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Cache {
@@ -153,6 +160,10 @@ pub(crate) mod tests {
             reservations,
             secrets: fill(&[], |_| {}),
             index: Arc::new(RwLock::new(index)),
+            gateways: fill(&[], |_| {}),
+            gateway_pods: fill(&[], |_| {}),
+            nodes: fill(&[], |_| {}),
+            nodes_listed: tokio::sync::watch::channel(true).1,
         }
     }
 }

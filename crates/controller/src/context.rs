@@ -29,6 +29,10 @@ pub(crate) struct Context {
     /// When each provider's status was last written (spaces out writes that
     /// only update `activeSlots`; memory for pacing, not for decisions).
     pub slot_count_writes: WriteTimes,
+    /// The cluster's service range once discovered (see [`crate::gateway::discovery`]).
+    pub service_cidr: crate::gateway::discovery::Discovered,
+    /// HTTP client for the MaskGateways' agents (public IP, router role).
+    pub agents: crate::gateway::agents::AgentClient,
     /// Credentials copies last seen equal to their provider Secret (saves
     /// two reads per consumer reconcile; memory for cost, not for decisions).
     pub copies_in_step: CopiesInStep,

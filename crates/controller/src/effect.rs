@@ -12,13 +12,14 @@ use std::future::Future;
 use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::{ObjectReference, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::runtime::events::EventType;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use vpno_api::{
-    Mask, MaskConsumer, MaskConsumerStatus, MaskProviderStatus, MaskReservation,
+    Mask, MaskConsumer, MaskConsumerStatus, MaskGatewayStatus, MaskProviderStatus, MaskReservation,
     MaskReservationStatus, MaskStatus,
 };
 
@@ -38,6 +39,7 @@ pub(crate) enum Kind {
     DaemonSet,
     ReplicaSet,
     Job,
+    MaskGateway,
 }
 
 impl Kind {
@@ -55,6 +57,7 @@ impl Kind {
             Kind::DaemonSet => "DaemonSet",
             Kind::ReplicaSet => "ReplicaSet",
             Kind::Job => "Job",
+            Kind::MaskGateway => "MaskGateway",
         }
     }
 }
@@ -81,11 +84,32 @@ pub(crate) struct Target {
 #[derive(Debug, Clone)]
 pub(crate) enum NewObject {
     MaskConsumer(Box<MaskConsumer>),
-    /// A provider's verification Mask.
+    /// A provider's verification Mask, or a MaskGateway's replica Mask.
     Mask(Box<Mask>),
     /// A credentials copy; one that exists already is made to match (data,
     /// owner, label), with an Event on its owning consumer.
     Credentials(Box<Secret>),
+    Pod(Box<Pod>),
+    ServiceAccount(Box<ServiceAccount>),
+    Role(Box<Role>),
+    RoleBinding(Box<RoleBinding>),
+    /// A Secret holding [`RANDOM_KEY_LEN`] random bytes under `key`; the
+    /// executor draws them, so deciding stays pure.
+    RandomKey(Box<RandomKey>),
+}
+
+/// Length of a [`NewObject::RandomKey`] in bytes.
+pub(crate) const RANDOM_KEY_LEN: usize = 32;
+
+/// A Secret of random bytes to create once (an existing one is kept).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RandomKey {
+    pub namespace: String,
+    pub name: String,
+    /// The data key the bytes are stored under.
+    pub key: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub owner: OwnerReference,
 }
 
 /// A typed status to write (a merge patch of the status subresource;
@@ -94,6 +118,12 @@ pub(crate) enum NewObject {
 pub(crate) enum StatusWrite {
     Mask(MaskStatus),
     Reservation(MaskReservationStatus),
+    /// A MaskGateway's status: `desired` as decided, `patch` the merge patch
+    /// from the current status to it (removed fields set to null).
+    Gateway {
+        desired: Box<MaskGatewayStatus>,
+        patch: serde_json::Value,
+    },
     /// A consumer's status, as a patch from `current` (so that a provider
     /// that went away is cleared); with `resource_version`, written only on
     /// that version of the consumer.
@@ -135,8 +165,9 @@ pub(crate) enum Effect {
         current: Vec<String>,
         new: Vec<String>,
     },
-    /// Set a consumer's `spec.providers` (copied from its Mask).
-    SetConsumerProviders {
+    /// Set `spec.providers` of a consumer (copied from its Mask) or of a
+    /// Mask (copied from its MaskGateway).
+    SetProviders {
         target: Target,
         providers: Option<Vec<String>>,
     },
@@ -226,6 +257,14 @@ pub(crate) trait Executor: Send + Sync {
         reservation: &MaskReservation,
     ) -> impl Future<Output = Result<Option<MaskReservation>, ControllerError>> + Send;
 
+    /// The cluster's service range as the cluster tells it (kube-apiserver
+    /// flags or kubeadm's configuration), `None` when it does not.
+    fn service_cidr(&self) -> impl Future<Output = Option<String>> + Send;
+
+    /// The bodies of 200 answers to `GET` of each URL (agents' status
+    /// endpoints on their Pod IPs), `None` where none came in time.
+    fn fetch_agents(&self, urls: Vec<String>) -> impl Future<Output = Vec<Option<String>>> + Send;
+
     /// Applies effects in order, stopping at the first error.
     fn apply_all(
         &self,
@@ -237,6 +276,32 @@ pub(crate) trait Executor: Send + Sync {
             }
             Ok(())
         }
+    }
+}
+
+/// What a credentials Secret holds, without the values.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct CredentialKeys {
+    /// Keys whose value is not empty.
+    pub keys: std::collections::BTreeSet<String>,
+    /// The value of `VPN_TYPE` (not a secret: `wireguard` or `openvpn`).
+    pub vpn_type: Option<String>,
+}
+
+impl CredentialKeys {
+    /// The key names of `secret` (values other than `VPN_TYPE` are dropped here).
+    pub fn of(secret: &Secret) -> Self {
+        let data = secret.data.as_ref();
+        let keys = data
+            .iter()
+            .flat_map(|d| d.iter())
+            .filter(|(_, v)| !v.0.iter().all(u8::is_ascii_whitespace))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let vpn_type = data
+            .and_then(|d| d.get("VPN_TYPE"))
+            .map(|v| String::from_utf8_lossy(&v.0).trim().to_ascii_lowercase());
+        CredentialKeys { keys, vpn_type }
     }
 }
 
@@ -291,7 +356,8 @@ stamped!(
     MaskStatus,
     MaskReservationStatus,
     MaskConsumerStatus,
-    MaskProviderStatus
+    MaskProviderStatus,
+    MaskGatewayStatus
 );
 
 /// The JSON merge patch that turns status `current` into `desired`: fields
@@ -408,6 +474,8 @@ pub(crate) mod tests {
         pub objects: Mutex<HashMap<(String, String, String), serde_json::Value>>,
         /// Reservation names someone else holds.
         pub held: Mutex<Vec<String>>,
+        pub service_cidr: Mutex<Option<String>>,
+        pub agents: Mutex<HashMap<String, String>>,
     }
 
     impl Recording {
@@ -507,6 +575,43 @@ pub(crate) mod tests {
             made.meta_mut().uid = Some(format!("uid-{name}"));
             Ok(Some(made))
         }
+
+        async fn service_cidr(&self) -> Option<String> {
+            self.service_cidr.lock().unwrap().clone()
+        }
+
+        async fn fetch_agents(&self, urls: Vec<String>) -> Vec<Option<String>> {
+            let answers = self.agents.lock().unwrap();
+            urls.iter().map(|u| answers.get(u).cloned()).collect()
+        }
+    }
+
+    #[test]
+    fn credential_keys_keep_names_and_the_vpn_type_only() {
+        let secret = Secret {
+            data: Some(
+                [
+                    ("WIREGUARD_PRIVATE_KEY_1", "k"),
+                    ("EMPTY", " \n"),
+                    ("VPN_TYPE", " WireGuard\n"),
+                ]
+                .into_iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        k8s_openapi::ByteString(v.as_bytes().to_vec()),
+                    )
+                })
+                .collect(),
+            ),
+            ..Default::default()
+        };
+        let keys = CredentialKeys::of(&secret);
+        assert_eq!(
+            keys.keys.into_iter().collect::<Vec<_>>(),
+            ["VPN_TYPE", "WIREGUARD_PRIVATE_KEY_1"]
+        );
+        assert_eq!(keys.vpn_type.as_deref(), Some("wireguard"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The one [`Executor`] that talks to the API server: every `Api`, kind name,
 //! metric and the 404/409 rules of the effects live here.
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret};
@@ -10,12 +11,12 @@ use kube::runtime::events::Event;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use vpno_api::{Mask, MaskConsumer, MaskProvider, MaskReservation};
+use vpno_api::{Mask, MaskConsumer, MaskGateway, MaskProvider, MaskReservation};
 
 use crate::context::{Ctx, finalizer_patch};
 use crate::effect::{
-    ApiObject, Effect, EventNote, Executor, Kind, NewObject, Propagation, StatusWrite, Target,
-    status_patch,
+    ApiObject, Effect, EventNote, Executor, Kind, NewObject, Propagation, RANDOM_KEY_LEN,
+    RandomKey, StatusWrite, Target, status_patch,
 };
 use crate::error::{ControllerError, is_namespace_terminating, is_status};
 use crate::plan::credentials::credentials_update;
@@ -35,6 +36,10 @@ macro_rules! by_kind {
             }
             Kind::MaskReservation => {
                 let $api = $ctx.api::<MaskReservation>($target);
+                $body
+            }
+            Kind::MaskGateway => {
+                let $api = $ctx.api::<MaskGateway>($target);
                 $body
             }
             Kind::MaskProvider => {
@@ -76,25 +81,7 @@ macro_rules! by_kind {
 impl Executor for Ctx {
     async fn apply(&self, effect: Effect) -> Result<(), ControllerError> {
         match effect {
-            Effect::Create(NewObject::MaskConsumer(c)) => {
-                let ns = c.namespace().unwrap_or_default();
-                self.create(
-                    &Api::<MaskConsumer>::namespaced(self.client.clone(), &ns),
-                    "MaskConsumer",
-                    &c,
-                )
-                .await
-            }
-            Effect::Create(NewObject::Credentials(s)) => self.create_credentials(*s).await,
-            Effect::Create(NewObject::Mask(m)) => {
-                let ns = m.namespace().unwrap_or_default();
-                self.create(
-                    &Api::<Mask>::namespaced(self.client.clone(), &ns),
-                    "Mask",
-                    &m,
-                )
-                .await
-            }
+            Effect::Create(new) => self.create_new(new).await,
             Effect::UpdateCredentials(s) => self.replace_credentials(&s).await,
             Effect::DeleteIf {
                 target,
@@ -126,7 +113,7 @@ impl Executor for Ctx {
                 self.patch_target(&target, Patch::<()>::Json(patch), "updating finalizers of")
                     .await
             }
-            Effect::SetConsumerProviders { target, providers } => {
+            Effect::SetProviders { target, providers } => {
                 let patch = serde_json::json!({"spec": {"providers": providers}});
                 self.patch_target(&target, Patch::Merge(&patch), "updating")
                     .await
@@ -161,6 +148,14 @@ impl Executor for Ctx {
     ) -> Result<Option<MaskConsumer>, ControllerError> {
         let api: Api<MaskConsumer> = Api::namespaced(self.client.clone(), namespace);
         self.get_opt(&api, "MaskConsumer", name).await
+    }
+
+    async fn service_cidr(&self) -> Option<String> {
+        self.discover_service_cidr().await
+    }
+
+    async fn fetch_agents(&self, urls: Vec<String>) -> Vec<Option<String>> {
+        self.shared.agents.get_all(&urls).await
     }
 
     async fn fresh<K: ApiObject>(
@@ -257,11 +252,36 @@ fn kind_name<K: ApiObject>() -> &'static str {
         "DaemonSet" => "DaemonSet",
         "ReplicaSet" => "ReplicaSet",
         "Job" => "Job",
+        "MaskGateway" => "MaskGateway",
         _ => "other",
     }
 }
 
 impl Ctx {
+    /// Creates one new object in its namespace (see [`Effect::Create`]).
+    async fn create_new(&self, new: NewObject) -> Result<(), ControllerError> {
+        macro_rules! create {
+            ($kind:literal, $obj:expr) => {{
+                let ns = $obj.namespace().unwrap_or_default();
+                self.create(&Api::namespaced(self.client.clone(), &ns), $kind, &*$obj)
+                    .await
+            }};
+        }
+        match new {
+            NewObject::MaskConsumer(c) => create!("MaskConsumer", c),
+            NewObject::Credentials(s) => self.create_credentials(*s).await,
+            NewObject::Mask(m) => create!("Mask", m),
+            NewObject::Pod(p) => create!("Pod", p),
+            NewObject::ServiceAccount(sa) => create!("ServiceAccount", sa),
+            NewObject::Role(r) => create!("Role", r),
+            NewObject::RoleBinding(rb) => create!("RoleBinding", rb),
+            NewObject::RandomKey(k) => {
+                let secret = random_key_secret(&k);
+                create!("Secret", (&secret))
+            }
+        }
+    }
+
     fn api<K>(&self, target: &Target) -> Api<K>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
@@ -334,6 +354,14 @@ impl Ctx {
                 self.patch_status_of(target, &patch).await?;
                 self.slot_count_writes.record(&uid);
                 return Ok(());
+            }
+            StatusWrite::Gateway { mut patch, .. } => {
+                if let Some(map) = patch.as_object_mut() {
+                    map.insert("lastUpdated".into(), serde_json::json!(now));
+                }
+                return self
+                    .patch_status_of(target, &serde_json::json!({ "status": patch }))
+                    .await;
             }
         }
         .map_err(|e| ControllerError::Finalizer(e.to_string()))?;
@@ -469,5 +497,25 @@ impl Ctx {
         if let Err(err) = res {
             tracing::warn!(reason = %note.reason, error = %err, "could not publish event");
         }
+    }
+}
+
+/// The Secret a [`RandomKey`] becomes, with fresh random bytes (the one
+/// impure step of creating it; an existing Secret of that name is kept).
+fn random_key_secret(k: &RandomKey) -> Secret {
+    use rand::RngCore as _;
+    let mut bytes = vec![0u8; RANDOM_KEY_LEN];
+    rand::rng().fill_bytes(&mut bytes);
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(k.name.clone()),
+            namespace: Some(k.namespace.clone()),
+            labels: Some(k.labels.clone()),
+            owner_references: Some(vec![k.owner.clone()]),
+            ..Default::default()
+        },
+        data: Some([(k.key.clone(), ByteString(bytes))].into()),
+        type_: Some("Opaque".into()),
+        ..Default::default()
     }
 }

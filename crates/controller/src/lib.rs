@@ -1,5 +1,6 @@
 //! Reconcilers for the `vpn.beebs.dev/v1` Mask API: `MaskProvider`, `Mask`,
-//! `MaskConsumer` and `MaskReservation`.
+//! `MaskConsumer` and `MaskReservation`, and the `MaskGateway` controller
+//! built on them (a Mask per gateway replica; see the `gateway` module).
 //!
 //! How the guarantees are kept:
 //! - A slot is taken only by *creating* the MaskReservation `<provider>-<slot>`
@@ -46,6 +47,7 @@ mod context;
 mod effect;
 mod error;
 mod executor;
+mod gateway;
 mod index;
 mod mask;
 pub mod metrics;
@@ -62,6 +64,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::ControllerError;
+pub use gateway::PodImages;
 pub use metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
@@ -122,6 +125,22 @@ pub struct ControllerArgs {
     /// Name under which Events are reported (the `reportingController`).
     #[arg(long, env = "VPNO_REPORTER", default_value = "vpn-operator")]
     pub reporter: String,
+    /// The `vpn-operator` image of MaskGateways' gateway and router Pods
+    /// (usually the controller's own).
+    #[arg(
+        long,
+        env = "VPNO_GATEWAY_IMAGE",
+        default_value = "localhost/vpn-operator:dev"
+    )]
+    pub gateway_image: String,
+    /// Pull policy of those Pods' containers (`Never` for images imported into the nodes).
+    #[arg(
+        long,
+        env = "VPNO_GATEWAY_IMAGE_PULL_POLICY",
+        default_value = "IfNotPresent",
+        value_parser = ["Always", "IfNotPresent", "Never"]
+    )]
+    pub gateway_image_pull_policy: String,
 }
 
 /// Everything [`run_with_client`] needs besides a client.
@@ -138,6 +157,8 @@ pub struct ControllerConfig {
     pub default_verify_timeout: Duration,
     /// Reporter name of Events.
     pub reporter: String,
+    /// Image of MaskGateways' gateway and router Pods.
+    pub pod_images: PodImages,
     /// Metric families the controllers record into.
     pub metrics: Arc<Metrics>,
     /// Set to `true` once every watch has listed its objects and the
@@ -153,6 +174,7 @@ impl Default for ControllerConfig {
             verify_ip_url: "https://api.ipify.org".into(),
             default_verify_timeout: Duration::from_secs(60),
             reporter: "vpn-operator".into(),
+            pod_images: PodImages::default(),
             metrics: Arc::new(Metrics::default()),
             synced: Arc::default(),
         }
@@ -169,7 +191,7 @@ impl ControllerConfig {
     }
 }
 
-/// Runs the four controllers and the metrics server until SIGTERM or ctrl-c.
+/// Runs the five controllers and the metrics server until SIGTERM or ctrl-c.
 pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
     let client = runtime::client_from(args.kubeconfig.as_deref()).await?;
     let metrics = Arc::new(Metrics::default());
@@ -182,6 +204,10 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
         verify_ip_url: args.verify_ip_url.clone(),
         default_verify_timeout: args.verify_timeout,
         reporter: args.reporter.clone(),
+        pod_images: PodImages {
+            agent: args.gateway_image.clone(),
+            pull_policy: args.gateway_image_pull_policy.clone(),
+        },
         metrics: metrics.clone(),
         synced: Arc::default(),
     };
@@ -212,7 +238,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
     result
 }
 
-/// Runs the four controllers with `client` until `shutdown` is cancelled.
+/// Runs the five controllers with `client` until `shutdown` is cancelled.
 /// Used by `run`, by tests, benchmarks and other components that embed the controller.
 pub async fn run_with_client(
     client: kube::Client,

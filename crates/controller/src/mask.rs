@@ -78,7 +78,7 @@ pub(crate) fn decide(o: &Observed) -> Vec<Effect> {
         }
         Some(c) => {
             if c.spec.providers != mask.spec.providers && c.meta().deletion_timestamp.is_none() {
-                out.push(Effect::SetConsumerProviders {
+                out.push(Effect::SetProviders {
                     target: target_of(Kind::MaskConsumer, c.as_ref()),
                     providers: mask.spec.providers.clone(),
                 });
@@ -251,7 +251,7 @@ mod tests {
         .await;
         assert!(matches!(
             effects.as_slice(),
-            [Effect::SetConsumerProviders { providers: Some(p), .. }] if p == &["us".to_string()]
+            [Effect::SetProviders { providers: Some(p), .. }] if p == &["us".to_string()]
         ));
         let mut stale = c;
         stale.metadata.owner_references.as_mut().unwrap()[0].uid = "uid-earlier".into();

@@ -209,6 +209,8 @@ pub struct Metrics {
     pub provider: ControllerMetrics,
     /// `vpno_maskreservation_*`.
     pub reservation: ControllerMetrics,
+    /// `vpno_maskgateway_*`.
+    pub gateway: ControllerMetrics,
     /// `vpno_http_*`.
     pub http: HttpMetrics,
     /// `vpno_watch_channel_full_total{kind}`: times a watch's change had to
@@ -243,6 +245,7 @@ impl Default for Metrics {
         let consumer = ControllerMetrics::register(&mut registry, "maskconsumer");
         let provider = ControllerMetrics::register(&mut registry, "maskprovider");
         let reservation = ControllerMetrics::register(&mut registry, "maskreservation");
+        let gateway = ControllerMetrics::register(&mut registry, "maskgateway");
         let http = HttpMetrics {
             requests: Family::default(),
             duration: Family::new_with_constructor(io_histogram as fn() -> Histogram),
@@ -277,6 +280,7 @@ impl Default for Metrics {
             consumer,
             provider,
             reservation,
+            gateway,
             http,
         }
     }

@@ -1,4 +1,4 @@
-//! Wiring: client, watches, triggers between kinds, the four controllers,
+//! Wiring: client, watches, triggers between kinds, the five controllers,
 //! and shutdown. Which change wakes what is a table of named pure functions
 //! from [`crate::triggers`]; see `run_controllers`.
 
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::channel::mpsc::Receiver;
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::api::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerRunConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
@@ -18,16 +18,18 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::watch as signal;
 use tokio_util::sync::CancellationToken;
-use vpno_api::{Mask, MaskConsumer, MaskProvider, MaskReservation};
+use vpno_api::names::GATEWAY_LABEL;
+use vpno_api::{Mask, MaskConsumer, MaskGateway, MaskProvider, MaskReservation};
 
 use crate::cache::Cache;
 use crate::context::{Context, Ctx};
 use crate::error::ControllerError;
+use crate::gateway::triggers as gt;
 use crate::index::SlotIndex;
 use crate::metrics::{ControllerMetrics, Metrics};
 use crate::triggers::{self as t, ProviderChanges};
 use crate::view::{Change, OnChange, Scope, WatchSpec, Watched, metadata, objects, watch_kind};
-use crate::{ControllerConfig, consumer, mask, provider, reservation};
+use crate::{ControllerConfig, consumer, gateway, mask, provider, reservation};
 
 /// Builds a client from `kubeconfig`, or the default (KUBECONFIG, ~/.kube/config, in-cluster).
 pub(crate) async fn client_from(
@@ -166,6 +168,12 @@ struct Watches {
     reservations: Watched<MaskReservation>,
     secrets: Watched<PartialObjectMeta<Secret>>,
     pods: Watched<PartialObjectMeta<Pod>>,
+    gateways: Watched<MaskGateway>,
+    /// Full Pods labelled with a MaskGateway (its gateways and routers).
+    gateway_pods: Watched<Pod>,
+    nodes: Watched<Node>,
+    /// True once Nodes have been listed.
+    nodes_listed: signal::Receiver<bool>,
     /// The streams driving the watches.
     pumps: Vec<futures::stream::BoxStream<'static, ()>>,
     /// One per watch: true once it has listed every namespace.
@@ -187,12 +195,16 @@ fn watches(
         tx
     };
     macro_rules! watch {
-        ($kind:literal, $start:expr, $store:expr, $hook:expr) => {{
+        ($kind:literal, $start:expr, $store:expr, $hook:expr) => {
+            watch!($kind, $start, $store, $hook, None)
+        };
+        ($kind:literal, $start:expr, $store:expr, $hook:expr, $labels:expr) => {{
             let spec = WatchSpec {
                 kind: $kind,
                 start: $start,
                 store: $store,
                 on_change: $hook,
+                labels: $labels,
             };
             let (w, f) = watch_kind(spec, client, scope, metrics, sig());
             pumps.push(f);
@@ -222,6 +234,14 @@ fn watches(
     // Pod metadata only, without a store: verification Pods wake their
     // provider, and a deleted Pod wakes the consumer owning it.
     let pods = watch!("Pod", metadata::<Pod>, false, None);
+    let gateways = watch!("MaskGateway", objects::<MaskGateway>, true, None);
+    let gateway_pods = watch!("Pod", objects::<Pod>, true, None, Some(GATEWAY_LABEL));
+    // Nodes are cluster-scoped: a controller scoped to namespaces may not
+    // read them, so their list does not hold up the other controllers
+    // (MaskGateways say so in their status instead).
+    let (nodes_tx, nodes_listed) = signal::channel(false);
+    let (nodes, f) = crate::view::watch_nodes(client, metrics, nodes_tx);
+    pumps.push(f);
     Watches {
         providers,
         masks,
@@ -229,6 +249,10 @@ fn watches(
         reservations,
         secrets,
         pods,
+        gateways,
+        gateway_pods,
+        nodes,
+        nodes_listed,
         pumps,
         readies,
     }
@@ -240,6 +264,7 @@ struct Controllers {
     consumer: Controller<MaskConsumer>,
     provider: Controller<MaskProvider>,
     reservation: Controller<MaskReservation>,
+    gateway: Controller<MaskGateway>,
 }
 
 /// The wiring table: which change of which kind wakes which objects (the
@@ -298,11 +323,29 @@ fn wiring(w: &Watches, cache: &Cache) -> Controllers {
         t::reservations_of_consumer(&c1, c)
     }));
 
+    let (c1, c2, c3) = (cache.clone(), cache.clone(), cache.clone());
+    let node_ranges = gt::NodeRanges::default();
+    let gateway_ctl =
+        Controller::for_stream(live(w.gateways.hub.subscribe()), w.gateways.store.clone())
+            .with_config(run_config(8).debounce(Duration::from_millis(100)))
+            .reconcile_on(mapped(w.masks.hub.subscribe(), gt::gateway_of_mask))
+            .reconcile_on(mapped(w.consumers.hub.subscribe(), move |c| {
+                gt::gateway_of_consumer(&c1, c)
+            }))
+            .reconcile_on(mapped(w.gateway_pods.hub.subscribe(), gt::gateway_of_pod))
+            .reconcile_on(mapped(w.secrets.hub.subscribe(), move |c| {
+                gt::gateway_of_secret(&c2, c)
+            }))
+            .reconcile_on(mapped(w.nodes.hub.subscribe(), move |c| {
+                gt::gateways_of_node(&c3, &node_ranges, c)
+            }));
+
     Controllers {
         mask: mask_ctl,
         consumer: consumer_ctl,
         provider: provider_ctl,
         reservation: reservation_ctl,
+        gateway: gateway_ctl,
     }
 }
 
@@ -329,6 +372,10 @@ pub(crate) async fn run_controllers(
         reservations: w.reservations.store.clone(),
         secrets: w.secrets.store.clone(),
         index,
+        gateways: w.gateways.store.clone(),
+        gateway_pods: w.gateway_pods.store.clone(),
+        nodes: w.nodes.store.clone(),
+        nodes_listed: w.nodes_listed.clone(),
     };
     let shared = Arc::new(Context {
         client: client.clone(),
@@ -337,6 +384,8 @@ pub(crate) async fn run_controllers(
         cache: cache.clone(),
         recorder,
         slot_count_writes: Default::default(),
+        service_cidr: Default::default(),
+        agents: Default::default(),
         copies_in_step: Default::default(),
     });
     let ctx_for = |kind: &'static str, m: fn(&Metrics) -> &ControllerMetrics| {
@@ -354,7 +403,7 @@ pub(crate) async fn run_controllers(
     for p in std::mem::take(&mut w.pumps) {
         pump_tasks.spawn(p.for_each(|_| async {}));
     }
-    let controllers = futures::future::join4(
+    let controllers = futures::future::join5(
         run_controller(
             ctls.mask,
             ctx_for("Mask", |m| &m.mask),
@@ -379,9 +428,16 @@ pub(crate) async fn run_controllers(
         run_controller(
             ctls.reservation,
             ctx_for("MaskReservation", |m| &m.reservation),
-            synced_rx,
+            synced_rx.clone(),
             shutdown.clone(),
             reservation::reconcile,
+        ),
+        run_controller(
+            ctls.gateway,
+            ctx_for("MaskGateway", |m| &m.gateway),
+            synced_rx,
+            shutdown.clone(),
+            gateway::reconcile,
         ),
     );
     let all_ready =

@@ -316,6 +316,8 @@ pub(crate) struct WatchSpec<K, T: Resource> {
     pub store: bool,
     /// Index hook called after the store (see [`OnChange`]).
     pub on_change: Option<OnChange<T>>,
+    /// Label selector of the watch (`None`: every object).
+    pub labels: Option<&'static str>,
 }
 
 /// Starts watching `K` in `scope` as `T` (the objects, or their metadata).
@@ -347,13 +349,52 @@ where
         .get_or_create(&crate::metrics::KindLabels { kind: spec.kind })
         .clone();
     let hub: Arc<Hub<T>> = Arc::new(Hub::new(full));
-    let events = tagged_watches::<K, T>(scope, client, &watcher::Config::default(), spec.start);
+    let mut cfg = watcher::Config::default();
+    if let Some(sel) = spec.labels {
+        cfg = cfg.labels(sel);
+    }
+    let events = tagged_watches::<K, T>(scope, client, &cfg, spec.start);
     let watched = scope.namespaces.len().max(1);
     let h = hub.clone();
     let writer = spec.store.then_some(writer);
     let (kind, on_change) = (spec.kind, spec.on_change);
     let fut = futures::stream::once(async move {
         pump(kind, events, writer, on_change, h, watched, ready).await
+    })
+    .boxed();
+    (Watched { store, hub }, fut)
+}
+
+/// Watches Nodes (cluster-scoped, whatever the namespace scope), keeping
+/// their spec and metadata: status (images, conditions, heartbeats) is
+/// dropped, nothing here reads it.
+pub(crate) fn watch_nodes(
+    client: &Client,
+    metrics: &crate::Metrics,
+    ready: signal::Sender<bool>,
+) -> (
+    Watched<k8s_openapi::api::core::v1::Node>,
+    BoxStream<'static, ()>,
+) {
+    use k8s_openapi::api::core::v1::Node;
+    let writer: Writer<Node> = Writer::default();
+    let store = writer.as_reader();
+    let full = metrics
+        .watch_channel_full
+        .get_or_create(&crate::metrics::KindLabels { kind: "Node" })
+        .clone();
+    let hub: Arc<Hub<Node>> = Arc::new(Hub::new(full));
+    let events = watch(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .modify(|n: &mut Node| {
+            n.metadata.managed_fields = None;
+            n.status = None;
+        })
+        .map(|ev| (None, ev))
+        .boxed();
+    let h = hub.clone();
+    let fut = futures::stream::once(async move {
+        pump("Node", events, Some(writer), None, h, 1, ready).await
     })
     .boxed();
     (Watched { store, hub }, fut)

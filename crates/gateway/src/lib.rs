@@ -57,6 +57,12 @@ pub struct GatewayArgs {
     /// a native tunnel.
     #[arg(long, value_name = "NAME", conflicts_with = "env_file")]
     pub tunnel_interface: Option<String>,
+    /// The account slot this gateway holds (`status.provider.slot` of its
+    /// MaskConsumer): the native tunnel takes `WIREGUARD_*_<slot>` values
+    /// first, and a slot above 0 must have its own `WIREGUARD_PRIVATE_KEY_<slot>`.
+    /// Without it the plain names are used.
+    #[arg(long, value_name = "N")]
+    pub slot: Option<u32>,
     /// Name of the native tunnel interface.
     #[arg(long, value_name = "NAME", default_value = "wg-vpno")]
     pub wg_interface: String,
@@ -205,7 +211,10 @@ pub fn plan(
                     args.wg_interface
                 )));
             }
-            let wg = GluetunWireguard::from_env(env)?;
+            let wg = match args.slot {
+                Some(slot) => GluetunWireguard::from_slot_env(env, slot)?,
+                None => GluetunWireguard::from_env(env)?,
+            };
             let endpoint = wg.endpoint;
             (
                 TunnelSource::Native(Box::new(wg)),
@@ -730,6 +739,28 @@ mod tests {
             "10.77.0.0/24".parse().unwrap()
         );
         assert!(matches!(config.tunnel, TunnelSource::Native(_)));
+    }
+
+    #[test]
+    fn slot_flag_selects_the_slots_wireguard_values() {
+        let mut env = wg_env();
+        env.insert("VPN_ENDPOINT_IP_1".into(), "198.51.100.2".into());
+        let err = plan(&args(&["--slot", "1"]), &env).unwrap_err().to_string();
+        assert!(err.contains("WIREGUARD_PRIVATE_KEY_1"), "{err}");
+        env.insert(
+            "WIREGUARD_PRIVATE_KEY_1".into(),
+            Keypair::generate().private.to_base64(),
+        );
+        let config = plan(&args(&["--slot", "1"]), &env).unwrap();
+        assert_eq!(
+            config.firewall.vpn_endpoint,
+            Some("198.51.100.2:51820".parse().unwrap())
+        );
+        let config = plan(&args(&["--slot", "0"]), &env).unwrap();
+        assert_eq!(
+            config.firewall.vpn_endpoint,
+            Some("198.51.100.1:51820".parse().unwrap())
+        );
     }
 
     #[test]

@@ -283,6 +283,19 @@ async fn sa_may(
     sub: &str,
     ns: &str,
 ) -> bool {
+    sa_may_named(client, verb, group, resource, sub, ns, None).await
+}
+
+/// Like [`sa_may`], for one object `name`.
+async fn sa_may_named(
+    client: &kube::Client,
+    verb: &str,
+    group: &str,
+    resource: &str,
+    sub: &str,
+    ns: &str,
+    name: Option<&str>,
+) -> bool {
     use k8s_openapi::api::authorization::v1::{
         ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
     };
@@ -300,6 +313,7 @@ async fn sa_may(
                 resource: Some(resource.into()),
                 subresource: (!sub.is_empty()).then(|| sub.into()),
                 namespace: (!ns.is_empty()).then(|| ns.into()),
+                name: name.map(Into::into),
                 ..Default::default()
             }),
             ..Default::default()
@@ -443,7 +457,18 @@ async fn deploy_manifest_rbac_is_least_privilege_and_sufficient() {
         ("list", "vpn.beebs.dev", "masks", ""),
         ("watch", "vpn.beebs.dev", "masks", ""),
         ("create", "vpn.beebs.dev", "masks", ""),
+        ("patch", "vpn.beebs.dev", "masks", ""),
         ("delete", "vpn.beebs.dev", "masks", ""),
+        ("get", "vpn.beebs.dev", "maskgateways", ""),
+        ("list", "vpn.beebs.dev", "maskgateways", ""),
+        ("watch", "vpn.beebs.dev", "maskgateways", ""),
+        ("patch", "vpn.beebs.dev", "maskgateways", "status"),
+        ("update", "vpn.beebs.dev", "maskgateways", "finalizers"),
+        ("list", "", "nodes", ""),
+        ("watch", "", "nodes", ""),
+        ("create", "", "serviceaccounts", ""),
+        ("create", "rbac.authorization.k8s.io", "roles", ""),
+        ("create", "rbac.authorization.k8s.io", "rolebindings", ""),
         ("patch", "vpn.beebs.dev", "masks", "status"),
         ("watch", "vpn.beebs.dev", "maskconsumers", ""),
         ("create", "vpn.beebs.dev", "maskconsumers", ""),
@@ -493,6 +518,33 @@ async fn deploy_manifest_rbac_is_least_privilege_and_sufficient() {
             );
         }
     }
+    // kubeadm's configuration, by its name only (the service range).
+    assert!(
+        sa_may_named(
+            &client,
+            "get",
+            "",
+            "configmaps",
+            "",
+            "kube-system",
+            Some("kubeadm-config")
+        )
+        .await,
+        "the controller may not read kube-system/kubeadm-config"
+    );
+    assert!(
+        !sa_may_named(
+            &client,
+            "get",
+            "",
+            "configmaps",
+            "",
+            "kube-system",
+            Some("other")
+        )
+        .await,
+        "the controller may read other ConfigMaps"
+    );
     // What it never does: all must be denied.
     let forbidden: &[(&str, &str, &str, &str, &str)] = &[
         ("delete", "", "namespaces", "", ""),
@@ -544,6 +596,41 @@ async fn deploy_manifest_rbac_is_least_privilege_and_sufficient() {
         ),
         ("deletecollection", "", "secrets", "", "some-team"),
         ("get", "", "nodes", "", ""),
+        ("patch", "", "nodes", "", ""),
+        ("get", "", "configmaps", "", "kube-system"),
+        ("create", "vpn.beebs.dev", "maskgateways", "", "some-team"),
+        ("patch", "vpn.beebs.dev", "maskgateways", "", "some-team"),
+        ("delete", "vpn.beebs.dev", "maskgateways", "", "some-team"),
+        (
+            "update",
+            "vpn.beebs.dev",
+            "maskgateways",
+            "status",
+            "some-team",
+        ),
+        ("delete", "", "serviceaccounts", "", "some-team"),
+        ("create", "", "serviceaccounts", "token", "some-team"),
+        (
+            "update",
+            "rbac.authorization.k8s.io",
+            "roles",
+            "",
+            "some-team",
+        ),
+        (
+            "delete",
+            "rbac.authorization.k8s.io",
+            "rolebindings",
+            "",
+            "some-team",
+        ),
+        (
+            "create",
+            "rbac.authorization.k8s.io",
+            "clusterrolebindings",
+            "",
+            "",
+        ),
         (
             "create",
             "apiextensions.k8s.io",

@@ -150,6 +150,54 @@ pub enum GluetunEnvError {
         /// Its value.
         second_value: String,
     },
+    /// A slot above 0 has no WireGuard key of its own.
+    #[error(
+        "{SLOT_KEY}_{slot} is not set: slot {slot} needs a WireGuard key of its own (one key is \
+         one device at the provider; the plain {SLOT_KEY} serves slot 0 only)"
+    )]
+    SlotKeyMissing {
+        /// The slot.
+        slot: u32,
+    },
+}
+
+/// The variable whose per-slot form a slot above 0 must have.
+const SLOT_KEY: &str = "WIREGUARD_PRIVATE_KEY";
+
+/// Whether `name` is a variable a Secret may give per slot as
+/// `<name>_<slot>`: gluetun's WireGuard variables and the endpoint.
+pub fn is_slot_variable(name: &str) -> bool {
+    name.starts_with("WIREGUARD_") || name.starts_with("VPN_ENDPOINT_")
+}
+
+/// The name `name` has for `slot` (`WIREGUARD_ADDRESSES_2`).
+pub fn slot_variable(name: &str, slot: u32) -> String {
+    format!("{name}_{slot}")
+}
+
+/// The variables as slot `slot` of an account sees them: each per-slot
+/// value (`WIREGUARD_PRIVATE_KEY_<slot>`, `WIREGUARD_ADDRESSES_<slot>`, …,
+/// see [`is_slot_variable`]) replaces its plain name; plain names serve
+/// where no per-slot value exists. A slot above 0 must have its own
+/// `WIREGUARD_PRIVATE_KEY_<slot>`, so two gateways never share a key.
+pub fn slot_env(
+    env: &HashMap<String, String>,
+    slot: u32,
+) -> Result<HashMap<String, String>, GluetunEnvError> {
+    if slot > 0 && lookup(env, &slot_variable(SLOT_KEY, slot)).is_none() {
+        return Err(GluetunEnvError::SlotKeyMissing { slot });
+    }
+    let suffix = format!("_{slot}");
+    let mut out = env.clone();
+    for (name, value) in env {
+        if let Some(base) = name.strip_suffix(&suffix)
+            && is_slot_variable(base)
+            && !value.trim().is_empty()
+        {
+            out.insert(base.to_string(), value.clone());
+        }
+    }
+    Ok(out)
 }
 
 /// A WireGuard client described by gluetun's custom-provider variables
@@ -370,6 +418,14 @@ impl GluetunWireguard {
         })
     }
 
+    /// Reads the variables of slot `slot` (see [`slot_env`]).
+    pub fn from_slot_env(
+        env: &HashMap<String, String>,
+        slot: u32,
+    ) -> Result<Self, GluetunEnvError> {
+        Self::from_env(&slot_env(env, slot)?)
+    }
+
     /// Parses `KEY=VALUE` lines (an env file: `#` comments, blank lines,
     /// optional `export ` prefix and surrounding quotes allowed) into a map.
     pub fn parse_env_file(text: &str) -> HashMap<String, String> {
@@ -474,6 +530,58 @@ mod tests {
         let mut env = base_env();
         mutate(&mut env);
         GluetunWireguard::from_env(&env).unwrap_err()
+    }
+
+    #[test]
+    fn each_slot_takes_its_own_values_first_and_slot_zero_the_plain_names() {
+        let mut env = base_env();
+        let plain = GluetunWireguard::from_env(&env).unwrap();
+        let second = Keypair::generate();
+        env.insert("WIREGUARD_PRIVATE_KEY_1".into(), second.private.to_base64());
+        env.insert("WIREGUARD_ADDRESSES_1".into(), "10.64.0.3/32".into());
+        env.insert("WIREGUARD_ENDPOINT_PORT_1".into(), "51821".into());
+        // Slot 0 has no per-slot values here: the plain names.
+        assert_eq!(GluetunWireguard::from_slot_env(&env, 0).unwrap(), plain);
+        let one = GluetunWireguard::from_slot_env(&env, 1).unwrap();
+        assert_eq!(one.private_key, second.private);
+        assert_ne!(one.private_key, plain.private_key);
+        assert_eq!(
+            one.addresses,
+            vec!["10.64.0.3/32".parse::<IpNet>().unwrap()]
+        );
+        // WIREGUARD_ENDPOINT_PORT_1 overrides the endpoint's port; the IP and the
+        // server key are shared.
+        assert_eq!(one.endpoint, "198.51.100.7:51821".parse().unwrap());
+        assert_eq!(one.server_public_key, plain.server_public_key);
+        // A _0 value wins over the plain name for slot 0.
+        let zero = Keypair::generate();
+        env.insert("WIREGUARD_PRIVATE_KEY_0".into(), zero.private.to_base64());
+        assert_eq!(
+            GluetunWireguard::from_slot_env(&env, 0)
+                .unwrap()
+                .private_key,
+            zero.private
+        );
+    }
+
+    #[test]
+    fn a_slot_without_its_own_key_never_borrows_the_plain_one() {
+        let env = base_env();
+        let err = GluetunWireguard::from_slot_env(&env, 2).unwrap_err();
+        assert_eq!(err, GluetunEnvError::SlotKeyMissing { slot: 2 });
+        assert!(err.to_string().contains("WIREGUARD_PRIVATE_KEY_2"), "{err}");
+        // Other variables are not per-slot, nor are other slots' values.
+        let mut env = base_env();
+        env.insert(
+            "WIREGUARD_PRIVATE_KEY_2".into(),
+            Keypair::generate().private.to_base64(),
+        );
+        env.insert("HOME_2".into(), "/elsewhere".into());
+        let seen = slot_env(&env, 3);
+        assert!(seen.is_err());
+        let seen = slot_env(&env, 2).unwrap();
+        assert!(!seen.contains_key("HOME"));
+        assert!(is_slot_variable("VPN_ENDPOINT_IP") && !is_slot_variable("VPN_TYPE"));
     }
 
     #[test]

@@ -29,7 +29,7 @@ mod tun;
 
 pub use config::{
     DEFAULT_CLIENT_KEEPALIVE_SECS, DEFAULT_MTU, GluetunEnvError, GluetunWireguard, PeerConfig,
-    TunnelConfig,
+    TunnelConfig, is_slot_variable, slot_env, slot_variable,
 };
 pub use device::{PeerStats, Tunnel, TunnelError, TunnelStats, run_tunnel_until};
 pub use keys::{KeyError, Keypair, PresharedKey, PrivateKey, PublicKey};

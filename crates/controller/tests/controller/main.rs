@@ -7,6 +7,7 @@
 mod assign;
 mod edits;
 mod fixture;
+mod gateway;
 mod metrics;
 mod provider;
 mod release;
@@ -155,6 +156,8 @@ struct ProviderBuilder {
     name: String,
     spec: MaskProviderSpec,
     create_secret: bool,
+    /// The Secret's data (default: an OpenVPN-style login).
+    data: Option<Vec<(String, String)>>,
 }
 
 fn provider(name: &str, max_slots: u32) -> ProviderBuilder {
@@ -171,6 +174,7 @@ fn provider(name: &str, max_slots: u32) -> ProviderBuilder {
             }),
         },
         create_secret: true,
+        data: None,
     }
 }
 
@@ -187,6 +191,16 @@ impl ProviderBuilder {
         self.spec.verify = Some(v);
         self
     }
+    /// The provider Secret holds `pairs`.
+    fn data(mut self, pairs: &[(&str, &str)]) -> Self {
+        self.data = Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        self
+    }
     fn without_secret(mut self) -> Self {
         self.create_secret = false;
         self
@@ -194,13 +208,19 @@ impl ProviderBuilder {
     async fn create(self, client: &Client, ns: &str) -> MaskProvider {
         if self.create_secret {
             let name = self.name.as_str();
-            create_secret(
-                client,
-                ns,
-                &self.spec.secret,
-                &[("VPN_SERVICE_PROVIDER", name), ("OPENVPN_USER", "user")],
-            )
-            .await;
+            let default = [("VPN_SERVICE_PROVIDER", name), ("OPENVPN_USER", "user")];
+            let given: Vec<(&str, &str)> = self
+                .data
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let pairs: &[(&str, &str)] = if self.data.is_some() {
+                &given
+            } else {
+                &default
+            };
+            create_secret(client, ns, &self.spec.secret, pairs).await;
         }
         let p = MaskProvider::new(&self.name, self.spec);
         Api::<MaskProvider>::namespaced(client.clone(), ns)

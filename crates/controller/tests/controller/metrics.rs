@@ -21,6 +21,8 @@ async fn metrics_health_and_readiness_are_served() {
         verify_ip_url: "https://api.ipify.org".into(),
         verify_timeout: Duration::from_secs(60),
         reporter: "vpn-operator-test".into(),
+        gateway_image: "localhost/vpn-operator:dev".into(),
+        gateway_image_pull_policy: "Never".into(),
     };
     let task = tokio::spawn(vpno_controller::run(args));
     struct Abort(tokio::task::JoinHandle<Result<(), vpno_controller::ControllerError>>);
