@@ -9,11 +9,12 @@ use serde_json::{Value, json};
 use vpno_net::client::{self, ClientNetwork};
 
 use crate::config::{GatewayRef, PluginConfig};
+use crate::membership::Role;
 use crate::spec::{CniError, Code};
 
 /// The pod annotation that opts a pod in: `<name>` (a MaskGateway in the
 /// pod's namespace) or `<namespace>/<name>`.
-pub const GATEWAY_ANNOTATION: &str = "vpn.beebs.dev/gateway";
+pub use vpno_api::names::GATEWAY_ANNOTATION;
 
 /// Metric of the routes via the VIP.
 pub const VIA_METRIC: u32 = 100;
@@ -42,6 +43,23 @@ pub fn host_link_name(container_id: &str, interface: &str) -> String {
         "vpno{:010x}",
         fnv1a(&[container_id, "/", interface]) & 0xff_ffff_ffff
     )
+}
+
+/// The pod-side MAC of a container's attachment: locally administered
+/// unicast (`02:`) and five bytes of a stable hash, so the anti-spoofing
+/// entries can be written before the link exists and removed at DEL
+/// without any state.
+pub fn pod_mac(container_id: &str, interface: &str) -> [u8; 6] {
+    let h = fnv1a(&["mac/", container_id, "/", interface]).to_be_bytes();
+    [0x02, h[3], h[4], h[5], h[6], h[7]]
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn mac_string(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// 64-bit FNV-1a, written out because std's hashers are not stable across
@@ -79,8 +97,12 @@ pub struct AttachPlan {
     pub vip: Ipv4Addr,
     /// The gateway network's prefix length (the pod's address carries it).
     pub prefix_len: u8,
-    /// Routes to keep in the pod.
+    /// Routes to keep in the pod (none for members).
     pub routes: BTreeSet<PodRoute>,
+    /// The pod-side MAC ([`pod_mac`]).
+    pub mac: [u8; 6],
+    /// `Some` for a member (fixed address, `ip_forward` on, no routes).
+    pub role: Option<Role>,
 }
 
 /// The destinations the primary plugin routed itself (its connected subnets
@@ -153,7 +175,26 @@ pub fn attach_plan(config: &PluginConfig, container_id: &str) -> Result<AttachPl
         vip: config.vip,
         prefix_len: config.network.prefix_len(),
         routes,
+        mac: pod_mac(container_id, &config.interface),
+        role: None,
     })
+}
+
+/// Plans a member's attachment: on the bridge with its fixed address (given
+/// by the caller), no routes of ours (its connected route suffices), and
+/// forwarding on in its namespace so it routes without any capability.
+pub fn member_plan(config: &PluginConfig, container_id: &str, role: Role) -> AttachPlan {
+    AttachPlan {
+        interface: config.interface.clone(),
+        host_link: host_link_name(container_id, &config.interface),
+        bridge: config.bridge.clone(),
+        mtu: config.mtu,
+        vip: config.vip,
+        prefix_len: config.network.prefix_len(),
+        routes: BTreeSet::new(),
+        mac: pod_mac(container_id, &config.interface),
+        role: Some(role),
+    }
 }
 
 /// What the kernel reported back after attaching.
@@ -280,7 +321,7 @@ pub fn check(plan: &AttachPlan, address: Ipv4Net, seen: &Observed) -> Vec<String
             }
         }
     }
-    if !seen.address_recorded {
+    if plan.role.is_none() && !seen.address_recorded {
         problems.push(format!(
             "address {} is not recorded for this container",
             address.addr()
