@@ -26,7 +26,12 @@ fn mounts(ds: &Value) -> BTreeMap<String, (String, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| (v["name"].as_str().unwrap().to_owned(), v["hostPath"]["path"].as_str().unwrap().to_owned()))
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap().to_owned(),
+                v["hostPath"]["path"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     container(ds)["volumeMounts"]
         .as_array()
@@ -34,7 +39,13 @@ fn mounts(ds: &Value) -> BTreeMap<String, (String, String)> {
         .iter()
         .map(|m| {
             let name = m["name"].as_str().unwrap().to_owned();
-            (name.clone(), (host[&name].clone(), m["mountPath"].as_str().unwrap().to_owned()))
+            (
+                name.clone(),
+                (
+                    host[&name].clone(),
+                    m["mountPath"].as_str().unwrap().to_owned(),
+                ),
+            )
         })
         .collect()
 }
@@ -67,12 +78,25 @@ fn the_daemonset_runs_the_agent_on_every_node_with_the_cni_directories() {
     assert_eq!(spec["securityContext"]["runAsUser"], 0);
     let c = container(ds);
     assert_eq!(args(ds)[0], "node");
-    assert_eq!(flag(ds, "--cni-conf-dir").as_deref(), Some("/etc/cni/net.d"));
+    assert_eq!(
+        flag(ds, "--cni-conf-dir").as_deref(),
+        Some("/etc/cni/net.d")
+    );
     assert_eq!(flag(ds, "--cni-bin-dir").as_deref(), Some("/opt/cni/bin"));
-    assert_eq!(flag(ds, "--cni-data-dir").as_deref(), Some("/var/lib/cni/vpno"));
+    assert_eq!(
+        flag(ds, "--cni-data-dir").as_deref(),
+        Some("/var/lib/cni/vpno")
+    );
     assert_eq!(flag(ds, "--vxlan-port").as_deref(), Some("4789"));
-    assert_eq!(c["securityContext"]["capabilities"], json!({"drop": ["ALL"], "add": ["NET_ADMIN"]}));
-    assert_eq!(c["securityContext"]["privileged"], Value::Null, "no privileged mode");
+    assert_eq!(
+        c["securityContext"]["capabilities"],
+        json!({"drop": ["ALL"], "add": ["NET_ADMIN"]})
+    );
+    assert_eq!(
+        c["securityContext"]["privileged"],
+        Value::Null,
+        "no privileged mode"
+    );
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
     let node_name = c["env"]
         .as_array()
@@ -80,10 +104,17 @@ fn the_daemonset_runs_the_agent_on_every_node_with_the_cni_directories() {
         .iter()
         .find(|e| e["name"] == "NODE_NAME")
         .expect("NODE_NAME");
-    assert_eq!(node_name["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
+    assert_eq!(
+        node_name["valueFrom"]["fieldRef"]["fieldPath"],
+        "spec.nodeName"
+    );
     // Mounted where they are on the host: the conflist entries name these paths for the plugin.
     let m = mounts(ds);
-    for (name, path) in [("cni-conf", "/etc/cni/net.d"), ("cni-bin", "/opt/cni/bin"), ("cni-data", "/var/lib/cni/vpno")] {
+    for (name, path) in [
+        ("cni-conf", "/etc/cni/net.d"),
+        ("cni-bin", "/opt/cni/bin"),
+        ("cni-data", "/var/lib/cni/vpno"),
+    ] {
         assert_eq!(m[name], (path.to_string(), path.to_string()), "{name}");
     }
 }
@@ -101,12 +132,24 @@ fn the_cni_directories_are_values() {
     ]);
     let ds = get(&docs, "DaemonSet", DAEMONSET);
     assert_eq!(flag(ds, "--cni-conf-dir").as_deref(), Some("/etc/k3s/cni"));
-    assert_eq!(flag(ds, "--cni-bin-dir").as_deref(), Some("/var/lib/rancher/cni/bin"));
+    assert_eq!(
+        flag(ds, "--cni-bin-dir").as_deref(),
+        Some("/var/lib/rancher/cni/bin")
+    );
     assert_eq!(flag(ds, "--vxlan-port").as_deref(), Some("8472"));
     assert_eq!(args(ds)[args(ds).len() - 2..], ["--resync-seconds", "5"]);
     let m = mounts(ds);
-    assert_eq!(m["cni-conf"], ("/etc/k3s/cni".into(), "/etc/k3s/cni".into()));
-    assert_eq!(m["cni-bin"], ("/var/lib/rancher/cni/bin".into(), "/var/lib/rancher/cni/bin".into()));
+    assert_eq!(
+        m["cni-conf"],
+        ("/etc/k3s/cni".into(), "/etc/k3s/cni".into())
+    );
+    assert_eq!(
+        m["cni-bin"],
+        (
+            "/var/lib/rancher/cni/bin".into(),
+            "/var/lib/rancher/cni/bin".into()
+        )
+    );
 }
 
 #[test]
@@ -117,7 +160,10 @@ fn node_values_are_checked_by_the_schema_and_lint() {
     let err = try_render(&["--set", "node.cni.confDir=etc/cni"]).expect_err("a relative path");
     assert!(err.contains("/node/cni/confDir"), "{err}");
     let err = try_render(&["--set", "node.cni.confdir=/x"]).expect_err("an unknown key");
-    assert!(err.contains("additional properties") && err.contains("confdir"), "{err}");
+    assert!(
+        err.contains("additional properties") && err.contains("confdir"),
+        "{err}"
+    );
     let err = try_render(&["--set", "node.vxlanPort=0"]).expect_err("port 0");
     assert!(err.contains("/node/vxlanPort"), "{err}");
     let out = helm(&["lint", "--strict", "--set", "node.enabled=true"]).expect("lint");
@@ -130,8 +176,19 @@ fn rules(role: &Value) -> BTreeMap<(String, String), Vec<String>> {
     for r in role["rules"].as_array().unwrap() {
         for g in r["apiGroups"].as_array().unwrap() {
             for res in r["resources"].as_array().unwrap() {
-                let verbs: Vec<String> = r["verbs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
-                out.insert((g.as_str().unwrap().to_owned(), res.as_str().unwrap().to_owned()), verbs);
+                let verbs: Vec<String> = r["verbs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap().to_owned())
+                    .collect();
+                out.insert(
+                    (
+                        g.as_str().unwrap().to_owned(),
+                        res.as_str().unwrap().to_owned(),
+                    ),
+                    verbs,
+                );
             }
         }
     }
@@ -147,8 +204,14 @@ fn the_node_agent_may_only_read() {
     let got = rules(get(&docs, "ClusterRole", DAEMONSET));
     let read = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let want = BTreeMap::from([
-        (("".to_string(), "nodes".to_string()), read(&["get", "list", "watch"])),
-        (("vpn.beebs.dev".to_string(), "maskgateways".to_string()), read(&["get", "list", "watch"])),
+        (
+            ("".to_string(), "nodes".to_string()),
+            read(&["get", "list", "watch"]),
+        ),
+        (
+            ("vpn.beebs.dev".to_string(), "maskgateways".to_string()),
+            read(&["get", "list", "watch"]),
+        ),
         (("".to_string(), "pods".to_string()), read(&["get"])),
         (("".to_string(), "namespaces".to_string()), read(&["get"])),
     ]);
@@ -177,32 +240,54 @@ async fn the_rendered_permissions_suffice_against_a_real_api_server() {
     if !helm_available("the_rendered_permissions_suffice_against_a_real_api_server") {
         return;
     }
-    let Some(env) = vpno_testenv::TestEnv::shared() else { return };
+    let Some(env) = vpno_testenv::TestEnv::shared() else {
+        return;
+    };
     let admin = env.client().await;
     let ns = env.new_namespace("chart-node").await;
     let release = format!("n{}", std::process::id() % 100000);
     let text = helm(&[
-        "template", &release, "--namespace", &ns, "--set", "node.enabled=true",
-        "--show-only", "templates/node-rbac.yaml",
+        "template",
+        &release,
+        "--namespace",
+        &ns,
+        "--set",
+        "node.enabled=true",
+        "--show-only",
+        "templates/node-rbac.yaml",
     ])
     .expect("render");
     let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
     let docs: Vec<Value> = docs.into_iter().filter(|d| !d.is_null()).collect();
     let name = format!("{release}-vpn-operator-node");
     let pp = PostParams::default();
-    let sa: ServiceAccount = serde_json::from_value(get(&docs, "ServiceAccount", &name).clone()).unwrap();
-    Api::<ServiceAccount>::namespaced(admin.clone(), &ns).create(&pp, &sa).await.unwrap();
-    let role: ClusterRole = serde_json::from_value(get(&docs, "ClusterRole", &name).clone()).unwrap();
-    Api::<ClusterRole>::all(admin.clone()).create(&pp, &role).await.unwrap();
+    let sa: ServiceAccount =
+        serde_json::from_value(get(&docs, "ServiceAccount", &name).clone()).unwrap();
+    Api::<ServiceAccount>::namespaced(admin.clone(), &ns)
+        .create(&pp, &sa)
+        .await
+        .unwrap();
+    let role: ClusterRole =
+        serde_json::from_value(get(&docs, "ClusterRole", &name).clone()).unwrap();
+    Api::<ClusterRole>::all(admin.clone())
+        .create(&pp, &role)
+        .await
+        .unwrap();
     let binding: ClusterRoleBinding =
         serde_json::from_value(get(&docs, "ClusterRoleBinding", &name).clone()).unwrap();
-    Api::<ClusterRoleBinding>::all(admin.clone()).create(&pp, &binding).await.unwrap();
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .create(&pp, &binding)
+        .await
+        .unwrap();
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "client"},
         "spec": {"containers": [{"name": "c", "image": "busybox"}]}
     }))
     .unwrap();
-    Api::<Pod>::namespaced(admin.clone(), &ns).create(&pp, &pod).await.unwrap();
+    Api::<Pod>::namespaced(admin.clone(), &ns)
+        .create(&pp, &pod)
+        .await
+        .unwrap();
 
     let mut config = env.config();
     config.auth_info.impersonate = Some(format!("system:serviceaccount:{ns}:{name}"));
@@ -215,7 +300,11 @@ async fn the_rendered_permissions_suffice_against_a_real_api_server() {
     // RBAC bindings take effect at once, but allow the authorizer's cache a few tries.
     let mut watch = None;
     for _ in 0..50 {
-        if Api::<Pod>::namespaced(agent.clone(), &ns).get("client").await.is_ok() {
+        if Api::<Pod>::namespaced(agent.clone(), &ns)
+            .get("client")
+            .await
+            .is_ok()
+        {
             watch = Some(vpno_node::ClusterWatch::new(agent.clone()));
             break;
         }
@@ -227,9 +316,23 @@ async fn the_rendered_permissions_suffice_against_a_real_api_server() {
         .expect("the cluster watch (nodes + maskgateways) lists within 30 s")
         .unwrap();
     assert!(picture.unusable.is_empty());
-    Api::<Namespace>::all(agent.clone()).get(&ns).await.expect("namespace get");
-    let forbidden = Api::<Pod>::namespaced(agent.clone(), &ns).delete("client", &Default::default()).await;
-    assert!(matches!(forbidden, Err(kube::Error::Api(ref s)) if s.code == 403), "{forbidden:?}");
-    Api::<ClusterRoleBinding>::all(admin.clone()).delete(&name, &Default::default()).await.unwrap();
-    Api::<ClusterRole>::all(admin).delete(&name, &Default::default()).await.unwrap();
+    Api::<Namespace>::all(agent.clone())
+        .get(&ns)
+        .await
+        .expect("namespace get");
+    let forbidden = Api::<Pod>::namespaced(agent.clone(), &ns)
+        .delete("client", &Default::default())
+        .await;
+    assert!(
+        matches!(forbidden, Err(kube::Error::Api(ref s)) if s.code == 403),
+        "{forbidden:?}"
+    );
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .delete(&name, &Default::default())
+        .await
+        .unwrap();
+    Api::<ClusterRole>::all(admin)
+        .delete(&name, &Default::default())
+        .await
+        .unwrap();
 }

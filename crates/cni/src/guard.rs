@@ -221,8 +221,15 @@ pub fn is_current(listed: &Value) -> bool {
         .into_iter()
         .flatten()
         .find_map(|c| c["add"]["rule"]["comment"].as_str().map(str::to_string));
-    let objects = listed["nftables"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-    let rules: Vec<&Value> = objects.iter().map(|o| &o["rule"]).filter(|r| r.is_object()).collect();
+    let objects = listed["nftables"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    let rules: Vec<&Value> = objects
+        .iter()
+        .map(|o| &o["rule"])
+        .filter(|r| r.is_object())
+        .collect();
     rules.len() == rules_count()
         && rules
             .iter()
@@ -254,7 +261,11 @@ pub fn admit(port: &Port) -> Value {
     let mut commands = skeleton();
     match port {
         Port::Client { link, mac, ip } => {
-            commands.push(element("add", CLIENT_ADDRS, vec![client_addr(link, mac, *ip)]));
+            commands.push(element(
+                "add",
+                CLIENT_ADDRS,
+                vec![client_addr(link, mac, *ip)],
+            ));
             commands.push(element("add", CLIENT_PORTS, vec![json!(link)]));
         }
         Port::Router { mac, .. } => commands.push(element("add", ROUTER_MACS, vec![json!(mac)])),
@@ -288,7 +299,10 @@ pub fn forget(listed: &Value, link: &str, mac: &str) -> Option<Value> {
         commands.push(element("delete", CLIENT_ADDRS, addrs));
     }
     for (set, value) in [(CLIENT_PORTS, link), (ROUTER_MACS, mac)] {
-        if elements(listed, set).iter().any(|e| e.as_str() == Some(value)) {
+        if elements(listed, set)
+            .iter()
+            .any(|e| e.as_str() == Some(value))
+        {
             commands.push(element("delete", set, vec![json!(value)]));
         }
     }
@@ -393,30 +407,48 @@ mod tests {
             "the table (and with it the plugin's elements) is never deleted"
         );
         let flush = cmds.iter().position(|c| c.get("flush").is_some()).unwrap();
-        let first_rule = cmds.iter().position(|c| c["add"].get("rule").is_some()).unwrap();
+        let first_rule = cmds
+            .iter()
+            .position(|c| c["add"].get("rule").is_some())
+            .unwrap();
         assert!(flush < first_rule);
-        let rules: Vec<&Value> = cmds.iter().filter(|c| c["add"].get("rule").is_some()).collect();
+        let rules: Vec<&Value> = cmds
+            .iter()
+            .filter(|c| c["add"].get("rule").is_some())
+            .collect();
         assert_eq!(rules.len(), 6);
         // Only client ports are filtered.
-        assert_eq!(rules[0]["add"]["rule"]["expr"][0]["match"]["right"], "@client_ports");
+        assert_eq!(
+            rules[0]["add"]["rule"]["expr"][0]["match"]["right"],
+            "@client_ports"
+        );
         let last = &rules[5]["add"]["rule"];
         assert_eq!(last["expr"][1], json!({"drop": null}));
-        assert!(last["comment"].as_str().unwrap().starts_with(FINGERPRINT_PREFIX));
+        assert!(
+            last["comment"]
+                .as_str()
+                .unwrap()
+                .starts_with(FINGERPRINT_PREFIX)
+        );
         // IPv4 from a client goes only to the VIP MAC or a router.
         let ip_dst = &rules[1]["add"]["rule"]["expr"];
         assert_eq!(ip_dst[1]["match"]["right"], VIP_MAC);
         assert_eq!(ip_dst[2]["match"]["right"], "@router_macs");
         // ARP: Ethernet source and ARP sender both checked against the port's pair.
         let arp = &rules[4]["add"]["rule"]["expr"];
-        assert_eq!(arp[1]["match"]["left"]["concat"][2]["payload"]["field"], "saddr ip");
-        assert_eq!(arp[2]["match"]["left"]["concat"][1]["payload"]["field"], "saddr ether");
+        assert_eq!(
+            arp[1]["match"]["left"]["concat"][2]["payload"]["field"],
+            "saddr ip"
+        );
+        assert_eq!(
+            arp[2]["match"]["left"]["concat"][1]["payload"]["field"],
+            "saddr ether"
+        );
     }
 
     #[test]
     fn a_listing_with_the_fingerprint_and_all_rules_is_current() {
-        let listed = |rules: Vec<Value>| {
-            json!({"nftables": rules.into_iter().map(|r| json!({"rule": r["add"]["rule"]})).collect::<Vec<_>>()})
-        };
+        let listed = |rules: Vec<Value>| json!({"nftables": rules.into_iter().map(|r| json!({"rule": r["add"]["rule"]})).collect::<Vec<_>>()});
         let desired: Vec<Value> = ruleset()["nftables"]
             .as_array()
             .unwrap()
@@ -425,7 +457,10 @@ mod tests {
             .cloned()
             .collect();
         assert!(is_current(&listed(desired.clone())));
-        assert!(!is_current(&listed(desired[1..].to_vec())), "a rule missing");
+        assert!(
+            !is_current(&listed(desired[1..].to_vec())),
+            "a rule missing"
+        );
         let mut old = desired.clone();
         old[5]["add"]["rule"]["comment"] = json!("vpno-guard client drop 0000");
         assert!(!is_current(&listed(old)));
@@ -436,13 +471,19 @@ mod tests {
     fn admit_registers_a_client_pair_and_a_router_mac() {
         let batch = admit(&client());
         let cmds = batch["nftables"].as_array().unwrap();
-        assert_eq!(cmds[0], json!({"add": {"table": {"family": "bridge", "name": "vpno_guard"}}}));
+        assert_eq!(
+            cmds[0],
+            json!({"add": {"table": {"family": "bridge", "name": "vpno_guard"}}})
+        );
         assert_eq!(
             cmds[4]["add"]["element"]["elem"],
             json!([{"concat": ["vpno0123456789", "02:00:00:00:00:01", "192.168.24.70"]}])
         );
         assert_eq!(cmds[5]["add"]["element"]["name"], CLIENT_PORTS);
-        let router = admit(&Port::Router { link: "r".into(), mac: "02:00:00:00:00:02".into() });
+        let router = admit(&Port::Router {
+            link: "r".into(),
+            mac: "02:00:00:00:00:02".into(),
+        });
         assert_eq!(router["nftables"][4]["add"]["element"]["name"], ROUTER_MACS);
         let gateway = admit(&Port::Gateway { link: "g".into() });
         assert_eq!(gateway["nftables"].as_array().unwrap().len(), 4);
@@ -467,7 +508,10 @@ mod tests {
         );
         assert_eq!(cmds[1]["delete"]["element"]["elem"], json!(["vpnoa"]));
         let router = forget(&listed, "vpnoc", "02:00:00:00:00:0c").unwrap();
-        assert_eq!(router["nftables"][0]["delete"]["element"]["name"], ROUTER_MACS);
+        assert_eq!(
+            router["nftables"][0]["delete"]["element"]["name"],
+            ROUTER_MACS
+        );
         assert_eq!(forget(&listed, "vpnoz", "02:00:00:00:00:ff"), None);
     }
 }

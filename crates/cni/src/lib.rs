@@ -208,7 +208,10 @@ async fn membership(env: &CniEnv, config: &PluginConfig) -> Result<Membership, C
     .map_err(|why| {
         CniError::new(
             Code::InvalidConfig,
-            format!("pod {namespace}/{name} is a member of {}/{} but cannot be attached", config.gateway.namespace, config.gateway.name),
+            format!(
+                "pod {namespace}/{name} is a member of {}/{} but cannot be attached",
+                config.gateway.namespace, config.gateway.name
+            ),
             why,
         )
     })
@@ -251,7 +254,10 @@ async fn attach(
     };
     // Registered before the link joins the bridge: no frame passes unchecked.
     let attached = match kernel.admit(&port).await {
-        Ok(()) => kernel.attach(netns, plan, address).await.map_err(kernel_error),
+        Ok(()) => kernel
+            .attach(netns, plan, address)
+            .await
+            .map_err(kernel_error),
         Err(e) => Err(guard_error(e)),
     };
     let mac = match attached {
@@ -273,13 +279,10 @@ async fn attach(
         address,
         sandbox: netns_str(env),
     };
-    Ok(plan::extend_result(
-        config.prev_result.as_ref(),
-        &config.cni_version,
-        plan,
-        &got,
+    Ok(
+        plan::extend_result(config.prev_result.as_ref(), &config.cni_version, plan, &got)
+            .to_string(),
     )
-    .to_string())
 }
 
 async fn add(
@@ -291,8 +294,12 @@ async fn add(
     if member == Membership::Outside {
         return Ok(passthrough(config));
     }
-    if plan::recorded_address(config.prev_result.as_ref(), &config.interface, &netns_str(env))
-        .is_some()
+    if plan::recorded_address(
+        config.prev_result.as_ref(),
+        &config.interface,
+        &netns_str(env),
+    )
+    .is_some()
     {
         tracing::warn!(interface = %config.interface, gateway = %config.gateway.name, "the pod is already attached to another gateway network; a pod belongs to one");
         return Ok(passthrough(config));

@@ -99,7 +99,10 @@ pub fn decide(
     };
     let namespace_ok = match &clients.namespace_selector {
         None => pod_namespace == gateway.namespace,
-        Some(s) => facts.namespace_labels.as_ref().is_some_and(|l| s.matches(l)),
+        Some(s) => facts
+            .namespace_labels
+            .as_ref()
+            .is_some_and(|l| s.matches(l)),
     };
     let pod_ok = clients
         .pod_selector
@@ -152,7 +155,9 @@ mod tests {
     }
 
     fn map(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
-        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn member(role: &str, gateway: &str, address: Option<&str>) -> PodFacts {
@@ -187,22 +192,37 @@ mod tests {
         let f = member("gateway", "egress", Some("192.168.24.16"));
         assert!(matches!(
             decide(&f, "vpn", &gw(), net(), None),
-            Ok(Membership::Role { role: Role::Gateway, .. })
+            Ok(Membership::Role {
+                role: Role::Gateway,
+                ..
+            })
         ));
     }
 
     #[test]
     fn members_of_another_gateway_or_namespace_are_outside() {
         let f = member("gateway", "other", Some("192.168.24.16/22"));
-        assert_eq!(decide(&f, "vpn", &gw(), net(), None), Ok(Membership::Outside));
+        assert_eq!(
+            decide(&f, "vpn", &gw(), net(), None),
+            Ok(Membership::Outside)
+        );
         let f = member("gateway", "egress", Some("192.168.24.16/22"));
-        assert_eq!(decide(&f, "apps", &gw(), net(), None), Ok(Membership::Outside));
+        assert_eq!(
+            decide(&f, "apps", &gw(), net(), None),
+            Ok(Membership::Outside)
+        );
         let f = member("dns", "egress", Some("192.168.24.10/22"));
-        assert_eq!(decide(&f, "vpn", &gw(), net(), None), Ok(Membership::Outside));
+        assert_eq!(
+            decide(&f, "vpn", &gw(), net(), None),
+            Ok(Membership::Outside)
+        );
         // A member is never a selector's client, even of an all-pods selector.
         let all = ClientsSpec::default();
         let f = member("gateway", "other", Some("192.168.24.16/22"));
-        assert_eq!(decide(&f, "vpn", &gw(), net(), Some(&all)), Ok(Membership::Outside));
+        assert_eq!(
+            decide(&f, "vpn", &gw(), net(), Some(&all)),
+            Ok(Membership::Outside)
+        );
     }
 
     #[test]
@@ -214,8 +234,14 @@ mod tests {
             (Some("192.168.24.0/22"), "not a host address"),
             (Some("192.168.27.255"), "not a host address"),
         ] {
-            let err = decide(&member("router", "egress", address), "vpn", &gw(), net(), None)
-                .unwrap_err();
+            let err = decide(
+                &member("router", "egress", address),
+                "vpn",
+                &gw(),
+                net(),
+                None,
+            )
+            .unwrap_err();
             assert!(err.contains(says), "{address:?}: {err}");
         }
     }
@@ -226,21 +252,33 @@ mod tests {
             annotations: map(&[(GATEWAY_ANNOTATION, "vpn/egress")]),
             ..Default::default()
         };
-        assert_eq!(decide(&annotated, "apps", &gw(), net(), None), Ok(Membership::Client));
+        assert_eq!(
+            decide(&annotated, "apps", &gw(), net(), None),
+            Ok(Membership::Client)
+        );
         let plain = PodFacts {
             labels: map(&[("app", "web")]),
             namespace_labels: Some(map(&[("team", "a")])),
             ..Default::default()
         };
-        assert_eq!(decide(&plain, "apps", &gw(), net(), None), Ok(Membership::Outside));
+        assert_eq!(
+            decide(&plain, "apps", &gw(), net(), None),
+            Ok(Membership::Outside)
+        );
 
         // No namespace selector: the MaskGateway's own namespace only.
         let pods = ClientsSpec {
             namespace_selector: None,
             pod_selector: Some(selector(&[("app", "web")])),
         };
-        assert_eq!(decide(&plain, "vpn", &gw(), net(), Some(&pods)), Ok(Membership::Client));
-        assert_eq!(decide(&plain, "apps", &gw(), net(), Some(&pods)), Ok(Membership::Outside));
+        assert_eq!(
+            decide(&plain, "vpn", &gw(), net(), Some(&pods)),
+            Ok(Membership::Client)
+        );
+        assert_eq!(
+            decide(&plain, "apps", &gw(), net(), Some(&pods)),
+            Ok(Membership::Outside)
+        );
 
         let namespaces = ClientsSpec {
             namespace_selector: Some(selector(&[("team", "a")])),
@@ -262,7 +300,10 @@ mod tests {
             namespace_selector: Some(selector(&[("team", "a")])),
             pod_selector: Some(selector(&[("app", "db")])),
         };
-        assert_eq!(decide(&plain, "apps", &gw(), net(), Some(&both)), Ok(Membership::Outside));
+        assert_eq!(
+            decide(&plain, "apps", &gw(), net(), Some(&both)),
+            Ok(Membership::Outside)
+        );
         let unknown_namespace = PodFacts {
             namespace_labels: None,
             ..plain

@@ -393,6 +393,34 @@ mod tests {
     }
 
     #[test]
+    fn pod_macs_are_stable_local_unicast_and_distinct() {
+        let a = pod_mac("c1", "vpn0");
+        assert_eq!(a, pod_mac("c1", "vpn0"));
+        assert_ne!(a, pod_mac("c2", "vpn0"));
+        assert_eq!(a[0], 0x02, "locally administered, unicast");
+        assert_eq!(mac_string(&[2, 0, 0xab, 1, 2, 3]), "02:00:ab:01:02:03");
+    }
+
+    #[test]
+    fn a_member_plan_has_no_routes_and_the_same_link_names() {
+        let c = config(None);
+        let m = member_plan(&c, "c1", Role::Router);
+        let client = attach_plan(&c, "c1").unwrap();
+        assert!(m.routes.is_empty());
+        assert_eq!(m.role, Some(Role::Router));
+        assert_eq!(
+            (m.host_link.as_str(), m.mac),
+            (client.host_link.as_str(), client.mac)
+        );
+        assert_eq!(client.role, None);
+        // CHECK does not look for a lease of a member.
+        let addr: Ipv4Net = "192.168.24.3/22".parse().unwrap();
+        let mut seen = healthy(&m, addr);
+        seen.address_recorded = false;
+        assert!(check(&m, addr, &seen).is_empty());
+    }
+
+    #[test]
     fn plan_routes_exclude_primary_destinations_and_pair_every_route() {
         let plan = attach_plan(&config(Some(bridge_result())), "c1").unwrap();
         let via: Vec<Ipv4Net> = plan

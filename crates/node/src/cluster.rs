@@ -62,7 +62,10 @@ pub fn node_info(node: &Node) -> NodeInfo {
 }
 
 /// The picture from the stores' contents.
-pub fn picture(nodes: &[std::sync::Arc<Node>], gateways: &[std::sync::Arc<MaskGateway>]) -> Cluster {
+pub fn picture(
+    nodes: &[std::sync::Arc<Node>],
+    gateways: &[std::sync::Arc<MaskGateway>],
+) -> Cluster {
     let mut out = Cluster {
         nodes: nodes.iter().map(|n| node_info(n)).collect(),
         ..Default::default()
@@ -81,9 +84,11 @@ pub fn picture(nodes: &[std::sync::Arc<Node>], gateways: &[std::sync::Arc<MaskGa
     out
 }
 
+/// A watch event reduced to what the agent acts on: whether it completes a
+/// (re)list or is a change (the stores hold the objects).
 enum Changed {
-    Nodes(Result<Event<Node>, watcher::Error>),
-    Gateways(Result<Event<MaskGateway>, watcher::Error>),
+    Nodes(Result<bool, watcher::Error>),
+    Gateways(Result<bool, watcher::Error>),
 }
 
 /// Nodes and MaskGateways (all namespaces) through default list+watches
@@ -105,13 +110,13 @@ impl ClusterWatch {
             watcher::watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
         )
         .default_backoff()
-        .map(Changed::Nodes);
+        .map(|e| Changed::Nodes(e.map(|e| completes(&e))));
         let gateway_events = reflector::reflector(
             gateway_writer,
             watcher::watcher(Api::<MaskGateway>::all(client), watcher::Config::default()),
         )
         .default_backoff()
-        .map(Changed::Gateways);
+        .map(|e| Changed::Gateways(e.map(|e| completes(&e))));
         Self {
             nodes,
             gateways,
@@ -139,13 +144,11 @@ impl ClusterSource for ClusterWatch {
                     warn!(error = %e, "watching MaskGateway objects (retrying)");
                     false
                 }
-                Some(Changed::Nodes(Ok(ev))) => {
-                    let c = completes(&ev);
+                Some(Changed::Nodes(Ok(c))) => {
                     self.listed.0 |= c;
                     c
                 }
-                Some(Changed::Gateways(Ok(ev))) => {
-                    let c = completes(&ev);
+                Some(Changed::Gateways(Ok(c))) => {
                     self.listed.1 |= c;
                     c
                 }
@@ -195,7 +198,10 @@ mod tests {
         let info = node_info(&n);
         assert_eq!(info.name, "n1");
         assert_eq!(info.address, Some("192.0.2.7".parse().unwrap()));
-        assert_eq!(node_info(&node("n2", &[("ExternalIP", "203.0.113.9")])).address, None);
+        assert_eq!(
+            node_info(&node("n2", &[("ExternalIP", "203.0.113.9")])).address,
+            None
+        );
     }
 
     #[test]
@@ -211,8 +217,17 @@ mod tests {
             &[Arc::new(node("z", &[])), Arc::new(node("m", &[]))],
             &[Arc::new(good), Arc::new(first), Arc::new(no_uid)],
         );
-        assert_eq!(p.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["m", "z"]);
-        assert_eq!(p.gateways.iter().map(|g| g.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            p.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
+            ["m", "z"]
+        );
+        assert_eq!(
+            p.gateways
+                .iter()
+                .map(|g| g.name.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b"]
+        );
         assert_eq!(p.unusable.len(), 1);
         assert!(p.unusable[0].contains("no uid"));
     }

@@ -303,7 +303,10 @@ mod tests {
         let plugins = two["plugins"].as_array().unwrap();
         assert_eq!(plugins.len(), 4);
         assert_eq!(plugins[2..], [a.clone(), b]);
-        assert_eq!(set_entries(&two, &[a.clone()]).unwrap()["plugins"][2], a);
+        assert_eq!(
+            set_entries(&two, std::slice::from_ref(&a)).unwrap()["plugins"][2],
+            a
+        );
         assert_eq!(set_entries(&two, &[]).unwrap(), cluster_list());
     }
 

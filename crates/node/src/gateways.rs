@@ -96,7 +96,12 @@ pub fn gateway_info(gw: &MaskGateway) -> Result<GatewayInfo, String> {
             n.slice
                 .parse::<Ipv4Net>()
                 .map(|s| (n.node.clone(), s))
-                .map_err(|_| bad(format!("status.nodes: slice {:?} of {} is not a CIDR", n.slice, n.node)))
+                .map_err(|_| {
+                    bad(format!(
+                        "status.nodes: slice {:?} of {} is not a CIDR",
+                        n.slice, n.node
+                    ))
+                })
         })
         .collect::<Result<_, _>>()?;
     Ok(GatewayInfo {
@@ -181,7 +186,10 @@ pub fn serve(
     for gw in gateways {
         let id = format!("{}/{}", gw.namespace, gw.name);
         let Some(network) = gw.network.clone() else {
-            waiting.push((id, "the controller has not planned its network yet (status.network)".into()));
+            waiting.push((
+                id,
+                "the controller has not planned its network yet (status.network)".into(),
+            ));
             continue;
         };
         let Some(slice) = gw.slices.get(node).copied() else {
@@ -189,7 +197,10 @@ pub fn serve(
             continue;
         };
         if !network.cidr.contains(&slice) {
-            waiting.push((id, format!("slice {slice} is outside the network {}", network.cidr)));
+            waiting.push((
+                id,
+                format!("slice {slice} is outside the network {}", network.cidr),
+            ));
             continue;
         }
         served.push(Served {
@@ -252,11 +263,19 @@ mod tests {
         assert_eq!(net.vip, "192.168.24.1".parse::<Ipv4Addr>().unwrap());
         assert_eq!(net.excludes, vec!["10.96.0.0/12".parse().unwrap()]);
         assert_eq!(info.slices["a"], "192.168.24.64/26".parse().unwrap());
-        assert_eq!(gateway_info(&object("egress", "u1", false)).unwrap().network, None);
+        assert_eq!(
+            gateway_info(&object("egress", "u1", false))
+                .unwrap()
+                .network,
+            None
+        );
         let mut bad = object("egress", "u1", true);
         bad.status.as_mut().unwrap().nodes[0].slice = "nonsense".into();
         let err = gateway_info(&bad).unwrap_err();
-        assert!(err.contains("vpn/egress") && err.contains("nonsense"), "{err}");
+        assert!(
+            err.contains("vpn/egress") && err.contains("nonsense"),
+            "{err}"
+        );
     }
 
     #[test]

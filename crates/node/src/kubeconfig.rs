@@ -84,7 +84,11 @@ pub fn in_cluster() -> Result<Credentials, KubeconfigError> {
             source,
         })
     };
-    let host = if host.contains(':') { format!("[{host}]") } else { host };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
     Ok(Credentials {
         server: format!("https://{host}:{port}"),
         ca_pem: read("ca.crt")?,
@@ -102,7 +106,11 @@ pub fn write(path: &Path, text: &str) -> Result<bool, KubeconfigError> {
     }
     let io = |what, p: &Path| {
         let p = p.to_path_buf();
-        move |source| KubeconfigError::Io { what, path: p, source }
+        move |source| KubeconfigError::Io {
+            what,
+            path: p,
+            source,
+        }
     };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
@@ -134,8 +142,14 @@ mod tests {
             token: "s3cret".into(),
         };
         let v: serde_json::Value = serde_json::from_str(&render(&creds)).unwrap();
-        assert_eq!(v["clusters"][0]["cluster"]["server"], "https://10.96.0.1:443");
-        assert_eq!(v["clusters"][0]["cluster"]["certificate-authority-data"], "UEVN");
+        assert_eq!(
+            v["clusters"][0]["cluster"]["server"],
+            "https://10.96.0.1:443"
+        );
+        assert_eq!(
+            v["clusters"][0]["cluster"]["certificate-authority-data"],
+            "UEVN"
+        );
         assert_eq!(v["users"][0]["user"]["token"], "s3cret");
         assert_eq!(v["current-context"], "vpno-cni");
         assert!(!format!("{creds:?}").contains("s3cret"));

@@ -232,7 +232,9 @@ impl<K: NodeKernel> Agent<K> {
             }
         }
         summary.removed = self.remove_gone(&cluster.uids).await?;
-        self.kernel.guard(!ready.is_empty() || !summary.failed.is_empty()).await?;
+        // On while any MaskGateway exists (a waiting one may still have ports
+        // registered); removing the table forgets every registered port.
+        self.kernel.guard(!cluster.uids.is_empty()).await?;
         if let Some(cni) = &self.cni {
             install_cni(cni, &ready)?;
             remove_gone_stores(&cni.data_dir, &cluster.uids);
@@ -272,7 +274,9 @@ impl<K: NodeKernel> Agent<K> {
         gone.sort_by_key(|l| !l.starts_with(gateways::VXLAN_PREFIX));
         for link in &gone {
             info!(%link, "removing the link of a MaskGateway that is gone");
-            self.kernel.apply(&plan::Op::DeleteLink(link.clone())).await?;
+            self.kernel
+                .apply(&plan::Op::DeleteLink(link.clone()))
+                .await?;
         }
         Ok(gone)
     }
@@ -391,8 +395,12 @@ fn remove_gone_stores(data_dir: &Path, uids: &BTreeSet<String>) {
             && !uids.contains(uid)
         {
             match std::fs::remove_dir_all(e.path()) {
-                Ok(()) => info!(dir = %e.path().display(), "removed the address store of a MaskGateway that is gone"),
-                Err(err) => warn!(dir = %e.path().display(), "cannot remove an address store: {err}"),
+                Ok(()) => {
+                    info!(dir = %e.path().display(), "removed the address store of a MaskGateway that is gone")
+                }
+                Err(err) => {
+                    warn!(dir = %e.path().display(), "cannot remove an address store: {err}")
+                }
             }
         }
     }
@@ -516,7 +524,9 @@ mod tests {
                 bin_dir: "/opt/cni/bin".into(),
             },
             binary: None,
-            kubeconfig: PluginKubeconfig::FromServiceAccount("/etc/cni/net.d/vpno-cni.d/kubeconfig".into()),
+            kubeconfig: PluginKubeconfig::FromServiceAccount(
+                "/etc/cni/net.d/vpno-cni.d/kubeconfig".into(),
+            ),
             data_dir: "/var/lib/cni/vpno".into(),
         };
         let e = cni.entry(&served[0], &d);

@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use vpno_api::gateway::{MaskGateway, MaskGatewayStatus, NetworkStatus, NodeSlice};
 use vpno_node::cluster::picture;
-use vpno_node::{Agent, Cluster, CniInstall, CniSettings, NetlinkKernel, PluginKubeconfig, gateways};
+use vpno_node::{
+    Agent, Cluster, CniInstall, CniSettings, NetlinkKernel, PluginKubeconfig, gateways,
+};
 
 fn skip_unless_root() -> bool {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -118,7 +120,8 @@ fn gateway(name: &str, uid: &str, created: &str) -> MaskGateway {
     let mut gw = MaskGateway::new(name, Default::default());
     gw.metadata.namespace = Some("vpn".into());
     gw.metadata.uid = Some(uid.into());
-    gw.metadata.creation_timestamp = Some(serde_json::from_value(serde_json::json!(created)).unwrap());
+    gw.metadata.creation_timestamp =
+        Some(serde_json::from_value(serde_json::json!(created)).unwrap());
     gw.status = Some(MaskGatewayStatus {
         network: Some(NetworkStatus {
             cidr: "192.168.24.0/22".into(),
@@ -127,8 +130,14 @@ fn gateway(name: &str, uid: &str, created: &str) -> MaskGateway {
             excludes: vec!["10.244.0.0/16".into()],
         }),
         nodes: vec![
-            NodeSlice { node: "node-a".into(), slice: "192.168.24.64/26".into() },
-            NodeSlice { node: "node-b".into(), slice: "192.168.24.128/26".into() },
+            NodeSlice {
+                node: "node-a".into(),
+                slice: "192.168.24.64/26".into(),
+            },
+            NodeSlice {
+                node: "node-b".into(),
+                slice: "192.168.24.128/26".into(),
+            },
         ],
         ..Default::default()
     });
@@ -136,7 +145,10 @@ fn gateway(name: &str, uid: &str, created: &str) -> MaskGateway {
 }
 
 fn cluster(gws: &[MaskGateway]) -> Cluster {
-    let nodes = [node_object("node-a", "192.0.2.1"), node_object("node-b", "192.0.2.2")];
+    let nodes = [
+        node_object("node-a", "192.0.2.1"),
+        node_object("node-b", "192.0.2.2"),
+    ];
     let nodes: Vec<_> = nodes.into_iter().map(std::sync::Arc::new).collect();
     let gws: Vec<_> = gws.iter().cloned().map(std::sync::Arc::new).collect();
     picture(&nodes, &gws)
@@ -288,12 +300,24 @@ fn two_nodes_share_each_gateway_network_over_its_own_vxlan() {
     let served_b = reconcile(&b.0, "node-b", both.clone(), None);
     assert_eq!(served_a.len(), 2);
     assert_eq!(served_a[0].0, "vpn/egress");
-    assert_eq!((served_a[0].1.as_str(), served_a[0].2), ("192.168.24.64/26", 1420));
+    assert_eq!(
+        (served_a[0].1.as_str(), served_a[0].2),
+        ("192.168.24.64/26", 1420)
+    );
     assert_eq!(served_b[0].1, "192.168.24.128/26");
     assert_ne!(served_a[0].3, served_a[1].3, "one VNI per gateway network");
-    assert_eq!(served_a[0].3, served_b[0].3, "both nodes derive the same VNI");
-    let (br1, vx1) = (gateways::bridge_name("uid-one"), gateways::vxlan_name("uid-one"));
-    let (br2, vx2) = (gateways::bridge_name("uid-two"), gateways::vxlan_name("uid-two"));
+    assert_eq!(
+        served_a[0].3, served_b[0].3,
+        "both nodes derive the same VNI"
+    );
+    let (br1, vx1) = (
+        gateways::bridge_name("uid-one"),
+        gateways::vxlan_name("uid-one"),
+    );
+    let (br2, vx2) = (
+        gateways::bridge_name("uid-two"),
+        gateways::vxlan_name("uid-two"),
+    );
 
     // Idempotent: a second pass changes nothing it can see.
     let remotes = || {
@@ -319,7 +343,10 @@ fn two_nodes_share_each_gateway_network_over_its_own_vxlan() {
         (plugins[0]["type"].as_str(), plugins[1]["type"].as_str()),
         (Some("bridge"), Some("portmap"))
     );
-    for (p, (name, br, uid)) in plugins[2..].iter().zip([("egress", &br1, "uid-one"), ("other", &br2, "uid-two")]) {
+    for (p, (name, br, uid)) in plugins[2..]
+        .iter()
+        .zip([("egress", &br1, "uid-one"), ("other", &br2, "uid-two")])
+    {
         assert_eq!(p["type"], "vpno-cni");
         assert_eq!(p["gateway"]["name"], name);
         assert_eq!(p["slice"], "192.168.24.64/26");
@@ -328,9 +355,17 @@ fn two_nodes_share_each_gateway_network_over_its_own_vxlan() {
         assert_eq!(p["mtu"], 1420);
         assert_eq!(p["bridge"], br.as_str());
         assert_eq!(p["kubeconfig"], "/etc/vpno/kubeconfig");
-        assert!(p["dataDir"].as_str().unwrap().ends_with(&format!("data/gw-{uid}")));
+        assert!(
+            p["dataDir"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("data/gw-{uid}"))
+        );
     }
-    assert_eq!(std::fs::read(dir.0.join("bin/vpno-cni")).unwrap(), b"#!/bin/sh\n");
+    assert_eq!(
+        std::fs::read(dir.0.join("bin/vpno-cni")).unwrap(),
+        b"#!/bin/sh\n"
+    );
 
     let vx = a.ip(&format!("-d link show {vx1}"));
     assert!(
@@ -339,10 +374,17 @@ fn two_nodes_share_each_gateway_network_over_its_own_vxlan() {
             && vx.contains("dstport 4789"),
         "{vx}"
     );
-    assert!(vx.contains("mtu 1420") && vx.contains(&format!("master {br1}")), "{vx}");
+    assert!(
+        vx.contains("mtu 1420") && vx.contains(&format!("master {br1}")),
+        "{vx}"
+    );
     // The anti-spoofing chain is in place.
     let guard = a.run("nft list chain bridge vpno_guard prerouting");
-    assert!(guard.status.success(), "{}", String::from_utf8_lossy(&guard.stderr));
+    assert!(
+        guard.status.success(),
+        "{}",
+        String::from_utf8_lossy(&guard.stderr)
+    );
 
     // Gateway network one carries traffic between the nodes; network two,
     // with the same addresses, does not see it.
@@ -351,30 +393,49 @@ fn two_nodes_share_each_gateway_network_over_its_own_vxlan() {
     let other = client(&a, &br2, "cv2", format!("vn{tag}-co"), "192.168.24.66");
     let server = echo_server(&cb.0);
     // An IP packet of exactly the planned MTU (1420 = 1392 + UDP 8 + IP 20), DF set.
-    assert_eq!(udp_roundtrip(&ca.0, 1392, 5), Some(1392), "no echo over the VXLAN");
-    assert_eq!(udp_roundtrip(&other.0, 100, 2), None, "the other gateway network reached it");
+    assert_eq!(
+        udp_roundtrip(&ca.0, 1392, 5),
+        Some(1392),
+        "no echo over the VXLAN"
+    );
+    assert_eq!(
+        udp_roundtrip(&other.0, 100, 2),
+        None,
+        "the other gateway network reached it"
+    );
     // node-b leaves (its machine goes away: the underlay drops, so nothing
     // from it is learned again): every FDB entry towards it goes, learned ones
     // included. The static entry and at least one learned one exist before.
-    let fdb = String::from_utf8_lossy(&a.run(&format!("bridge fdb show dev {vx1}")).stdout).into_owned();
-    assert!(fdb.lines().filter(|l| l.contains("dst 192.0.2.2")).count() >= 2, "{fdb}");
+    let fdb =
+        String::from_utf8_lossy(&a.run(&format!("bridge fdb show dev {vx1}")).stdout).into_owned();
+    assert!(
+        fdb.lines().filter(|l| l.contains("dst 192.0.2.2")).count() >= 2,
+        "{fdb}"
+    );
     stop(&cb.0);
     server.join().unwrap();
     b.ip("link set ul down");
     let mut a_alone = both.clone();
     a_alone.nodes.retain(|n| n.name == "node-a");
     reconcile(&a.0, "node-a", a_alone, Some(cni.clone()));
-    let fdb = String::from_utf8_lossy(&a.run(&format!("bridge fdb show dev {vx1}")).stdout).into_owned();
+    let fdb =
+        String::from_utf8_lossy(&a.run(&format!("bridge fdb show dev {vx1}")).stdout).into_owned();
     assert!(!fdb.contains("192.0.2.2"), "{fdb}");
     drop((ca, cb, other));
 
     // MaskGateway "other" is deleted: its links, entry and store go; "egress" stays.
-    let served = reconcile(&a.0, "node-a", cluster(&[one.clone()]), Some(cni.clone()));
+    let served = reconcile(
+        &a.0,
+        "node-a",
+        cluster(std::slice::from_ref(&one)),
+        Some(cni.clone()),
+    );
     assert_eq!(served.len(), 1);
     let links = a.ip("-o link show");
     assert!(!links.contains(&br2) && !links.contains(&vx2), "{links}");
     assert!(links.contains(&br1) && links.contains(&vx1), "{links}");
-    let list: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&conflist).unwrap()).unwrap();
+    let list: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&conflist).unwrap()).unwrap();
     assert_eq!(list["plugins"].as_array().unwrap().len(), 3);
     assert_eq!(list["plugins"][2]["gateway"]["name"], "egress");
     assert!(!dir.0.join("data/gw-uid-two").exists());
@@ -385,7 +446,10 @@ fn two_nodes_share_each_gateway_network_over_its_own_vxlan() {
     uninstall(&b.0, "node-b", None);
     let after: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&conflist).unwrap()).unwrap();
-    assert_eq!(after, serde_json::from_str::<serde_json::Value>(CLUSTER).unwrap());
+    assert_eq!(
+        after,
+        serde_json::from_str::<serde_json::Value>(CLUSTER).unwrap()
+    );
     assert!(!dir.0.join("bin/vpno-cni").exists());
     assert!(!dir.0.join("data/gw-uid-one").exists());
     for ns in [&a, &b] {

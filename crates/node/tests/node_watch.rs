@@ -48,8 +48,14 @@ async fn the_watch_follows_nodes_and_mask_gateways() {
     let prefix = unique_name("vpno-node");
     let (a, b) = (format!("{prefix}-a"), format!("{prefix}-b"));
     let mut watch = ClusterWatch::new(client);
-    nodes.create(&PostParams::default(), &node(&a, "192.0.2.1")).await.unwrap();
-    nodes.create(&PostParams::default(), &node(&b, "192.0.2.2")).await.unwrap();
+    nodes
+        .create(&PostParams::default(), &node(&a, "192.0.2.1"))
+        .await
+        .unwrap();
+    nodes
+        .create(&PostParams::default(), &node(&b, "192.0.2.2"))
+        .await
+        .unwrap();
     let gw_name = format!("{prefix}-gw");
     let gw: MaskGateway = serde_json::from_value(json!({
         "apiVersion": "vpn.beebs.dev/v1", "kind": "MaskGateway",
@@ -61,7 +67,10 @@ async fn the_watch_follows_nodes_and_mask_gateways() {
     let uid = created.metadata.uid.clone().unwrap();
 
     // Not planned yet: known, but this node waits.
-    let c = until(&mut watch, &prefix, |c| c.nodes.len() == 2 && c.gateways.len() == 1).await;
+    let c = until(&mut watch, &prefix, |c| {
+        c.nodes.len() == 2 && c.gateways.len() == 1
+    })
+    .await;
     assert_eq!(c.nodes[0].address, Some("192.0.2.1".parse().unwrap()));
     assert!(c.uids.contains(&uid));
     let (served, waiting) = gateways::serve(&a, 4789, &c.gateways);
@@ -93,9 +102,14 @@ async fn the_watch_follows_nodes_and_mask_gateways() {
     assert_eq!(served[0].network.excludes.len(), 2);
 
     // Gone: the uid leaves the picture (the agent then removes its links).
-    gws.delete(&gw_name, &DeleteParams::default()).await.unwrap();
+    gws.delete(&gw_name, &DeleteParams::default())
+        .await
+        .unwrap();
     nodes.delete(&a, &DeleteParams::default()).await.unwrap();
-    let c = until(&mut watch, &prefix, |c| c.gateways.is_empty() && c.nodes.len() == 1).await;
+    let c = until(&mut watch, &prefix, |c| {
+        c.gateways.is_empty() && c.nodes.len() == 1
+    })
+    .await;
     assert!(!c.uids.contains(&uid));
     assert_eq!(c.nodes[0].name, b);
     nodes.delete(&b, &DeleteParams::default()).await.unwrap();
