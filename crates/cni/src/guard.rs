@@ -5,8 +5,8 @@
 //! Client pods are untrusted neighbours of the routers and gateways. A
 //! frame entering a bridge from a *client port* (a host veth the plugin
 //! registered in `client_ports`) passes only when
-//! - it is IPv4 sent to the VIP MAC or a router port's MAC, or ARP sent to
-//!   one of those or to broadcast, and
+//! - it is IPv4 sent to the VIP MAC or a (local) router port's MAC, or ARP,
+//!   and
 //! - its source MAC and IPv4 source (for ARP: the Ethernet source, the ARP
 //!   sender MAC and the ARP sender IP) are exactly the port's registered
 //!   pair (`client_addrs`).
@@ -121,6 +121,8 @@ fn rules() -> Vec<Value> {
     let accept = json!({"accept": null});
     let ether_type = |t: &str| is("==", field("ether", "type"), json!(t));
     let not_router = is("!=", field("ether", "daddr"), at(ROUTER_MACS));
+    // ARP may go anywhere (a client answers a router's request on any node,
+    // whose MAC this node may not know): only its sender is checked.
     vec![
         rule(
             vec![is("!=", meta("iifname"), at(CLIENT_PORTS)), accept.clone()],
@@ -132,21 +134,6 @@ fn rules() -> Vec<Value> {
                 ether_type("ip"),
                 is("!=", field("ether", "daddr"), json!(VIP_MAC)),
                 not_router.clone(),
-                counter.clone(),
-                drop.clone(),
-            ],
-            None,
-        ),
-        // ARP to those or broadcast.
-        rule(
-            vec![
-                ether_type("arp"),
-                is(
-                    "!=",
-                    field("ether", "daddr"),
-                    json!({"set": ["ff:ff:ff:ff:ff:ff", VIP_MAC]}),
-                ),
-                not_router,
                 counter.clone(),
                 drop.clone(),
             ],
@@ -416,13 +403,13 @@ mod tests {
             .iter()
             .filter(|c| c["add"].get("rule").is_some())
             .collect();
-        assert_eq!(rules.len(), 6);
+        assert_eq!(rules.len(), 5);
         // Only client ports are filtered.
         assert_eq!(
             rules[0]["add"]["rule"]["expr"][0]["match"]["right"],
             "@client_ports"
         );
-        let last = &rules[5]["add"]["rule"];
+        let last = &rules[4]["add"]["rule"];
         assert_eq!(last["expr"][1], json!({"drop": null}));
         assert!(
             last["comment"]
@@ -435,7 +422,7 @@ mod tests {
         assert_eq!(ip_dst[1]["match"]["right"], VIP_MAC);
         assert_eq!(ip_dst[2]["match"]["right"], "@router_macs");
         // ARP: Ethernet source and ARP sender both checked against the port's pair.
-        let arp = &rules[4]["add"]["rule"]["expr"];
+        let arp = &rules[3]["add"]["rule"]["expr"];
         assert_eq!(
             arp[1]["match"]["left"]["concat"][2]["payload"]["field"],
             "saddr ip"
@@ -462,7 +449,7 @@ mod tests {
             "a rule missing"
         );
         let mut old = desired.clone();
-        old[5]["add"]["rule"]["comment"] = json!("vpno-guard client drop 0000");
+        old[4]["add"]["rule"]["comment"] = json!("vpno-guard client drop 0000");
         assert!(!is_current(&listed(old)));
         assert!(!is_current(&json!({})));
     }

@@ -219,7 +219,9 @@ impl PodNetwork for Netlink {
             .execute()
             .await
             .map_err(nl(format!("creating veth {} in the pod", plan.interface)))?;
-        let node_ns = File::open("/proc/self/ns/net").map_err(os("opening the node namespace"))?;
+        // The calling thread's namespace (the process's, when run as the plugin).
+        let node_ns =
+            File::open("/proc/thread-self/ns/net").map_err(os("opening the node namespace"))?;
         let peer = index(&pod, &plan.host_link).await?;
         pod.link()
             .set(

@@ -198,11 +198,16 @@ const ECHO: &str = "192.168.24.129:7000";
 
 /// A UDP echo server in `ns` until it gets "stop" (or 30 quiet seconds).
 fn echo_server(ns: &str) -> std::thread::JoinHandle<()> {
+    echo_server_at(ns, ECHO)
+}
+
+/// [`echo_server`] on `addr`.
+fn echo_server_at(ns: &str, addr: &'static str) -> std::thread::JoinHandle<()> {
     let path = format!("/run/netns/{ns}");
     let sock = std::thread::spawn(move || {
         let file = std::fs::File::open(&path).expect("open netns");
         nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        UdpSocket::bind(ECHO).expect("bind echo")
+        UdpSocket::bind(addr).expect("bind echo")
     })
     .join()
     .unwrap();
@@ -222,12 +227,17 @@ fn echo_server(ns: &str) -> std::thread::JoinHandle<()> {
 /// Sends `size` bytes from `ns` to the echo server up to `tries` times (1 s
 /// each); the size echoed back, if any.
 fn udp_roundtrip(ns: &str, size: usize, tries: u32) -> Option<usize> {
+    udp_roundtrip_to(ns, ECHO, size, tries)
+}
+
+/// [`udp_roundtrip`] to `addr`.
+fn udp_roundtrip_to(ns: &str, addr: &'static str, size: usize, tries: u32) -> Option<usize> {
     in_ns(ns, move || async move {
         let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
         let mut buf = [0u8; 2048];
         for _ in 0..tries {
-            sock.send_to(&vec![7u8; size], ECHO).expect("send");
+            sock.send_to(&vec![7u8; size], addr).expect("send");
             if let Ok(n) = sock.recv(&mut buf) {
                 return Some(n);
             }
@@ -238,9 +248,14 @@ fn udp_roundtrip(ns: &str, size: usize, tries: u32) -> Option<usize> {
 
 /// Stops the echo server from inside its own namespace `ns`.
 fn stop(ns: &str) {
+    stop_at(ns, ECHO)
+}
+
+/// [`stop`] for the server on `addr`.
+fn stop_at(ns: &str, addr: &'static str) {
     in_ns(ns, move || async move {
         let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-        s.send_to(b"stop", ECHO).expect("send stop");
+        s.send_to(b"stop", addr).expect("send stop");
     })
 }
 
@@ -484,4 +499,183 @@ fn a_malformed_conflist_is_an_error_and_not_rewritten() {
             .install_entry(&serde_json::json!({"type": "vpno-cni"})),
         Err(vpno_node::ConflistError::NoConfig(_))
     ));
+}
+
+/// Our entry in the conflist of `dir`, as the runtime hands it to the
+/// plugin (the list's `name` and `cniVersion` injected), with the pod's
+/// annotations passed in `runtimeConfig` and no kubeconfig.
+fn plugin_conf(dir: &TempDir, annotations: serde_json::Value) -> serde_json::Value {
+    let list: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.0.join("net.d/10-podnet.conflist")).unwrap(),
+    )
+    .unwrap();
+    let mut conf = list["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["type"] == "vpno-cni")
+        .expect("our entry")
+        .clone();
+    conf["name"] = list["name"].clone();
+    conf["cniVersion"] = list["cniVersion"].clone();
+    conf["kubeconfig"] = serde_json::Value::Null;
+    conf["runtimeConfig"] = serde_json::json!({"io.kubernetes.cri.pod-annotations": annotations});
+    conf
+}
+
+/// One plugin invocation in node namespace `ns`, in process.
+fn plugin(
+    ns: &str,
+    command: &str,
+    container: &str,
+    pod: &Netns,
+    pod_ns: &str,
+    conf: serde_json::Value,
+) -> serde_json::Value {
+    let env: std::collections::HashMap<String, String> = [
+        ("CNI_COMMAND", command.to_string()),
+        ("CNI_CONTAINERID", container.to_string()),
+        ("CNI_NETNS", format!("/run/netns/{}", pod.0)),
+        ("CNI_IFNAME", "eth0".to_string()),
+        ("CNI_PATH", "/opt/cni/bin".to_string()),
+        (
+            "CNI_ARGS",
+            format!("K8S_POD_NAMESPACE={pod_ns};K8S_POD_NAME={container}"),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    in_ns(ns, move || async move {
+        let env = vpno_cni::spec::CniEnv::from_env(|k| env.get(k).cloned()).unwrap();
+        let out = vpno_cni::invoke(
+            &env,
+            conf.to_string().as_bytes(),
+            &vpno_cni::kernel::Netlink,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("plugin {}: {e}", env.container_id));
+        out.map(|o| serde_json::from_str(&o).unwrap())
+            .unwrap_or(serde_json::Value::Null)
+    })
+}
+
+#[test]
+fn the_plugin_attaches_pods_with_the_agents_entries_across_nodes() {
+    if skip_unless_root() {
+        return;
+    }
+    let tag = std::process::id() % 100000;
+    let a = Netns::new(format!("vp{tag}-a"));
+    let b = Netns::new(format!("vp{tag}-b"));
+    a.ip(&format!("link add ul type veth peer name ul netns {}", b.0));
+    a.ip("addr add 192.0.2.1/24 dev ul");
+    b.ip("addr add 192.0.2.2/24 dev ul");
+    a.ip("link set ul up");
+    b.ip("link set ul up");
+    let egress = gateway("egress", "uid-one", "2026-01-01T00:00:00Z");
+    let (dir_a, cni_a) = cni_dir("pa");
+    let (dir_b, cni_b) = cni_dir("pb");
+    for d in [&dir_a, &dir_b] {
+        std::fs::write(d.0.join("net.d/10-podnet.conflist"), CLUSTER).unwrap();
+    }
+    reconcile(
+        &a.0,
+        "node-a",
+        cluster(std::slice::from_ref(&egress)),
+        Some(cni_a.clone()),
+    );
+    reconcile(
+        &b.0,
+        "node-b",
+        cluster(std::slice::from_ref(&egress)),
+        Some(cni_b.clone()),
+    );
+
+    // The router Pod on node-b, with the routers' shared VIP MAC on a macvlan as the router agent has it.
+    let router = Netns::new(format!("vp{tag}-r"));
+    let member = serde_json::json!({"vpn.beebs.dev/role": "router", "vpn.beebs.dev/mask-gateway": "egress",
+        "vpn.beebs.dev/network-address": "192.168.24.3/22"});
+    let r = plugin(
+        &b.0,
+        "ADD",
+        "router",
+        &router,
+        "vpn",
+        plugin_conf(&dir_b, member),
+    );
+    assert_eq!(r["ips"][0]["address"], "192.168.24.3/22");
+    router.ip("link add vip link vpn0 address 02:56:50:4e:4f:01 type macvlan mode bridge");
+    router.ip("addr add 192.168.24.1/32 dev vip");
+    router.ip("link set vip up");
+    let s =
+        router.run("sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2");
+    assert!(s.status.success());
+    let server = echo_server_at(&router.0, "192.168.24.1:7000");
+
+    // A client on node-a, attached by the plugin from node-a's entry.
+    let client = Netns::new(format!("vp{tag}-c"));
+    let conf = plugin_conf(
+        &dir_a,
+        serde_json::json!({"vpn.beebs.dev/gateway": "vpn/egress"}),
+    );
+    let c = plugin(&a.0, "ADD", "client", &client, "apps", conf.clone());
+    let address = c["ips"][0]["address"].as_str().unwrap().to_string();
+    assert!(
+        address.starts_with("192.168.24.") && address.ends_with("/22"),
+        "{c}"
+    );
+    let slice: ipnet::Ipv4Net = "192.168.24.64/26".parse().unwrap();
+    assert!(
+        slice.contains(&address.parse::<ipnet::Ipv4Net>().unwrap().addr()),
+        "from node-a's slice: {address}"
+    );
+    assert!(
+        client
+            .ip("route get 198.51.100.1")
+            .contains("via 192.168.24.1 dev vpn0")
+    );
+
+    // Client → VIP (router on the other node) and back, through both nodes' guards and the VXLAN.
+    assert_eq!(
+        udp_roundtrip_to(&client.0, "192.168.24.1:7000", 1000, 5),
+        Some(1000)
+    );
+    let neigh = client.ip("neigh show 192.168.24.1");
+    assert!(neigh.contains("02:56:50:4e:4f:01"), "{neigh}");
+    // The client's port is registered on node-a, in the table the agent's chain reads.
+    let addrs =
+        String::from_utf8_lossy(&a.run("nft list set bridge vpno_guard client_addrs").stdout)
+            .into_owned();
+    assert!(
+        addrs.contains(address.split('/').next().unwrap()),
+        "{addrs}"
+    );
+    stop_at(&router.0, "192.168.24.1:7000");
+    server.join().unwrap();
+
+    // DEL as the runtime does; then the MaskGateway goes and uninstall leaves nothing.
+    let mut del = conf;
+    del["prevResult"] = c;
+    plugin(&a.0, "DEL", "client", &client, "apps", del);
+    let addrs =
+        String::from_utf8_lossy(&a.run("nft list set bridge vpno_guard client_addrs").stdout)
+            .into_owned();
+    assert!(!addrs.contains("192.168.24."), "{addrs}");
+    assert!(client.run("ip link show vpn0").status.code() != Some(0));
+    assert!(
+        !dir_a
+            .0
+            .join("data/gw-uid-one/podnet")
+            .read_dir()
+            .unwrap()
+            .any(|e| { e.unwrap().file_name().to_string_lossy().starts_with("192.") })
+    );
+    reconcile(&a.0, "node-a", cluster(&[]), Some(cni_a.clone()));
+    assert!(!a.ip("-o link show").contains("vpno-"));
+    uninstall(&a.0, "node-a", Some(cni_a));
+    uninstall(&b.0, "node-b", Some(cni_b));
+    for ns in [&a, &b] {
+        assert!(!ns.ip("-o link show").contains("vpno-"));
+    }
 }
