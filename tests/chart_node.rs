@@ -196,8 +196,8 @@ fn rules(role: &Value) -> BTreeMap<(String, String), Vec<String>> {
 }
 
 #[test]
-fn the_node_agent_may_only_read() {
-    if !helm_available("the_node_agent_may_only_read") {
+fn the_node_agent_may_only_read_and_report() {
+    if !helm_available("the_node_agent_may_only_read_and_report") {
         return;
     }
     let docs = render(&["--set", "node.enabled=true"]);
@@ -214,6 +214,10 @@ fn the_node_agent_may_only_read() {
         ),
         (("".to_string(), "pods".to_string()), read(&["get"])),
         (("".to_string(), "namespaces".to_string()), read(&["get"])),
+        (
+            ("events.k8s.io".to_string(), "events".to_string()),
+            read(&["create", "patch"]),
+        ),
     ]);
     assert_eq!(got, want);
     let binding = get(&docs, "ClusterRoleBinding", DAEMONSET);
@@ -228,8 +232,8 @@ fn the_node_agent_may_only_read() {
 }
 
 /// The rendered permissions suffice: the agent's cluster watch and the
-/// plugin's pod and namespace reads work as the chart's ServiceAccount, and
-/// nothing else does (a write is forbidden).
+/// plugin's pod and namespace reads work as the chart's ServiceAccount, so do
+/// its Events, and nothing else does (a pod delete is forbidden).
 #[tokio::test]
 async fn the_rendered_permissions_suffice_against_a_real_api_server() {
     use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
@@ -320,6 +324,28 @@ async fn the_rendered_permissions_suffice_against_a_real_api_server() {
         .get(&ns)
         .await
         .expect("namespace get");
+    // Its Warning Events on a MaskGateway land.
+    use vpno_node::NoticeSink as _;
+    vpno_node::KubeEvents::new(agent.clone(), "node-1")
+        .publish(&vpno_node::Notice {
+            namespace: ns.clone(),
+            name: "egress".into(),
+            uid: "0000-test".into(),
+            reason: vpno_node::notices::REASON_FAILED,
+            note: "node node-1: test".into(),
+        })
+        .await;
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin.clone(), &ns);
+    let listed = events.list(&Default::default()).await.unwrap();
+    assert!(
+        listed
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("NodeNetworkFailed")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("egress")),
+        "the node agent's Event was not recorded: {:?}",
+        listed.items
+    );
     let forbidden = Api::<Pod>::namespaced(agent.clone(), &ns)
         .delete("client", &Default::default())
         .await;

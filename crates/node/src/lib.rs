@@ -23,6 +23,7 @@ pub mod conflist;
 pub mod gateways;
 pub mod kernel;
 pub mod kubeconfig;
+pub mod notices;
 pub mod plan;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -37,6 +38,7 @@ pub use conflist::{CniInstall, ConflistError};
 pub use gateways::{GatewayInfo, Served};
 pub use kernel::{KernelError, NetlinkKernel, NodeKernel};
 pub use kubeconfig::KubeconfigError;
+pub use notices::{KubeEvents, NoEvents, Notice, NoticeSink};
 pub use plan::{Desired, GatewaySpec, NodeInfo, PlanError};
 
 /// Prefix of the per-MaskGateway address store directories under `--cni-data-dir`.
@@ -447,11 +449,13 @@ pub async fn run(args: NodeArgs) -> Result<(), NodeError> {
         info!("uninstalled");
         return Ok(());
     }
-    let mut source = ClusterWatch::new(kube::Client::try_default().await?);
+    let client = kube::Client::try_default().await?;
+    let mut source = ClusterWatch::new(client.clone());
+    let events = KubeEvents::new(client, &args.node_name);
     let resync = Duration::from_secs(args.resync_seconds.max(1));
     let mut seen = None;
     tokio::select! {
-        r = drive(&mut agent, &mut source, resync, &mut seen) => r,
+        r = drive(&mut agent, &mut source, &events, resync, &mut seen) => r,
         _ = vpno_sys::shutdown_signal() => {
             match seen {
                 Some(c) if c.uids.is_empty() => {
@@ -468,18 +472,27 @@ pub async fn run(args: NodeArgs) -> Result<(), NodeError> {
 }
 
 /// Reconciles on every picture from `source`, and again every `resync`
-/// with the last one (kept in `seen`); a failed pass is logged and retried.
-pub async fn drive<K: NodeKernel, S: ClusterSource>(
+/// with the last one (kept in `seen`); publishes what changed that the
+/// operator must hear about; a failed pass is logged and retried.
+pub async fn drive<K: NodeKernel, S: ClusterSource, E: NoticeSink>(
     agent: &mut Agent<K>,
     source: &mut S,
+    events: &E,
     resync: Duration,
     seen: &mut Option<Cluster>,
 ) -> Result<(), NodeError> {
     let mut cluster = source.next().await?;
     loop {
         *seen = Some(cluster.clone());
-        if let Err(e) = agent.reconcile(&cluster).await {
-            warn!(error = %e, "reconciling the node's gateway networks");
+        let before = agent.last().clone();
+        let node = agent.node.clone();
+        match agent.reconcile(&cluster).await {
+            Ok(after) => {
+                for n in notices::notices(&node, &before, after, &cluster.gateways) {
+                    events.publish(&n).await;
+                }
+            }
+            Err(e) => warn!(error = %e, "reconciling the node's gateway networks"),
         }
         match tokio::time::timeout(resync, source.next()).await {
             Ok(next) => cluster = next?,
