@@ -40,9 +40,8 @@ pub const CLIENT_PORTS: &str = "client_ports";
 pub const CLIENT_ADDRS: &str = "client_addrs";
 /// Set of router ports' MACs (clients' allowed unicast destinations).
 pub const ROUTER_MACS: &str = "router_macs";
-/// The VIP's MAC: the routers' `--vip-mac` default (shared by all routers,
-/// like VRRP's virtual MAC). Keep equal to `vpno-router`'s default.
-pub const VIP_MAC: &str = "02:56:50:4e:4f:01";
+/// The VIP's MAC (the routers' `--vip-mac` default).
+pub const VIP_MAC: &str = vpno_net::layout::DEFAULT_VIP_MAC;
 /// Comment prefix of the last rule, carrying the ruleset's fingerprint.
 const FINGERPRINT_PREFIX: &str = "vpno-guard client drop ";
 

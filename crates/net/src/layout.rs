@@ -20,6 +20,11 @@ const RESOLVER_OFFSET: u32 = 10;
 /// Offset of gateway 0; gateways take the rest of the infrastructure slice.
 const GATEWAY_OFFSET: u32 = 16;
 
+/// The VIP's MAC address: the same on every router (like VRRP's virtual
+/// MAC), so clients' neighbour entries survive a failover and the bridges'
+/// anti-spoofing lets clients send to it wherever the active router runs.
+pub const DEFAULT_VIP_MAC: &str = "02:56:50:4e:4f:01";
+
 /// The most routers a network has room for.
 pub const MAX_ROUTERS: u32 = RESOLVER_OFFSET - ROUTER_OFFSET;
 /// The most DNS resolvers a network has room for.
