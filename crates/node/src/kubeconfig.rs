@@ -135,6 +135,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn write_is_private_atomic_and_only_on_change() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("vpno-kubeconfig-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("vpno-cni.d/kubeconfig");
+        assert!(write(&path, "one").unwrap(), "created with its directory");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(!write(&path, "one").unwrap(), "unchanged: not rewritten");
+        assert!(write(&path, "two").unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two");
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, ["kubeconfig"], "no temporary file left");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn the_kubeconfig_names_server_ca_and_token_and_debug_hides_the_token() {
         let creds = Credentials {
             server: "https://10.96.0.1:443".into(),
