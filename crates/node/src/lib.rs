@@ -211,9 +211,9 @@ impl<K: NodeKernel> Agent<K> {
         &self.last
     }
 
-    /// One pass over `cluster`: every served gateway network's links, the
-    /// removal of those whose MaskGateway is gone, the anti-spoofing chain,
-    /// then the CNI install (after the links exist, so no pod is attached
+    /// One pass over `cluster`: the anti-spoofing chain, every served
+    /// gateway network's links, the removal of those whose MaskGateway is
+    /// gone, then the CNI install (after the links exist, so no pod is attached
     /// to a missing bridge). A gateway network that fails is reported and
     /// left as it was; the others go on.
     pub async fn reconcile(&mut self, cluster: &Cluster) -> Result<&Summary, NodeError> {
@@ -222,6 +222,11 @@ impl<K: NodeKernel> Agent<K> {
             waiting,
             ..Default::default()
         };
+        // The chain first, so no bridge exists unguarded (after a reboot the
+        // runtime retries pods as soon as their bridge appears). On while any
+        // MaskGateway exists (a waiting one may still have ports registered):
+        // removing the table forgets every registered port.
+        self.kernel.guard(!cluster.uids.is_empty()).await?;
         let mut ready = Vec::new();
         for s in served {
             let id = format!("{}/{}", s.gateway.namespace, s.gateway.name);
@@ -234,9 +239,6 @@ impl<K: NodeKernel> Agent<K> {
             }
         }
         summary.removed = self.remove_gone(&cluster.uids).await?;
-        // On while any MaskGateway exists (a waiting one may still have ports
-        // registered); removing the table forgets every registered port.
-        self.kernel.guard(!cluster.uids.is_empty()).await?;
         if let Some(cni) = &self.cni {
             install_cni(cni, &ready)?;
             remove_gone_stores(&cni.data_dir, &cluster.uids);
