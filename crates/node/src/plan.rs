@@ -1,6 +1,7 @@
 //! Pure planning of one node's share of the gateway network: what the
 //! bridge, the VXLAN device and its FDB should be ([`plan`]), and the kernel
-//! operations that turn what is there into that ([`diff`], [`teardown`]).
+//! operations that turn what is there into that ([`diff`]); links of
+//! gateway networks that are gone are deleted by name (`Op::DeleteLink`).
 //!
 //! One VXLAN device per node, not one per peer: every remote node is an
 //! all-zero-MAC FDB entry (head-end replication of broadcast, unknown unicast
@@ -295,18 +296,6 @@ fn vxlan_ops(desired: &Desired, found: Option<&VxlanState>) -> (Vec<Op>, BTreeSe
     (ops, found.remotes.clone())
 }
 
-/// The operations removing everything the agent made on the node.
-pub fn teardown(bridge: &str, vxlan: &str, observed: &Observed) -> Vec<Op> {
-    let mut ops = Vec::new();
-    if observed.vxlan.is_some() {
-        ops.push(Op::DeleteLink(vxlan.to_string()));
-    }
-    if observed.bridge.is_some() {
-        ops.push(Op::DeleteLink(bridge.to_string()));
-    }
-    ops
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -488,22 +477,6 @@ mod tests {
                     master: "vpno-gw0".into()
                 },
             ]
-        );
-    }
-
-    #[test]
-    fn teardown_deletes_what_exists() {
-        let d = plan(&spec(), &three(), 1500).unwrap();
-        assert_eq!(
-            teardown("vpno-gw0", "vpno-vx0", &applied(&d)),
-            vec![
-                Op::DeleteLink("vpno-vx0".into()),
-                Op::DeleteLink("vpno-gw0".into())
-            ]
-        );
-        assert_eq!(
-            teardown("vpno-gw0", "vpno-vx0", &Observed::default()),
-            vec![]
         );
     }
 }
