@@ -5,8 +5,9 @@
 //! Client pods are untrusted neighbours of the routers and gateways. A
 //! frame entering a bridge from a *client port* (a host veth the plugin
 //! registered in `client_ports`) passes only when
-//! - it is IPv4 sent to the VIP MAC or a (local) router port's MAC, or ARP,
-//!   and
+//! - it is IPv4 sent to the VIP MAC or a router's MAC (routers' MACs follow
+//!   from their fixed addresses, [`vpno_net::layout::member_mac`], so every
+//!   node knows them all), or ARP, and
 //! - its source MAC and IPv4 source (for ARP: the Ethernet source, the ARP
 //!   sender MAC and the ARP sender IP) are exactly the port's registered
 //!   pair (`client_addrs`).
@@ -20,13 +21,16 @@
 //!
 //! Two writers share the table without stepping on each other: the node
 //! agent owns the chain (it flushes and refills it in one transaction,
-//! which keeps the sets' elements), the plugin owns the elements (one batch
-//! per ADD, one per DEL). Both batches start with idempotent `add table` /
+//! which keeps the sets' elements; the routers' MACs of every gateway
+//! network are constants in its rules), the plugin owns the elements (one
+//! batch per ADD, one per DEL). Both batches start with idempotent `add table` /
 //! `add set` commands, so either may come first.
 
 use std::net::Ipv4Addr;
 
+use ipnet::Ipv4Net;
 use serde_json::{Value, json};
+use vpno_net::layout::GatewayLayout;
 
 /// nftables family of the table.
 pub const FAMILY: &str = "bridge";
@@ -38,8 +42,6 @@ pub const CHAIN: &str = "prerouting";
 pub const CLIENT_PORTS: &str = "client_ports";
 /// Set of `port . MAC . IPv4` a client port may send from.
 pub const CLIENT_ADDRS: &str = "client_addrs";
-/// Set of router ports' MACs (clients' allowed unicast destinations).
-pub const ROUTER_MACS: &str = "router_macs";
 /// The VIP's MAC (the routers' `--vip-mac` default).
 pub const VIP_MAC: &str = vpno_net::layout::DEFAULT_VIP_MAC;
 /// Comment prefix of the last rule, carrying the ruleset's fingerprint.
@@ -57,15 +59,8 @@ pub enum Port {
         /// The pod's address.
         ip: Ipv4Addr,
     },
-    /// A router pod's host veth: clients may send to its pod side's MAC.
-    Router {
-        /// Host-side link name.
-        link: String,
-        /// The pod interface's MAC.
-        mac: String,
-    },
-    /// A gateway pod's host veth: nothing to register.
-    Gateway {
+    /// A member pod's (router's, gateway's) host veth: nothing to register.
+    Member {
         /// Host-side link name.
         link: String,
     },
@@ -85,7 +80,6 @@ fn skeleton() -> Vec<Value> {
         json!({"add": {"table": table()}}),
         set(CLIENT_PORTS, json!("ifname")),
         set(CLIENT_ADDRS, json!(["ifname", "ether_addr", "ipv4_addr"])),
-        set(ROUTER_MACS, json!("ether_addr")),
     ]
 }
 
@@ -113,15 +107,28 @@ fn rule(expr: Vec<Value>, comment: Option<String>) -> Value {
     json!({"add": {"rule": r}})
 }
 
+/// The MACs clients may send IPv4 to: the VIP's and those of the routers of
+/// every gateway network in `networks` (sorted, each once).
+pub fn allowed_macs(networks: impl IntoIterator<Item = Ipv4Net>) -> Vec<String> {
+    let mut macs: Vec<String> = networks
+        .into_iter()
+        .filter_map(|n| GatewayLayout::with_default_slices(n).ok())
+        .flat_map(|l| l.router_macs())
+        .map(|m| crate::plan::mac_string(&m))
+        .chain([VIP_MAC.to_string()])
+        .collect();
+    macs.sort();
+    macs.dedup();
+    macs
+}
+
 /// The chain's rules (the last one's comment is filled in by [`ruleset`]).
-fn rules() -> Vec<Value> {
+fn rules(allowed: &[String]) -> Vec<Value> {
     let counter = json!({"counter": null});
     let drop = json!({"drop": null});
     let accept = json!({"accept": null});
     let ether_type = |t: &str| is("==", field("ether", "type"), json!(t));
-    let not_router = is("!=", field("ether", "daddr"), at(ROUTER_MACS));
-    // ARP may go anywhere (a client answers a router's request on any node,
-    // whose MAC this node may not know): only its sender is checked.
+    // ARP may go anywhere (a client answers whoever asks): only its sender is checked.
     vec![
         rule(
             vec![is("!=", meta("iifname"), at(CLIENT_PORTS)), accept.clone()],
@@ -131,8 +138,7 @@ fn rules() -> Vec<Value> {
         rule(
             vec![
                 ether_type("ip"),
-                is("!=", field("ether", "daddr"), json!(VIP_MAC)),
-                not_router.clone(),
+                is("!=", field("ether", "daddr"), json!({"set": allowed})),
                 counter.clone(),
                 drop.clone(),
             ],
@@ -179,9 +185,10 @@ fn fnv1a(text: &str) -> u64 {
 }
 
 /// The node agent's batch: the table and sets if missing, the chain, and
-/// its rules replaced in the same transaction (the sets' elements stay).
-pub fn ruleset() -> Value {
-    let mut rules = rules();
+/// its rules replaced in the same transaction (the sets' elements stay);
+/// `allowed` from [`allowed_macs`].
+pub fn ruleset(allowed: &[String]) -> Value {
+    let mut rules = rules(allowed);
     let fingerprint = format!("{:016x}", fnv1a(&Value::Array(rules.clone()).to_string()));
     for r in &mut rules {
         if r["add"]["rule"]["comment"] == json!("") {
@@ -199,9 +206,9 @@ pub fn ruleset() -> Value {
 }
 
 /// Whether a listing of the table (`nft -j list table bridge vpno_guard`)
-/// already holds [`ruleset`]'s chain: its fingerprint and rule count.
-pub fn is_current(listed: &Value) -> bool {
-    let desired = ruleset();
+/// already holds [`ruleset`]`(allowed)`'s chain: its fingerprint and rule count.
+pub fn is_current(listed: &Value, allowed: &[String]) -> bool {
+    let desired = ruleset(allowed);
     let fingerprint = desired["nftables"]
         .as_array()
         .into_iter()
@@ -211,19 +218,15 @@ pub fn is_current(listed: &Value) -> bool {
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or(&[]);
-    let rules: Vec<&Value> = objects
+    let listed_rules: Vec<&Value> = objects
         .iter()
         .map(|o| &o["rule"])
         .filter(|r| r.is_object())
         .collect();
-    rules.len() == rules_count()
-        && rules
+    listed_rules.len() == rules(allowed).len()
+        && listed_rules
             .iter()
             .any(|r| r["comment"].as_str().map(str::to_string) == fingerprint)
-}
-
-fn rules_count() -> usize {
-    rules().len()
 }
 
 /// The batch removing the table (create-if-missing first, so it never fails on absence).
@@ -254,8 +257,7 @@ pub fn admit(port: &Port) -> Value {
             ));
             commands.push(element("add", CLIENT_PORTS, vec![json!(link)]));
         }
-        Port::Router { mac, .. } => commands.push(element("add", ROUTER_MACS, vec![json!(mac)])),
-        Port::Gateway { .. } => {}
+        Port::Member { .. } => {}
     }
     json!({"nftables": commands})
 }
@@ -271,10 +273,9 @@ fn elements<'a>(listed: &'a Value, name: &str) -> Vec<&'a Value> {
         .collect()
 }
 
-/// The batch removing what was registered for host link `link` (whose pod
-/// side had `mac`), from a listing of the table; `None` when nothing is
-/// registered for it.
-pub fn forget(listed: &Value, link: &str, mac: &str) -> Option<Value> {
+/// The batch removing what was registered for host link `link`, from a
+/// listing of the table; `None` when nothing is registered for it.
+pub fn forget(listed: &Value, link: &str) -> Option<Value> {
     let mut commands = Vec::new();
     let addrs: Vec<Value> = elements(listed, CLIENT_ADDRS)
         .into_iter()
@@ -284,13 +285,11 @@ pub fn forget(listed: &Value, link: &str, mac: &str) -> Option<Value> {
     if !addrs.is_empty() {
         commands.push(element("delete", CLIENT_ADDRS, addrs));
     }
-    for (set, value) in [(CLIENT_PORTS, link), (ROUTER_MACS, mac)] {
-        if elements(listed, set)
-            .iter()
-            .any(|e| e.as_str() == Some(value))
-        {
-            commands.push(element("delete", set, vec![json!(value)]));
-        }
+    if elements(listed, CLIENT_PORTS)
+        .iter()
+        .any(|e| e.as_str() == Some(link))
+    {
+        commands.push(element("delete", CLIENT_PORTS, vec![json!(link)]));
     }
     (!commands.is_empty()).then(|| json!({"nftables": commands}))
 }
@@ -328,12 +327,12 @@ pub mod kernel {
         serde_json::from_str(&raw).ok()
     }
 
-    /// Makes the chain [`ruleset`]'s; `false` when it already was.
-    pub fn install() -> Result<bool, GuardError> {
-        if listed().is_some_and(|l| is_current(&l)) {
+    /// Makes the chain [`ruleset`]`(allowed)`'s; `false` when it already was.
+    pub fn install(allowed: &[String]) -> Result<bool, GuardError> {
+        if listed().is_some_and(|l| is_current(&l, allowed)) {
             return Ok(false);
         }
-        apply(&ruleset())?;
+        apply(&ruleset(allowed))?;
         Ok(true)
     }
 
@@ -347,9 +346,9 @@ pub mod kernel {
         apply(&super::admit(port))
     }
 
-    /// Unregisters host link `link` (pod MAC `mac`); nothing registered is fine.
-    pub fn forget(link: &str, mac: &str) -> Result<(), GuardError> {
-        match listed().and_then(|l| super::forget(&l, link, mac)) {
+    /// Unregisters host link `link`; nothing registered is fine.
+    pub fn forget(link: &str) -> Result<(), GuardError> {
+        match listed().and_then(|l| super::forget(&l, link)) {
             Some(batch) => apply(&batch),
             None => Ok(()),
         }
@@ -373,20 +372,45 @@ mod tests {
         }
     }
 
+    fn allowed() -> Vec<String> {
+        allowed_macs(["192.168.24.0/22".parse().unwrap()])
+    }
+
+    #[test]
+    fn clients_may_send_to_the_vip_and_every_router_of_every_network() {
+        let a = allowed_macs([
+            "192.168.24.0/22".parse().unwrap(),
+            "10.77.0.0/22".parse().unwrap(),
+            "192.168.24.0/22".parse().unwrap(),
+        ]);
+        assert_eq!(a.len(), 1 + 2 * vpno_net::layout::MAX_ROUTERS as usize);
+        assert!(a.contains(&VIP_MAC.to_string()));
+        assert!(
+            a.contains(&"02:76:c0:a8:18:02".to_string()),
+            "router 0 of 192.168.24.0/22"
+        );
+        assert!(
+            a.contains(&"02:76:0a:4d:00:09".to_string()),
+            "router 7 of 10.77.0.0/22"
+        );
+        assert!(
+            !a.contains(&"02:76:c0:a8:18:10".to_string()),
+            "not gateway 0"
+        );
+        assert_eq!(allowed_macs([]), vec![VIP_MAC.to_string()]);
+    }
+
     #[test]
     fn every_batch_fits_the_schema() {
-        schema_ok(&ruleset());
+        schema_ok(&ruleset(&allowed()));
         schema_ok(&teardown());
         schema_ok(&admit(&client()));
-        schema_ok(&admit(&Port::Router {
-            link: "r".into(),
-            mac: "02:00:00:00:00:02".into(),
-        }));
+        schema_ok(&admit(&Port::Member { link: "r".into() }));
     }
 
     #[test]
     fn the_chain_is_replaced_in_place_and_ends_in_a_drop() {
-        let batch = ruleset();
+        let batch = ruleset(&allowed());
         let cmds = batch["nftables"].as_array().unwrap();
         assert!(
             cmds.iter().all(|c| c.get("delete").is_none()),
@@ -418,8 +442,8 @@ mod tests {
         );
         // IPv4 from a client goes only to the VIP MAC or a router.
         let ip_dst = &rules[1]["add"]["rule"]["expr"];
-        assert_eq!(ip_dst[1]["match"]["right"], VIP_MAC);
-        assert_eq!(ip_dst[2]["match"]["right"], "@router_macs");
+        assert_eq!(ip_dst[1]["match"]["op"], "!=");
+        assert_eq!(ip_dst[1]["match"]["right"]["set"], json!(allowed()));
         // ARP: Ethernet source and ARP sender both checked against the port's pair.
         let arp = &rules[3]["add"]["rule"]["expr"];
         assert_eq!(
@@ -435,26 +459,30 @@ mod tests {
     #[test]
     fn a_listing_with_the_fingerprint_and_all_rules_is_current() {
         let listed = |rules: Vec<Value>| json!({"nftables": rules.into_iter().map(|r| json!({"rule": r["add"]["rule"]})).collect::<Vec<_>>()});
-        let desired: Vec<Value> = ruleset()["nftables"]
+        let desired: Vec<Value> = ruleset(&allowed())["nftables"]
             .as_array()
             .unwrap()
             .iter()
             .filter(|c| c["add"].get("rule").is_some())
             .cloned()
             .collect();
-        assert!(is_current(&listed(desired.clone())));
+        assert!(is_current(&listed(desired.clone()), &allowed()));
         assert!(
-            !is_current(&listed(desired[1..].to_vec())),
+            !is_current(&listed(desired[1..].to_vec()), &allowed()),
             "a rule missing"
+        );
+        assert!(
+            !is_current(&listed(desired.clone()), &allowed_macs([])),
+            "another network's routers: another chain"
         );
         let mut old = desired.clone();
         old[4]["add"]["rule"]["comment"] = json!("vpno-guard client drop 0000");
-        assert!(!is_current(&listed(old)));
-        assert!(!is_current(&json!({})));
+        assert!(!is_current(&listed(old), &allowed()));
+        assert!(!is_current(&json!({}), &allowed()));
     }
 
     #[test]
-    fn admit_registers_a_client_pair_and_a_router_mac() {
+    fn admit_registers_a_client_pair_and_nothing_for_members() {
         let batch = admit(&client());
         let cmds = batch["nftables"].as_array().unwrap();
         assert_eq!(
@@ -462,17 +490,12 @@ mod tests {
             json!({"add": {"table": {"family": "bridge", "name": "vpno_guard"}}})
         );
         assert_eq!(
-            cmds[4]["add"]["element"]["elem"],
+            cmds[3]["add"]["element"]["elem"],
             json!([{"concat": ["vpno0123456789", "02:00:00:00:00:01", "192.168.24.70"]}])
         );
-        assert_eq!(cmds[5]["add"]["element"]["name"], CLIENT_PORTS);
-        let router = admit(&Port::Router {
-            link: "r".into(),
-            mac: "02:00:00:00:00:02".into(),
-        });
-        assert_eq!(router["nftables"][4]["add"]["element"]["name"], ROUTER_MACS);
-        let gateway = admit(&Port::Gateway { link: "g".into() });
-        assert_eq!(gateway["nftables"].as_array().unwrap().len(), 4);
+        assert_eq!(cmds[4]["add"]["element"]["name"], CLIENT_PORTS);
+        let member = admit(&Port::Member { link: "g".into() });
+        assert_eq!(member["nftables"].as_array().unwrap().len(), 3);
     }
 
     #[test]
@@ -482,9 +505,8 @@ mod tests {
             {"set": {"name": CLIENT_ADDRS, "elem": [
                 {"concat": ["vpnoa", "02:00:00:00:00:0a", "192.168.24.70"]},
                 {"concat": ["vpnob", "02:00:00:00:00:0b", "192.168.24.71"]}]}},
-            {"set": {"name": ROUTER_MACS, "elem": ["02:00:00:00:00:0c"]}},
         ]});
-        let batch = forget(&listed, "vpnoa", "02:00:00:00:00:0a").unwrap();
+        let batch = forget(&listed, "vpnoa").unwrap();
         schema_ok(&batch);
         let cmds = batch["nftables"].as_array().unwrap();
         assert_eq!(cmds.len(), 2);
@@ -493,11 +515,6 @@ mod tests {
             json!([{"concat": ["vpnoa", "02:00:00:00:00:0a", "192.168.24.70"]}])
         );
         assert_eq!(cmds[1]["delete"]["element"]["elem"], json!(["vpnoa"]));
-        let router = forget(&listed, "vpnoc", "02:00:00:00:00:0c").unwrap();
-        assert_eq!(
-            router["nftables"][0]["delete"]["element"]["name"],
-            ROUTER_MACS
-        );
-        assert_eq!(forget(&listed, "vpnoz", "02:00:00:00:00:ff"), None);
+        assert_eq!(forget(&listed, "vpnoz"), None);
     }
 }

@@ -176,7 +176,7 @@ pub trait PodNetwork {
     /// Registers a port in the anti-spoofing table.
     async fn admit(&self, port: &guard::Port) -> Result<(), guard::kernel::GuardError>;
     /// Unregisters a port (nothing registered is fine).
-    async fn forget(&self, host_link: &str, mac: &str) -> Result<(), guard::kernel::GuardError>;
+    async fn forget(&self, host_link: &str) -> Result<(), guard::kernel::GuardError>;
 }
 
 /// [`PodNetwork`] over rtnetlink; the node is the process's own namespace.
@@ -188,8 +188,8 @@ impl PodNetwork for Netlink {
         guard::kernel::admit(port)
     }
 
-    async fn forget(&self, host_link: &str, mac: &str) -> Result<(), guard::kernel::GuardError> {
-        guard::kernel::forget(host_link, mac)
+    async fn forget(&self, host_link: &str) -> Result<(), guard::kernel::GuardError> {
+        guard::kernel::forget(host_link)
     }
 
     async fn attach(

@@ -246,11 +246,7 @@ async fn attach(
             mac: mac.clone(),
             ip: address.addr(),
         },
-        Some(Role::Router) => guard::Port::Router {
-            link,
-            mac: mac.clone(),
-        },
-        Some(Role::Gateway) => guard::Port::Gateway { link },
+        Some(_) => guard::Port::Member { link },
     };
     // Registered before the link joins the bridge: no frame passes unchecked.
     let attached = match kernel.admit(&port).await {
@@ -264,7 +260,7 @@ async fn attach(
         Ok(mac) => mac,
         Err(e) => {
             let _ = kernel.detach(Some(netns), &plan.host_link).await;
-            let _ = kernel.forget(&plan.host_link, &mac).await;
+            let _ = kernel.forget(&plan.host_link).await;
             if plan.role.is_none()
                 && let Ok(store) = AddressStore::open(&config.data_dir, &config.name)
             {
@@ -305,7 +301,7 @@ async fn add(
         return Ok(passthrough(config));
     }
     if let Membership::Role { role, address } = member {
-        let plan = plan::member_plan(config, &env.container_id, role);
+        let plan = plan::member_plan(config, &env.container_id, role, address);
         let address = Ipv4Net::new(address, plan.prefix_len).expect("prefix of a parsed network");
         return attach(env, config, kernel, &plan, address).await;
     }
@@ -336,8 +332,7 @@ async fn add(
         if let Err(e) = kernel.detach(None, &link).await {
             tracing::warn!(%link, "cannot remove a stale container's link: {e}");
         }
-        let mac = plan::mac_string(&plan::pod_mac(&stale.container_id, &stale.interface));
-        if let Err(e) = kernel.forget(&link, &mac).await {
+        if let Err(e) = kernel.forget(&link).await {
             tracing::warn!(%link, "cannot unregister a stale container's port: {e}");
         }
     }
@@ -356,8 +351,7 @@ async fn del(
         .detach(env.netns.as_deref(), &link)
         .await
         .map_err(kernel_error)?;
-    let mac = plan::mac_string(&plan::pod_mac(&env.container_id, &config.interface));
-    kernel.forget(&link, &mac).await.map_err(guard_error)?;
+    kernel.forget(&link).await.map_err(guard_error)?;
     let store = AddressStore::open(&config.data_dir, &config.name).map_err(store_error)?;
     let freed = store
         .release(&env.container_id, &config.interface)
@@ -395,7 +389,7 @@ async fn check(
     let plan = if config.slice.contains(&address.addr()) {
         plan::attach_plan(&primary, &env.container_id)?
     } else {
-        plan::member_plan(&primary, &env.container_id, Role::Gateway)
+        plan::member_plan(&primary, &env.container_id, Role::Gateway, address.addr())
     };
     let netns = env
         .netns

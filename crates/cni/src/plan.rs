@@ -180,10 +180,17 @@ pub fn attach_plan(config: &PluginConfig, container_id: &str) -> Result<AttachPl
     })
 }
 
-/// Plans a member's attachment: on the bridge with its fixed address (given
-/// by the caller), no routes of ours (its connected route suffices), and
-/// forwarding on in its namespace so it routes without any capability.
-pub fn member_plan(config: &PluginConfig, container_id: &str, role: Role) -> AttachPlan {
+/// Plans a member's attachment: on the bridge with its fixed `address`
+/// (the caller adds it) and the MAC derived from it
+/// ([`vpno_net::layout::member_mac`]), no routes of ours (its connected
+/// route suffices), and forwarding on in its namespace so it routes without
+/// any capability.
+pub fn member_plan(
+    config: &PluginConfig,
+    container_id: &str,
+    role: Role,
+    address: Ipv4Addr,
+) -> AttachPlan {
     AttachPlan {
         interface: config.interface.clone(),
         host_link: host_link_name(container_id, &config.interface),
@@ -192,7 +199,7 @@ pub fn member_plan(config: &PluginConfig, container_id: &str, role: Role) -> Att
         vip: config.vip,
         prefix_len: config.network.prefix_len(),
         routes: BTreeSet::new(),
-        mac: pod_mac(container_id, &config.interface),
+        mac: vpno_net::layout::member_mac(address),
         role: Some(role),
     }
 }
@@ -404,14 +411,12 @@ mod tests {
     #[test]
     fn a_member_plan_has_no_routes_and_the_same_link_names() {
         let c = config(None);
-        let m = member_plan(&c, "c1", Role::Router);
+        let m = member_plan(&c, "c1", Role::Router, "192.168.24.3".parse().unwrap());
         let client = attach_plan(&c, "c1").unwrap();
         assert!(m.routes.is_empty());
         assert_eq!(m.role, Some(Role::Router));
-        assert_eq!(
-            (m.host_link.as_str(), m.mac),
-            (client.host_link.as_str(), client.mac)
-        );
+        assert_eq!(m.host_link, client.host_link);
+        assert_eq!(m.mac, [0x02, 0x76, 192, 168, 24, 3], "from the address");
         assert_eq!(client.role, None);
         // CHECK does not look for a lease of a member.
         let addr: Ipv4Net = "192.168.24.3/22".parse().unwrap();

@@ -25,6 +25,15 @@ const GATEWAY_OFFSET: u32 = 16;
 /// anti-spoofing lets clients send to it wherever the active router runs.
 pub const DEFAULT_VIP_MAC: &str = "02:56:50:4e:4f:01";
 
+/// The MAC a member of a gateway network (router, gateway) gets on its
+/// interface: `02:76:` and its IPv4 address. Every node so knows every
+/// router's MAC from the layout alone, and the bridges' anti-spoofing can let
+/// clients send to the routers on any node, and to nothing else.
+pub fn member_mac(address: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = address.octets();
+    [0x02, 0x76, a, b, c, d]
+}
+
 /// The most routers a network has room for.
 pub const MAX_ROUTERS: u32 = RESOLVER_OFFSET - ROUTER_OFFSET;
 /// The most DNS resolvers a network has room for.
@@ -93,6 +102,14 @@ impl GatewayLayout {
     /// Router `index`'s address.
     pub fn router(&self, index: u32) -> Result<Ipv4Addr, LayoutError> {
         self.member("router", ROUTER_OFFSET, MAX_ROUTERS, index)
+    }
+
+    /// The MACs of every router the network has room for ([`member_mac`]).
+    pub fn router_macs(&self) -> Vec<[u8; 6]> {
+        (0..MAX_ROUTERS)
+            .filter_map(|i| self.router(i).ok())
+            .map(member_mac)
+            .collect()
     }
 
     /// Resolver `index`'s address.
@@ -202,5 +219,21 @@ mod tests {
         let l = layout("192.168.25.7/22");
         assert_eq!(l.network().to_string(), "192.168.24.0/22");
         assert_eq!(l.vip(), Ipv4Addr::new(192, 168, 24, 1));
+    }
+
+    #[test]
+    fn member_macs_carry_the_address_and_cover_every_router() {
+        let l = GatewayLayout::with_default_slices("192.168.24.0/22".parse().unwrap()).unwrap();
+        assert_eq!(
+            member_mac("192.168.24.3".parse().unwrap()),
+            [0x02, 0x76, 192, 168, 24, 3]
+        );
+        let macs = l.router_macs();
+        assert_eq!(macs.len(), MAX_ROUTERS as usize);
+        assert_eq!(macs[0], member_mac(l.router(0).unwrap()));
+        assert!(
+            macs.iter().all(|m| m[0] & 1 == 0 && m[0] & 2 == 2),
+            "unicast, locally administered"
+        );
     }
 }

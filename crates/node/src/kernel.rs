@@ -70,9 +70,10 @@ pub trait NodeKernel {
     /// Names of every link the agent made for some gateway network
     /// ([`crate::gateways::is_ours`]).
     async fn our_links(&self) -> Result<Vec<String>, KernelError>;
-    /// Installs (`true`) or removes (`false`) the bridges' anti-spoofing
-    /// chain; returns whether anything changed.
-    async fn guard(&self, on: bool) -> Result<bool, KernelError>;
+    /// Installs the bridges' anti-spoofing chain letting clients send IPv4
+    /// to the `allowed` MACs, or removes the table (`None`); returns whether
+    /// anything changed.
+    async fn guard(&self, allowed: Option<&[String]>) -> Result<bool, KernelError>;
 }
 
 /// [`NodeKernel`] over rtnetlink in the caller's network namespace.
@@ -306,10 +307,10 @@ impl NodeKernel for NetlinkKernel {
             .collect())
     }
 
-    async fn guard(&self, on: bool) -> Result<bool, KernelError> {
+    async fn guard(&self, allowed: Option<&[String]>) -> Result<bool, KernelError> {
         use vpno_cni::guard::kernel;
-        if on {
-            Ok(kernel::install()?)
+        if let Some(allowed) = allowed {
+            Ok(kernel::install(allowed)?)
         } else if kernel::listed().is_some() {
             kernel::remove()?;
             Ok(true)

@@ -226,7 +226,14 @@ impl<K: NodeKernel> Agent<K> {
         // runtime retries pods as soon as their bridge appears). On while any
         // MaskGateway exists (a waiting one may still have ports registered):
         // removing the table forgets every registered port.
-        self.kernel.guard(!cluster.uids.is_empty()).await?;
+        let allowed = vpno_cni::guard::allowed_macs(
+            cluster
+                .gateways
+                .iter()
+                .filter_map(|g| g.network.as_ref().map(|n| n.cidr)),
+        );
+        let guard = (!cluster.uids.is_empty()).then_some(allowed.as_slice());
+        self.kernel.guard(guard).await?;
         let mut ready = Vec::new();
         for s in served {
             let id = format!("{}/{}", s.gateway.namespace, s.gateway.name);
@@ -337,7 +344,7 @@ impl<K: NodeKernel> Agent<K> {
             Ok(_) => {}
             Err(e) => errors.push(e.to_string()),
         }
-        if let Err(e) = self.kernel.guard(false).await {
+        if let Err(e) = self.kernel.guard(None).await {
             errors.push(e.to_string());
         }
         if errors.is_empty() {

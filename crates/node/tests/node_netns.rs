@@ -612,6 +612,7 @@ fn the_plugin_attaches_pods_with_the_agents_entries_across_nodes() {
         router.run("sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2");
     assert!(s.status.success());
     let server = echo_server_at(&router.0, "192.168.24.1:7000");
+    let direct = echo_server_at(&router.0, "192.168.24.3:7000");
 
     // A client on node-a, attached by the plugin from node-a's entry.
     let client = Netns::new(format!("vp{tag}-c"));
@@ -651,6 +652,15 @@ fn the_plugin_attaches_pods_with_the_agents_entries_across_nodes() {
         addrs.contains(address.split('/').next().unwrap()),
         "{addrs}"
     );
+    // And the router itself, at its own MAC (derived from its address, so node-a's chain knows it).
+    assert_eq!(
+        udp_roundtrip_to(&client.0, "192.168.24.3:7000", 100, 5),
+        Some(100)
+    );
+    let neigh = client.ip("neigh show 192.168.24.3");
+    assert!(neigh.contains("02:76:c0:a8:18:03"), "{neigh}");
+    stop_at(&router.0, "192.168.24.3:7000");
+    direct.join().unwrap();
     stop_at(&router.0, "192.168.24.1:7000");
     server.join().unwrap();
 
