@@ -964,16 +964,19 @@ fn members_get_exactly_their_address_no_routes_and_forwarding() {
         node.leases().is_empty(),
         "members take no address from the slice"
     );
-    // The pod-side MAC is the one reported: derived from the address, so every
-    // node's anti-spoofing chain knows it as a router's.
+    // The pod-side MAC is the one reported: router i's pinned MAC, which every
+    // node's anti-spoofing chain knows.
     let mac = r["interfaces"].as_array().unwrap().last().unwrap()["mac"]
         .as_str()
         .unwrap()
         .to_string();
-    assert_eq!(mac, "02:76:c0:a8:18:03");
+    assert_eq!(
+        mac, "02:56:50:52:00:01",
+        "router 1 (192.168.24.3) gets the MAC it pins"
+    );
     assert!(router.ip(&["link", "show", "vpn0"]).unwrap().contains(&mac));
     assert!(
-        vpno_cni::guard::allowed_macs([NETWORK.parse().unwrap()]).contains(&mac),
+        vpno_cni::guard::allowed_macs().contains(&mac),
         "clients may send to it"
     );
 
@@ -1304,8 +1307,7 @@ fn a_spoofing_client_gets_nothing_through_while_an_honest_one_does() {
     let batch = std::env::temp_dir().join(format!("{}-guard.json", node.ns.name()));
     std::fs::write(
         &batch,
-        vpno_cni::guard::ruleset(&vpno_cni::guard::allowed_macs([NETWORK.parse().unwrap()]))
-            .to_string(),
+        vpno_cni::guard::ruleset(&vpno_cni::guard::allowed_macs()).to_string(),
     )
     .unwrap();
     let out = node

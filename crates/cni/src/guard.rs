@@ -5,9 +5,9 @@
 //! Client pods are untrusted neighbours of the routers and gateways. A
 //! frame entering a bridge from a *client port* (a host veth the plugin
 //! registered in `client_ports`) passes only when
-//! - it is IPv4 sent to the VIP MAC or a router's MAC (routers' MACs follow
-//!   from their fixed addresses, [`vpno_net::layout::member_mac`], so every
-//!   node knows them all), or ARP, and
+//! - it is IPv4 sent to the VIP MAC or a router's MAC (router `i` pins
+//!   [`vpno_net::layout::router_mac`]`(i)`, which the plugin also gives it,
+//!   so every node knows them all), or ARP, and
 //! - its source MAC and IPv4 source (for ARP: the Ethernet source, the ARP
 //!   sender MAC and the ARP sender IP) are exactly the port's registered
 //!   pair (`client_addrs`).
@@ -21,16 +21,14 @@
 //!
 //! Two writers share the table without stepping on each other: the node
 //! agent owns the chain (it flushes and refills it in one transaction,
-//! which keeps the sets' elements; the routers' MACs of every gateway
-//! network are constants in its rules), the plugin owns the elements (one
+//! which keeps the sets' elements; the routers' MACs are constants in its
+//! rules), the plugin owns the elements (one
 //! batch per ADD, one per DEL). Both batches start with idempotent `add table` /
 //! `add set` commands, so either may come first.
 
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
 use serde_json::{Value, json};
-use vpno_net::layout::GatewayLayout;
 
 /// nftables family of the table.
 pub const FAMILY: &str = "bridge";
@@ -42,8 +40,10 @@ pub const CHAIN: &str = "prerouting";
 pub const CLIENT_PORTS: &str = "client_ports";
 /// Set of `port . MAC . IPv4` a client port may send from.
 pub const CLIENT_ADDRS: &str = "client_addrs";
-/// The VIP's MAC (the routers' `--vip-mac` default).
-pub const VIP_MAC: &str = vpno_net::layout::DEFAULT_VIP_MAC;
+/// The VIP's MAC (the routers' `--vip-mac` default), as nft writes it.
+pub fn vip_mac() -> String {
+    crate::plan::mac_string(&vpno_net::layout::VIP_MAC)
+}
 /// Comment prefix of the last rule, carrying the ruleset's fingerprint.
 const FINGERPRINT_PREFIX: &str = "vpno-guard client drop ";
 
@@ -107,18 +107,14 @@ fn rule(expr: Vec<Value>, comment: Option<String>) -> Value {
     json!({"add": {"rule": r}})
 }
 
-/// The MACs clients may send IPv4 to: the VIP's and those of the routers of
-/// every gateway network in `networks` (sorted, each once).
-pub fn allowed_macs(networks: impl IntoIterator<Item = Ipv4Net>) -> Vec<String> {
-    let mut macs: Vec<String> = networks
-        .into_iter()
-        .filter_map(|n| GatewayLayout::with_default_slices(n).ok())
-        .flat_map(|l| l.router_macs())
-        .map(|m| crate::plan::mac_string(&m))
-        .chain([VIP_MAC.to_string()])
+/// The MACs clients may send IPv4 to: the VIP's and those of every router
+/// a gateway network has room for (sorted).
+pub fn allowed_macs() -> Vec<String> {
+    let mut macs: Vec<String> = (0..vpno_net::layout::MAX_ROUTERS)
+        .map(|i| crate::plan::mac_string(&vpno_net::layout::router_mac(i)))
+        .chain([vip_mac()])
         .collect();
     macs.sort();
-    macs.dedup();
     macs
 }
 
@@ -186,7 +182,7 @@ fn fnv1a(text: &str) -> u64 {
 
 /// The node agent's batch: the table and sets if missing, the chain, and
 /// its rules replaced in the same transaction (the sets' elements stay);
-/// `allowed` from [`allowed_macs`].
+/// `allowed` from [`allowed_macs`] (a parameter so tests can vary it).
 pub fn ruleset(allowed: &[String]) -> Value {
     let mut rules = rules(allowed);
     let fingerprint = format!("{:016x}", fnv1a(&Value::Array(rules.clone()).to_string()));
@@ -373,31 +369,16 @@ mod tests {
     }
 
     fn allowed() -> Vec<String> {
-        allowed_macs(["192.168.24.0/22".parse().unwrap()])
+        allowed_macs()
     }
 
     #[test]
-    fn clients_may_send_to_the_vip_and_every_router_of_every_network() {
-        let a = allowed_macs([
-            "192.168.24.0/22".parse().unwrap(),
-            "10.77.0.0/22".parse().unwrap(),
-            "192.168.24.0/22".parse().unwrap(),
-        ]);
-        assert_eq!(a.len(), 1 + 2 * vpno_net::layout::MAX_ROUTERS as usize);
-        assert!(a.contains(&VIP_MAC.to_string()));
-        assert!(
-            a.contains(&"02:76:c0:a8:18:02".to_string()),
-            "router 0 of 192.168.24.0/22"
-        );
-        assert!(
-            a.contains(&"02:76:0a:4d:00:09".to_string()),
-            "router 7 of 10.77.0.0/22"
-        );
-        assert!(
-            !a.contains(&"02:76:c0:a8:18:10".to_string()),
-            "not gateway 0"
-        );
-        assert_eq!(allowed_macs([]), vec![VIP_MAC.to_string()]);
+    fn clients_may_send_to_the_vip_and_every_router() {
+        let a = allowed_macs();
+        assert_eq!(a.len(), 1 + vpno_net::layout::MAX_ROUTERS as usize);
+        assert!(a.contains(&"02:56:50:4e:4f:01".to_string()), "the VIP");
+        assert!(a.contains(&"02:56:50:52:00:00".to_string()), "router 0");
+        assert!(a.contains(&"02:56:50:52:00:07".to_string()), "router 7");
     }
 
     #[test]
@@ -472,8 +453,8 @@ mod tests {
             "a rule missing"
         );
         assert!(
-            !is_current(&listed(desired.clone()), &allowed_macs([])),
-            "another network's routers: another chain"
+            !is_current(&listed(desired.clone()), &allowed()[1..]),
+            "other allowed MACs: another chain"
         );
         let mut old = desired.clone();
         old[4]["add"]["rule"]["comment"] = json!("vpno-guard client drop 0000");

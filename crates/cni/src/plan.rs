@@ -54,6 +54,12 @@ pub fn pod_mac(container_id: &str, interface: &str) -> [u8; 6] {
     [0x02, h[3], h[4], h[5], h[6], h[7]]
 }
 
+/// The router index whose layout address `address` is, if any.
+fn router_index(network: Ipv4Net, address: Ipv4Addr) -> Option<u32> {
+    let layout = vpno_net::layout::GatewayLayout::with_default_slices(network).ok()?;
+    (0..vpno_net::layout::MAX_ROUTERS).find(|i| layout.router(*i).ok() == Some(address))
+}
+
 /// `aa:bb:cc:dd:ee:ff`.
 pub fn mac_string(mac: &[u8]) -> String {
     mac.iter()
@@ -181,10 +187,11 @@ pub fn attach_plan(config: &PluginConfig, container_id: &str) -> Result<AttachPl
 }
 
 /// Plans a member's attachment: on the bridge with its fixed `address`
-/// (the caller adds it) and the MAC derived from it
-/// ([`vpno_net::layout::member_mac`]), no routes of ours (its connected
-/// route suffices), and forwarding on in its namespace so it routes without
-/// any capability.
+/// (the caller adds it) — a router at the layout's router `i` address gets
+/// the MAC it pins anyway, [`vpno_net::layout::router_mac`]`(i)`, which every
+/// node's anti-spoofing lets clients send to —, no routes of ours (its
+/// connected route suffices), and forwarding on in its namespace so it
+/// routes without any capability.
 pub fn member_plan(
     config: &PluginConfig,
     container_id: &str,
@@ -199,7 +206,12 @@ pub fn member_plan(
         vip: config.vip,
         prefix_len: config.network.prefix_len(),
         routes: BTreeSet::new(),
-        mac: vpno_net::layout::member_mac(address),
+        mac: match role {
+            Role::Router => router_index(config.network, address)
+                .map(vpno_net::layout::router_mac)
+                .unwrap_or_else(|| pod_mac(container_id, &config.interface)),
+            Role::Gateway => pod_mac(container_id, &config.interface),
+        },
         role: Some(role),
     }
 }
@@ -416,7 +428,15 @@ mod tests {
         assert!(m.routes.is_empty());
         assert_eq!(m.role, Some(Role::Router));
         assert_eq!(m.host_link, client.host_link);
-        assert_eq!(m.mac, [0x02, 0x76, 192, 168, 24, 3], "from the address");
+        assert_eq!(
+            m.mac,
+            vpno_net::layout::router_mac(1),
+            "router 1's pinned MAC"
+        );
+        let off_layout = member_plan(&c, "c1", Role::Router, "192.168.24.77".parse().unwrap());
+        assert_eq!(off_layout.mac, client.mac);
+        let g = member_plan(&c, "c1", Role::Gateway, "192.168.24.16".parse().unwrap());
+        assert_eq!(g.mac, client.mac);
         assert_eq!(client.role, None);
         // CHECK does not look for a lease of a member.
         let addr: Ipv4Net = "192.168.24.3/22".parse().unwrap();

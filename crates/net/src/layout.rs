@@ -20,24 +20,22 @@ const RESOLVER_OFFSET: u32 = 10;
 /// Offset of gateway 0; gateways take the rest of the infrastructure slice.
 const GATEWAY_OFFSET: u32 = 16;
 
-/// The VIP's MAC address: the same on every router (like VRRP's virtual
-/// MAC), so clients' neighbour entries survive a failover and the bridges'
-/// anti-spoofing lets clients send to it wherever the active router runs.
-pub const DEFAULT_VIP_MAC: &str = "02:56:50:4e:4f:01";
-
-/// The MAC a member of a gateway network (router, gateway) gets on its
-/// interface: `02:76:` and its IPv4 address. Every node so knows every
-/// router's MAC from the layout alone, and the bridges' anti-spoofing can let
-/// clients send to the routers on any node, and to nothing else.
-pub fn member_mac(address: Ipv4Addr) -> [u8; 6] {
-    let [a, b, c, d] = address.octets();
-    [0x02, 0x76, a, b, c, d]
-}
-
 /// The most routers a network has room for.
 pub const MAX_ROUTERS: u32 = RESOLVER_OFFSET - ROUTER_OFFSET;
 /// The most DNS resolvers a network has room for.
 pub const MAX_RESOLVERS: u32 = GATEWAY_OFFSET - RESOLVER_OFFSET;
+
+/// The VIP's MAC address, the same on every router (like VRRP's virtual
+/// MAC; the router's `--vip-mac` default).
+pub const VIP_MAC: [u8; 6] = [0x02, 0x56, 0x50, 0x4e, 0x4f, 0x01];
+
+/// The MAC address router `index` pins on its gateway-network interface
+/// (`vpn-operator router --interface-mac`), so gateways (`--router-mac`) and
+/// the node's anti-spoofing rules know the routers' MACs without asking:
+/// `02:56:50:52:00:<index>` (locally administered, unicast).
+pub fn router_mac(index: u32) -> [u8; 6] {
+    [0x02, 0x56, 0x50, 0x52, (index >> 8) as u8, index as u8]
+}
 
 /// Why a member has no address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -102,14 +100,6 @@ impl GatewayLayout {
     /// Router `index`'s address.
     pub fn router(&self, index: u32) -> Result<Ipv4Addr, LayoutError> {
         self.member("router", ROUTER_OFFSET, MAX_ROUTERS, index)
-    }
-
-    /// The MACs of every router the network has room for ([`member_mac`]).
-    pub fn router_macs(&self) -> Vec<[u8; 6]> {
-        (0..MAX_ROUTERS)
-            .filter_map(|i| self.router(i).ok())
-            .map(member_mac)
-            .collect()
     }
 
     /// Resolver `index`'s address.
@@ -222,18 +212,13 @@ mod tests {
     }
 
     #[test]
-    fn member_macs_carry_the_address_and_cover_every_router() {
-        let l = GatewayLayout::with_default_slices("192.168.24.0/22".parse().unwrap()).unwrap();
-        assert_eq!(
-            member_mac("192.168.24.3".parse().unwrap()),
-            [0x02, 0x76, 192, 168, 24, 3]
-        );
-        let macs = l.router_macs();
-        assert_eq!(macs.len(), MAX_ROUTERS as usize);
-        assert_eq!(macs[0], member_mac(l.router(0).unwrap()));
-        assert!(
-            macs.iter().all(|m| m[0] & 1 == 0 && m[0] & 2 == 2),
-            "unicast, locally administered"
-        );
+    fn router_macs_are_distinct_unicast_and_not_the_vip_mac() {
+        let macs: Vec<[u8; 6]> = (0..MAX_ROUTERS).map(router_mac).collect();
+        assert_eq!(router_mac(1), [0x02, 0x56, 0x50, 0x52, 0, 1]);
+        for (i, m) in macs.iter().enumerate() {
+            assert_eq!(m[0] & 0b11, 0b10, "locally administered unicast");
+            assert_ne!(*m, VIP_MAC);
+            assert!(!macs[..i].contains(m));
+        }
     }
 }

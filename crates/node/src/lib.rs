@@ -226,12 +226,7 @@ impl<K: NodeKernel> Agent<K> {
         // runtime retries pods as soon as their bridge appears). On while any
         // MaskGateway exists (a waiting one may still have ports registered):
         // removing the table forgets every registered port.
-        let allowed = vpno_cni::guard::allowed_macs(
-            cluster
-                .gateways
-                .iter()
-                .filter_map(|g| g.network.as_ref().map(|n| n.cidr)),
-        );
+        let allowed = vpno_cni::guard::allowed_macs();
         let guard = (!cluster.uids.is_empty()).then_some(allowed.as_slice());
         self.kernel.guard(guard).await?;
         let mut ready = Vec::new();

@@ -652,13 +652,13 @@ fn the_plugin_attaches_pods_with_the_agents_entries_across_nodes() {
         addrs.contains(address.split('/').next().unwrap()),
         "{addrs}"
     );
-    // And the router itself, at its own MAC (derived from its address, so node-a's chain knows it).
+    // And the router itself, at its own MAC (router 1's pinned MAC, which node-a's chain knows).
     assert_eq!(
         udp_roundtrip_to(&client.0, "192.168.24.3:7000", 100, 5),
         Some(100)
     );
     let neigh = client.ip("neigh show 192.168.24.3");
-    assert!(neigh.contains("02:76:c0:a8:18:03"), "{neigh}");
+    assert!(neigh.contains("02:56:50:52:00:01"), "{neigh}");
     stop_at(&router.0, "192.168.24.3:7000");
     direct.join().unwrap();
     stop_at(&router.0, "192.168.24.1:7000");
