@@ -63,6 +63,32 @@ async fn egress_spreads_over_gateways_survives_gateway_loss_and_never_leaks() {
         "requests must use every gateway: {seen:?}"
     );
 
+    // 1b. A client that sends straight to a gateway, around the routers, gets
+    //     nothing through: gateways forward only what the routers' MACs send.
+    let bypass = format!("{}/32", vpno_lab::plan::ECHO_ADDR);
+    let gateway_1 = t.gateway(1).expect("gateway 1").lan_addr.to_string();
+    let ip = |verb: &str| {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &client, "route", verb, &bypass, "via", &gateway_1])
+            .output()
+            .expect("ip runs");
+        assert!(
+            out.status.success(),
+            "ip route {verb}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ip("add");
+    let direct = echo_once(&client, Duration::from_secs(2)).await;
+    ip("del");
+    assert!(
+        direct.is_err(),
+        "a client reached the echo straight through a gateway: {direct:?}"
+    );
+    echo_once(&client, Duration::from_secs(3))
+        .await
+        .expect("egress through the routers again");
+
     // 2. Long-lived flows spread over the gateways; fail one gateway.
     let mut flows = Vec::new();
     for _ in 0..16 {

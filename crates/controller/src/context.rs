@@ -3,19 +3,19 @@
 use std::fmt::Debug;
 use std::sync::Arc;
 
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
-use kube::runtime::events::{EventType, Recorder};
+use kube::api::{Api, DeleteParams, Preconditions};
+use kube::runtime::events::Recorder;
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use vpno_api::MaskProvider;
 
 use crate::ControllerConfig;
 use crate::cache::Cache;
-use crate::effect::{EventNote, Stamped, status_changed, status_patch};
+
 use crate::error::{ControllerError, is_status};
 use crate::metrics::{ControllerMetrics, Metrics};
 use crate::plan::assign::ProviderSlots;
-use crate::plan::finalizers;
+
 use crate::view::Scope;
 
 /// Everything a reconciler may use.
@@ -29,6 +29,44 @@ pub(crate) struct Context {
     /// When each provider's status was last written (spaces out writes that
     /// only update `activeSlots`; memory for pacing, not for decisions).
     pub slot_count_writes: WriteTimes,
+    /// Credentials copies last seen equal to their provider Secret (saves
+    /// two reads per consumer reconcile; memory for cost, not for decisions).
+    pub copies_in_step: CopiesInStep,
+}
+
+/// The versions at which a credentials copy was last seen equal to its
+/// provider Secret, per copy `(namespace, name)`: while the cache shows
+/// both at those versions, nothing changed and neither needs reading.
+#[derive(Default)]
+pub(crate) struct CopiesInStep(
+    std::sync::Mutex<std::collections::HashMap<(String, String), Versions>>,
+);
+
+/// The resourceVersions of a provider Secret and its copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Versions {
+    pub source: String,
+    pub copy: String,
+}
+
+impl CopiesInStep {
+    /// Whether the copy was seen in step at exactly `versions`.
+    pub fn holds(&self, namespace: &str, name: &str, versions: &Versions) -> bool {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(&(namespace.to_string(), name.to_string())) == Some(versions)
+    }
+
+    /// Records the copy as in step at `versions`.
+    pub fn record(&self, namespace: &str, name: &str, versions: Versions) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.insert((namespace.to_string(), name.to_string()), versions);
+    }
+
+    /// Forgets a copy (it is being deleted).
+    pub fn forget(&self, namespace: &str, name: &str) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.remove(&(namespace.to_string(), name.to_string()));
+    }
 }
 
 /// The time of the last write per key.
@@ -76,25 +114,6 @@ impl Ctx {
     /// This controller's metric families.
     pub fn metrics(&self) -> &ControllerMetrics {
         (self.m)(&self.shared.config.metrics)
-    }
-
-    /// Publishes an Event about `obj`; failures are logged, never fatal.
-    pub async fn event<K: Resource<DynamicType = ()>>(
-        &self,
-        obj: &K,
-        type_: EventType,
-        reason: &str,
-        action: &str,
-        note: String,
-    ) {
-        self.publish(&EventNote {
-            regarding: obj.object_ref(&()),
-            warning: type_ == EventType::Warning,
-            reason: reason.into(),
-            action: action.into(),
-            note,
-        })
-        .await;
     }
 
     /// GETs an object, `None` when it does not exist.
@@ -167,137 +186,6 @@ impl Ctx {
             Ok(_) => Ok(()),
             Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
             Err(e) => Err(ControllerError::kube(format!("deleting {kind} {name}"), e)),
-        }
-    }
-
-    /// Writes `desired` as the status of `name` if it says something other
-    /// than `current` (see [`status_changed`]); stamps `lastUpdated` with now
-    /// unless `desired` carries one. With `resource_version`, the write
-    /// succeeds only on that version of the object. Returns whether it wrote.
-    pub async fn write_status<K, S>(
-        &self,
-        api: &Api<K>,
-        kind: &'static str,
-        name: &str,
-        current: Option<&S>,
-        mut desired: S,
-        resource_version: Option<String>,
-    ) -> Result<bool, ControllerError>
-    where
-        K: Resource + Clone + DeserializeOwned + Debug,
-        S: Stamped,
-    {
-        if !status_changed(current, &desired) {
-            return Ok(false);
-        }
-        if desired.stamp_mut().is_none() {
-            *desired.stamp_mut() = Some(crate::plan::status::now_rfc3339());
-        }
-        let mut patch = serde_json::json!({ "status": status_patch(current, &desired) });
-        if let Some(rv) = resource_version {
-            patch["metadata"] = serde_json::json!({ "resourceVersion": rv });
-        }
-        self.patch_status(api, kind, name, patch).await?;
-        Ok(true)
-    }
-
-    /// Merge-patches the status subresource.
-    pub async fn patch_status<K>(
-        &self,
-        api: &Api<K>,
-        kind: &'static str,
-        name: &str,
-        patch: serde_json::Value,
-    ) -> Result<K, ControllerError>
-    where
-        K: Resource + Clone + DeserializeOwned + Debug,
-    {
-        self.metrics()
-            .write(
-                kind,
-                api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)),
-            )
-            .await
-            .map_err(|e| ControllerError::kube(format!("writing status of {kind} {name}"), e))
-    }
-
-    /// Gives a live object the finalizers it should carry: `ours` (when the
-    /// kind has one) instead of the original vpn-operator's. No write when the
-    /// list is already right.
-    pub async fn adopt_finalizers<K>(
-        &self,
-        api: &Api<K>,
-        kind: &'static str,
-        obj: &K,
-        ours: Option<&str>,
-    ) -> Result<(), ControllerError>
-    where
-        K: Resource + Clone + DeserializeOwned + Debug,
-    {
-        match finalizers::adopted(obj.finalizers(), ours) {
-            None => Ok(()),
-            Some(new) => {
-                if obj
-                    .finalizers()
-                    .iter()
-                    .any(|f| f == finalizers::LEGACY_FINALIZER)
-                {
-                    self.metrics().action("adopt_legacy");
-                }
-                self.set_finalizers(api, kind, obj, &new).await
-            }
-        }
-    }
-
-    /// Removes `ours` and the original vpn-operator's finalizer once the
-    /// release work is done (no-op when neither is present or the object is gone).
-    pub async fn release_finalizers<K>(
-        &self,
-        api: &Api<K>,
-        kind: &'static str,
-        obj: &K,
-        ours: Option<&str>,
-    ) -> Result<(), ControllerError>
-    where
-        K: Resource + Clone + DeserializeOwned + Debug,
-    {
-        match finalizers::released(obj.finalizers(), ours) {
-            None => Ok(()),
-            Some(new) => self.set_finalizers(api, kind, obj, &new).await,
-        }
-    }
-
-    /// Replaces the finalizer list if it is still the one `obj` shows (a 404
-    /// counts as done: the object is gone).
-    async fn set_finalizers<K>(
-        &self,
-        api: &Api<K>,
-        kind: &'static str,
-        obj: &K,
-        new: &[String],
-    ) -> Result<(), ControllerError>
-    where
-        K: Resource + Clone + DeserializeOwned + Debug,
-    {
-        let patch = finalizer_patch(obj.finalizers(), new)?;
-        match self
-            .metrics()
-            .write(
-                kind,
-                api.patch(
-                    &obj.name_any(),
-                    &PatchParams::default(),
-                    &Patch::<()>::Json(patch),
-                ),
-            )
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if is_status(&e, 404) => Ok(()),
-            Err(e) => Err(ControllerError::kube(
-                format!("updating finalizers of {kind} {}", obj.name_any()),
-                e,
-            )),
         }
     }
 }

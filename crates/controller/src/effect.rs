@@ -9,10 +9,17 @@
 
 use std::future::Future;
 
-use k8s_openapi::api::core::v1::ObjectReference;
+use std::fmt::Debug;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::events::EventType;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use vpno_api::{
-    Mask, MaskConsumer, MaskConsumerStatus, MaskProviderStatus, MaskReservationStatus, MaskStatus,
+    Mask, MaskConsumer, MaskConsumerStatus, MaskProviderStatus, MaskReservation,
+    MaskReservationStatus, MaskStatus,
 };
 
 use crate::error::ControllerError;
@@ -22,7 +29,15 @@ use crate::error::ControllerError;
 pub(crate) enum Kind {
     Mask,
     MaskConsumer,
+    MaskProvider,
     MaskReservation,
+    Secret,
+    Pod,
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+    ReplicaSet,
+    Job,
 }
 
 impl Kind {
@@ -31,9 +46,27 @@ impl Kind {
         match self {
             Kind::Mask => "Mask",
             Kind::MaskConsumer => "MaskConsumer",
+            Kind::MaskProvider => "MaskProvider",
             Kind::MaskReservation => "MaskReservation",
+            Kind::Secret => "Secret",
+            Kind::Pod => "Pod",
+            Kind::Deployment => "Deployment",
+            Kind::StatefulSet => "StatefulSet",
+            Kind::DaemonSet => "DaemonSet",
+            Kind::ReplicaSet => "ReplicaSet",
+            Kind::Job => "Job",
         }
     }
+}
+
+/// How a delete reaches an object's dependents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Propagation {
+    /// The object goes at once; the garbage collector removes dependents later.
+    Background,
+    /// The object stays (with a `deletionTimestamp`) until the garbage
+    /// collector has deleted its blocking dependents (a Deployment's Pods).
+    Foreground,
 }
 
 /// Namespace, name and kind of the object an effect addresses.
@@ -48,6 +81,11 @@ pub(crate) struct Target {
 #[derive(Debug, Clone)]
 pub(crate) enum NewObject {
     MaskConsumer(Box<MaskConsumer>),
+    /// A provider's verification Mask.
+    Mask(Box<Mask>),
+    /// A credentials copy; one that exists already is made to match (data,
+    /// owner, label), with an Event on its owning consumer.
+    Credentials(Box<Secret>),
 }
 
 /// A typed status to write (a merge patch of the status subresource;
@@ -56,6 +94,22 @@ pub(crate) enum NewObject {
 pub(crate) enum StatusWrite {
     Mask(MaskStatus),
     Reservation(MaskReservationStatus),
+    /// A consumer's status, as a patch from `current` (so that a provider
+    /// that went away is cleared); with `resource_version`, written only on
+    /// that version of the consumer.
+    Consumer {
+        current: Option<Box<MaskConsumerStatus>>,
+        desired: Box<MaskConsumerStatus>,
+        resource_version: Option<String>,
+    },
+    /// A provider's status, as a patch from `current`; `desired` carries its
+    /// own `lastUpdated` (when the phase was entered). The write is noted
+    /// for the provider `uid` (see `slot_count_write_wait`).
+    Provider {
+        uid: String,
+        current: Option<Box<MaskProviderStatus>>,
+        desired: Box<MaskProviderStatus>,
+    },
 }
 
 /// One thing a reconciler wants done.
@@ -64,9 +118,15 @@ pub(crate) enum Effect {
     /// Create an object; one that exists already (409) counts as done, and so
     /// does a namespace being deleted (the owner goes with it).
     Create(NewObject),
-    /// Delete the object if it still has `uid` (when given), background
-    /// propagation; gone (404) or changed (409) counts as done.
-    DeleteIf { target: Target, uid: Option<String> },
+    /// Delete the object if it still has `uid` (when given); gone (404) or
+    /// changed (409) counts as done.
+    DeleteIf {
+        target: Target,
+        uid: Option<String>,
+        propagation: Propagation,
+    },
+    /// Replace a credentials copy (read moments ago) with this version.
+    UpdateCredentials(Box<Secret>),
     /// Write the status; a deleted object (404) counts as done.
     PatchStatus { target: Target, status: StatusWrite },
     /// Replace the finalizers if they still are `current`.
@@ -79,6 +139,18 @@ pub(crate) enum Effect {
     SetConsumerProviders {
         target: Target,
         providers: Option<Vec<String>>,
+    },
+    /// Remember that a credentials copy is in step with its provider Secret
+    /// at these versions (so the next look need not read either).
+    NoteCopyInStep {
+        namespace: String,
+        name: String,
+        versions: crate::context::Versions,
+    },
+    /// Show a provider's used and free slots (`None`: it is gone).
+    ShowSlots {
+        provider: String,
+        counts: Option<(u32, u32)>,
     },
     /// Publish an Event about an object; failures are logged, never fatal.
     Event(EventNote),
@@ -120,6 +192,40 @@ pub(crate) trait Executor: Send + Sync {
         name: &str,
     ) -> impl Future<Output = Result<Option<MaskConsumer>, ControllerError>> + Send;
 
+    /// A fresh GET of any namespaced object (`None`: it does not exist).
+    fn fresh<K: ApiObject>(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<K>, ControllerError>> + Send;
+
+    /// The metadata of every `K` in `namespace` (a fresh LIST).
+    fn list_metadata<K: ApiObject>(
+        &self,
+        namespace: &str,
+    ) -> impl Future<Output = Result<Vec<ObjectMeta>, ControllerError>> + Send;
+
+    /// Every `K` in `namespace` (a fresh LIST).
+    fn list<K: ApiObject>(
+        &self,
+        namespace: &str,
+    ) -> impl Future<Output = Result<Vec<K>, ControllerError>> + Send;
+
+    /// Creates a verification Pod; `Ok(Err(why))` when the API server
+    /// rejects it (a user error: the provider's overrides). One that exists
+    /// counts as created.
+    fn create_verify_pod(
+        &self,
+        pod: &k8s_openapi::api::core::v1::Pod,
+    ) -> impl Future<Output = Result<Result<(), String>, ControllerError>> + Send;
+
+    /// Takes a slot: creates the reservation; `None` when it exists (409),
+    /// i.e. someone else holds the slot.
+    fn try_reserve(
+        &self,
+        reservation: &MaskReservation,
+    ) -> impl Future<Output = Result<Option<MaskReservation>, ControllerError>> + Send;
+
     /// Applies effects in order, stopping at the first error.
     fn apply_all(
         &self,
@@ -132,6 +238,31 @@ pub(crate) trait Executor: Send + Sync {
             Ok(())
         }
     }
+}
+
+/// A namespaced API object the executor reads.
+pub(crate) trait ApiObject:
+    kube::Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + DeserializeOwned
+    + Serialize
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> ApiObject for K where
+    K: kube::Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + Debug
+        + Send
+        + Sync
+        + 'static
+{
 }
 
 /// The parts of a status that say something; `lastUpdated` is when it was said.
@@ -223,20 +354,53 @@ pub(crate) mod tests {
     use std::collections::HashMap;
     use std::sync::Mutex;
 
+    use kube::{Resource, ResourceExt};
+
     use super::*;
 
-    /// An executor that records effects and answers fresh reads from a map
-    /// (the tests' view of the API server).
+    /// A Pod with this annotation is rejected by [`Recording`] as the API
+    /// server rejects invalid Pods.
+    pub(crate) const REJECT_ANNOTATION: &str = "test.vpno/reject";
+
+    /// An executor that records effects and answers fresh reads from maps
+    /// (the tests' view of the API server). A reservation is taken unless its
+    /// name is in `held`.
     #[derive(Default)]
     pub(crate) struct Recording {
         pub effects: Mutex<Vec<Effect>>,
         pub consumers: Mutex<HashMap<(String, String), MaskConsumer>>,
+        /// Any other object, by (kind, namespace, name), as JSON.
+        pub objects: Mutex<HashMap<(String, String, String), serde_json::Value>>,
+        /// Reservation names someone else holds.
+        pub held: Mutex<Vec<String>>,
     }
 
     impl Recording {
         /// The effects applied so far.
         pub fn taken(&self) -> Vec<Effect> {
             self.effects.lock().unwrap().clone()
+        }
+
+        /// Puts `obj` where fresh reads and lists find it.
+        pub fn put<K: ApiObject>(&self, obj: &K) {
+            let key = (
+                K::kind(&()).to_string(),
+                obj.meta().namespace.clone().unwrap_or_default(),
+                obj.meta().name.clone().unwrap_or_default(),
+            );
+            let value = serde_json::to_value(obj).unwrap();
+            self.objects.lock().unwrap().insert(key, value);
+        }
+
+        fn all<K: ApiObject>(&self, namespace: &str) -> Vec<K> {
+            let kind = K::kind(&()).to_string();
+            self.objects
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|((k, ns, _), _)| *k == kind && ns == namespace)
+                .map(|(_, v)| serde_json::from_value(v.clone()).unwrap())
+                .collect()
         }
     }
 
@@ -257,6 +421,56 @@ pub(crate) mod tests {
                 .unwrap()
                 .get(&(namespace.to_string(), name.to_string()))
                 .cloned())
+        }
+
+        async fn fresh<K: ApiObject>(
+            &self,
+            namespace: &str,
+            name: &str,
+        ) -> Result<Option<K>, ControllerError> {
+            Ok(self
+                .all::<K>(namespace)
+                .into_iter()
+                .find(|o| o.meta().name.as_deref() == Some(name)))
+        }
+
+        async fn list_metadata<K: ApiObject>(
+            &self,
+            namespace: &str,
+        ) -> Result<Vec<ObjectMeta>, ControllerError> {
+            Ok(self
+                .all::<K>(namespace)
+                .into_iter()
+                .map(|o| o.meta().clone())
+                .collect())
+        }
+
+        async fn list<K: ApiObject>(&self, namespace: &str) -> Result<Vec<K>, ControllerError> {
+            Ok(self.all::<K>(namespace))
+        }
+
+        async fn create_verify_pod(
+            &self,
+            pod: &k8s_openapi::api::core::v1::Pod,
+        ) -> Result<Result<(), String>, ControllerError> {
+            if pod.annotations().contains_key(REJECT_ANNOTATION) {
+                return Ok(Err("the API server rejected the verification pod".into()));
+            }
+            self.put(pod);
+            Ok(Ok(()))
+        }
+
+        async fn try_reserve(
+            &self,
+            reservation: &MaskReservation,
+        ) -> Result<Option<MaskReservation>, ControllerError> {
+            let name = reservation.meta().name.clone().unwrap_or_default();
+            if self.held.lock().unwrap().contains(&name) {
+                return Ok(None);
+            }
+            let mut made = reservation.clone();
+            made.meta_mut().uid = Some(format!("uid-{name}"));
+            Ok(Some(made))
         }
     }
 

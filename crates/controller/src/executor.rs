@@ -1,16 +1,24 @@
 //! The one [`Executor`] that talks to the API server: every `Api`, kind name,
 //! metric and the 404/409 rules of the effects live here.
 
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::Event;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use vpno_api::{Mask, MaskConsumer, MaskReservation};
+use vpno_api::{Mask, MaskConsumer, MaskProvider, MaskReservation};
 
 use crate::context::{Ctx, finalizer_patch};
-use crate::effect::{Effect, EventNote, Executor, Kind, NewObject, StatusWrite, Target};
+use crate::effect::{
+    ApiObject, Effect, EventNote, Executor, Kind, NewObject, Propagation, StatusWrite, Target,
+    status_patch,
+};
 use crate::error::{ControllerError, is_namespace_terminating, is_status};
+use crate::plan::credentials::credentials_update;
 use crate::plan::status::now_rfc3339;
 
 /// Runs `$body` with `$api` bound to the `Api` of the target's kind.
@@ -29,6 +37,38 @@ macro_rules! by_kind {
                 let $api = $ctx.api::<MaskReservation>($target);
                 $body
             }
+            Kind::MaskProvider => {
+                let $api = $ctx.api::<MaskProvider>($target);
+                $body
+            }
+            Kind::Secret => {
+                let $api = $ctx.api::<Secret>($target);
+                $body
+            }
+            Kind::Pod => {
+                let $api = $ctx.api::<Pod>($target);
+                $body
+            }
+            Kind::Deployment => {
+                let $api = $ctx.api::<Deployment>($target);
+                $body
+            }
+            Kind::StatefulSet => {
+                let $api = $ctx.api::<StatefulSet>($target);
+                $body
+            }
+            Kind::DaemonSet => {
+                let $api = $ctx.api::<DaemonSet>($target);
+                $body
+            }
+            Kind::ReplicaSet => {
+                let $api = $ctx.api::<ReplicaSet>($target);
+                $body
+            }
+            Kind::Job => {
+                let $api = $ctx.api::<Job>($target);
+                $body
+            }
         }
     };
 }
@@ -45,11 +85,34 @@ impl Executor for Ctx {
                 )
                 .await
             }
-            Effect::DeleteIf { target, uid } => {
+            Effect::Create(NewObject::Credentials(s)) => self.create_credentials(*s).await,
+            Effect::Create(NewObject::Mask(m)) => {
+                let ns = m.namespace().unwrap_or_default();
+                self.create(
+                    &Api::<Mask>::namespaced(self.client.clone(), &ns),
+                    "Mask",
+                    &m,
+                )
+                .await
+            }
+            Effect::UpdateCredentials(s) => self.replace_credentials(&s).await,
+            Effect::DeleteIf {
+                target,
+                uid,
+                propagation,
+            } => {
                 let (kind, uid) = (target.kind.name(), uid.as_deref());
-                by_kind!(self, &target, |api| self
-                    .delete_if(&api, kind, &target.name, uid)
-                    .await)
+                if target.kind == Kind::Secret {
+                    self.copies_in_step.forget(&target.namespace, &target.name);
+                }
+                match propagation {
+                    Propagation::Background => by_kind!(self, &target, |api| self
+                        .delete_if(&api, kind, &target.name, uid)
+                        .await),
+                    Propagation::Foreground => by_kind!(self, &target, |api| self
+                        .delete_foreground_if(&api, kind, &target.name, uid)
+                        .await),
+                }
             }
             Effect::PatchStatus { target, status } => {
                 self.write_effect_status(&target, status).await
@@ -67,6 +130,18 @@ impl Executor for Ctx {
                 let patch = serde_json::json!({"spec": {"providers": providers}});
                 self.patch_target(&target, Patch::Merge(&patch), "updating")
                     .await
+            }
+            Effect::NoteCopyInStep {
+                namespace,
+                name,
+                versions,
+            } => {
+                self.copies_in_step.record(&namespace, &name, versions);
+                Ok(())
+            }
+            Effect::ShowSlots { provider, counts } => {
+                self.config.metrics.show_slots(&provider, counts);
+                Ok(())
             }
             Effect::Event(note) => {
                 self.publish(&note).await;
@@ -86,6 +161,103 @@ impl Executor for Ctx {
     ) -> Result<Option<MaskConsumer>, ControllerError> {
         let api: Api<MaskConsumer> = Api::namespaced(self.client.clone(), namespace);
         self.get_opt(&api, "MaskConsumer", name).await
+    }
+
+    async fn fresh<K: ApiObject>(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<K>, ControllerError> {
+        let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
+        self.get_opt(&api, kind_name::<K>(), name).await
+    }
+
+    async fn list_metadata<K: ApiObject>(
+        &self,
+        namespace: &str,
+    ) -> Result<Vec<ObjectMeta>, ControllerError> {
+        let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
+        let kind = kind_name::<K>();
+        let list = self
+            .metrics()
+            .read(kind, api.list_metadata(&ListParams::default()))
+            .await
+            .map_err(|e| ControllerError::kube(format!("listing {kind}s in {namespace}"), e))?;
+        Ok(list.items.into_iter().map(|o| o.metadata).collect())
+    }
+
+    async fn list<K: ApiObject>(&self, namespace: &str) -> Result<Vec<K>, ControllerError> {
+        let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
+        let kind = kind_name::<K>();
+        let list = self
+            .metrics()
+            .read(kind, api.list(&ListParams::default()))
+            .await
+            .map_err(|e| ControllerError::kube(format!("listing {kind}s in {namespace}"), e))?;
+        Ok(list.items)
+    }
+
+    async fn create_verify_pod(&self, pod: &Pod) -> Result<Result<(), String>, ControllerError> {
+        let ns = pod.namespace().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        match self
+            .metrics()
+            .write("Pod", api.create(&PostParams::default(), pod))
+            .await
+        {
+            Ok(_) => {
+                self.metrics().action("create_verify_pod");
+                Ok(Ok(()))
+            }
+            Err(e) if is_status(&e, 409) => Ok(Ok(())),
+            // The API server rejected the Pod: almost always bad overrides.
+            Err(kube::Error::Api(s)) if (400..500).contains(&s.code) => Ok(Err(format!(
+                "the API server rejected the verification pod: {}",
+                s.message
+            ))),
+            Err(e) => Err(ControllerError::kube(
+                format!("creating Pod {ns}/{}", pod.name_any()),
+                e,
+            )),
+        }
+    }
+
+    async fn try_reserve(
+        &self,
+        r: &MaskReservation,
+    ) -> Result<Option<MaskReservation>, ControllerError> {
+        let ns = r.namespace().unwrap_or_default();
+        let api: Api<MaskReservation> = Api::namespaced(self.client.clone(), &ns);
+        match self
+            .metrics()
+            .write("MaskReservation", api.create(&PostParams::default(), r))
+            .await
+        {
+            Ok(created) => Ok(Some(created)),
+            Err(e) if is_status(&e, 409) => Ok(None),
+            Err(e) => Err(ControllerError::kube(
+                format!("creating MaskReservation {ns}/{}", r.name_any()),
+                e,
+            )),
+        }
+    }
+}
+
+/// The kind's name as a `'static` metric label.
+fn kind_name<K: ApiObject>() -> &'static str {
+    match K::kind(&()).as_ref() {
+        "Mask" => "Mask",
+        "MaskConsumer" => "MaskConsumer",
+        "MaskProvider" => "MaskProvider",
+        "MaskReservation" => "MaskReservation",
+        "Secret" => "Secret",
+        "Pod" => "Pod",
+        "Deployment" => "Deployment",
+        "StatefulSet" => "StatefulSet",
+        "DaemonSet" => "DaemonSet",
+        "ReplicaSet" => "ReplicaSet",
+        "Job" => "Job",
+        _ => "other",
     }
 }
 
@@ -139,16 +311,49 @@ impl Ctx {
                 s.last_updated = now;
                 serde_json::to_value(s)
             }
+            StatusWrite::Consumer {
+                current,
+                mut desired,
+                resource_version,
+            } => {
+                desired.last_updated = now;
+                let mut patch =
+                    serde_json::json!({ "status": status_patch(current.as_deref(), &*desired) });
+                if let Some(rv) = resource_version {
+                    patch["metadata"] = serde_json::json!({ "resourceVersion": rv });
+                }
+                return self.patch_status_of(target, &patch).await;
+            }
+            StatusWrite::Provider {
+                uid,
+                current,
+                desired,
+            } => {
+                let patch =
+                    serde_json::json!({ "status": status_patch(current.as_deref(), &*desired) });
+                self.patch_status_of(target, &patch).await?;
+                self.slot_count_writes.record(&uid);
+                return Ok(());
+            }
         }
         .map_err(|e| ControllerError::Finalizer(e.to_string()))?;
         let patch = serde_json::json!({ "status": body });
+        self.patch_status_of(target, &patch).await
+    }
+
+    /// Merge-patches the status subresource; a deleted object (404) counts as done.
+    async fn patch_status_of(
+        &self,
+        target: &Target,
+        patch: &serde_json::Value,
+    ) -> Result<(), ControllerError> {
         let kind = target.kind.name();
         let pp = PatchParams::default();
         let res = by_kind!(self, target, |api| self
             .metrics()
             .write(
                 kind,
-                api.patch_status(&target.name, &pp, &Patch::Merge(&patch))
+                api.patch_status(&target.name, &pp, &Patch::Merge(patch))
             )
             .await
             .map(|_| ()));
@@ -187,6 +392,65 @@ impl Ctx {
                 e,
             )),
         }
+    }
+
+    /// Creates a credentials copy; one that exists (left over, or made by
+    /// another replica) is made to match.
+    async fn create_credentials(&self, desired: Secret) -> Result<(), ControllerError> {
+        let ns = desired.namespace().unwrap_or_default();
+        let name = desired.name_any();
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+        match self
+            .metrics()
+            .write("Secret", api.create(&PostParams::default(), &desired))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_status(&e, 409) => {
+                let Some(existing) = self.get_opt(&api, "Secret", &name).await? else {
+                    return Ok(());
+                };
+                match credentials_update(&existing, &desired) {
+                    Some(updated) => self.replace_credentials(&updated).await,
+                    None => Ok(()),
+                }
+            }
+            Err(e) => Err(ControllerError::kube(
+                format!("creating Secret {ns}/{name}"),
+                e,
+            )),
+        }
+    }
+
+    /// Replaces a credentials copy and says so on its consumer.
+    async fn replace_credentials(&self, s: &Secret) -> Result<(), ControllerError> {
+        let ns = s.namespace().unwrap_or_default();
+        let name = s.name_any();
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+        self.metrics()
+            .write("Secret", api.replace(&name, &PostParams::default(), s))
+            .await
+            .map_err(|e| ControllerError::kube(format!("updating Secret {ns}/{name}"), e))?;
+        self.metrics().action("update_credentials");
+        if let Some(owner) = s.owner_references().first() {
+            let regarding = ObjectReference {
+                api_version: Some(owner.api_version.clone()),
+                kind: Some(owner.kind.clone()),
+                name: Some(owner.name.clone()),
+                namespace: Some(ns.clone()),
+                uid: Some(owner.uid.clone()),
+                ..Default::default()
+            };
+            self.publish(&EventNote {
+                regarding,
+                warning: false,
+                reason: "CredentialsUpdated".into(),
+                action: "CopyCredentials".into(),
+                note: format!("credentials Secret {name} updated from the provider Secret"),
+            })
+            .await;
+        }
+        Ok(())
     }
 
     /// Publishes an Event; failures are logged, never fatal.

@@ -13,7 +13,7 @@ use vpno_api::{Mask, MaskConsumer, MaskConsumerSpec, MaskPhase, MaskStatus};
 
 use crate::context::{Ctx, controller_ref, ns_of};
 use crate::effect::{
-    Effect, EventNote, Executor, Kind, NewObject, StatusWrite, mask_target, regarding,
+    Effect, EventNote, Executor, Kind, NewObject, Propagation, StatusWrite, mask_target, regarding,
     status_changed, target_of,
 };
 use crate::error::ControllerError;
@@ -71,6 +71,7 @@ pub(crate) fn decide(o: &Observed) -> Vec<Effect> {
                 out.push(Effect::DeleteIf {
                     target: target_of(Kind::MaskConsumer, c.as_ref()),
                     uid: c.uid(),
+                    propagation: Propagation::Background,
                 });
             }
             return out;
@@ -261,7 +262,7 @@ mod tests {
         .await;
         assert!(matches!(
             effects.as_slice(),
-            [Effect::DeleteIf { target, uid: Some(u) }] if target.kind == Kind::MaskConsumer && u == "c-m"
+            [Effect::DeleteIf { target, uid: Some(u), .. }] if target.kind == Kind::MaskConsumer && u == "c-m"
         ));
     }
 

@@ -8,6 +8,7 @@ use std::time::Instant;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -213,6 +214,19 @@ pub struct Metrics {
     /// `vpno_watch_channel_full_total{kind}`: times a watch's change had to
     /// wait because a controller's trigger channel was full.
     pub watch_channel_full: Family<KindLabels, Counter>,
+    /// `vpno_provider_slots{provider,state}`: used and free slots per
+    /// provider (`namespace/name`; providers are few and chosen by the
+    /// cluster's operator, so the name is an acceptable label).
+    pub provider_slots: Family<SlotLabels, Gauge>,
+}
+
+/// Labels of `vpno_provider_slots`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SlotLabels {
+    /// `namespace/name` of the provider.
+    pub provider: String,
+    /// `used` or `free`.
+    pub state: &'static str,
 }
 
 /// Labels of the watch metrics: the watched kind.
@@ -249,9 +263,16 @@ impl Default for Metrics {
             "Watch changes that waited for a full controller trigger channel",
             watch_channel_full.clone(),
         );
+        let provider_slots = Family::<SlotLabels, Gauge>::default();
+        registry.register(
+            "vpno_provider_slots",
+            "Slots of each provider by state (used, free)",
+            provider_slots.clone(),
+        );
         Metrics {
             registry,
             watch_channel_full,
+            provider_slots,
             mask,
             consumer,
             provider,
@@ -262,6 +283,25 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Shows `used` and `free` slots of `provider`; `None` removes its series
+    /// (the provider is gone).
+    pub fn show_slots(&self, provider: &str, counts: Option<(u32, u32)>) {
+        for (state, value) in [("used", counts.map(|c| c.0)), ("free", counts.map(|c| c.1))] {
+            let labels = SlotLabels {
+                provider: provider.to_string(),
+                state,
+            };
+            match value {
+                Some(v) => {
+                    self.provider_slots.get_or_create(&labels).set(i64::from(v));
+                }
+                None => {
+                    self.provider_slots.remove(&labels);
+                }
+            }
+        }
+    }
+
     /// The metrics in the Prometheus text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -302,5 +342,22 @@ mod tests {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
         assert_eq!(m.consumer.reconcile_count("ok"), 1);
+    }
+
+    #[test]
+    fn provider_slots_show_used_and_free_until_the_provider_goes() {
+        let m = Metrics::default();
+        m.show_slots("vpn/nord", Some((3, 7)));
+        let text = m.encode();
+        assert!(
+            text.contains("vpno_provider_slots{provider=\"vpn/nord\",state=\"used\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vpno_provider_slots{provider=\"vpn/nord\",state=\"free\"} 7"),
+            "{text}"
+        );
+        m.show_slots("vpn/nord", None);
+        assert!(!m.encode().contains("provider=\"vpn/nord\""));
     }
 }

@@ -16,7 +16,8 @@ use vpno_api::{
 
 use crate::context::{Ctx, ns_of};
 use crate::effect::{
-    Effect, EventNote, Executor, Kind, StatusWrite, regarding, status_changed, target_of,
+    Effect, EventNote, Executor, Kind, Propagation, StatusWrite, regarding, status_changed,
+    target_of,
 };
 use crate::error::ControllerError;
 use crate::plan::finalizers;
@@ -132,6 +133,7 @@ pub(crate) fn decide(o: &Observed) -> (Vec<Effect>, Action) {
             out.push(Effect::DeleteIf {
                 target,
                 uid: r.uid(),
+                propagation: Propagation::Background,
             });
             out.push(Effect::Count("reclaim"));
             if let Some(p) = &o.provider {
@@ -205,6 +207,7 @@ fn decide_deleted(
                 out.push(Effect::DeleteIf {
                     target: target_of(Kind::MaskConsumer, c),
                     uid: Some(r.spec.uid.clone()),
+                    propagation: Propagation::Background,
                 });
                 out.push(Effect::Count("unassign"));
             }

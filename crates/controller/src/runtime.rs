@@ -337,6 +337,7 @@ pub(crate) async fn run_controllers(
         cache: cache.clone(),
         recorder,
         slot_count_writes: Default::default(),
+        copies_in_step: Default::default(),
     });
     let ctx_for = |kind: &'static str, m: fn(&Metrics) -> &ControllerMetrics| {
         Arc::new(Ctx {

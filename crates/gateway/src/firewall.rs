@@ -3,7 +3,10 @@
 //!
 //! What the table enforces (the kill switch):
 //! - `forward` (policy drop): only `LAN → tunnel` packets from the gateway
-//!   network and their `tunnel → LAN` replies are forwarded. Everything else
+//!   network and their `tunnel → LAN` replies are forwarded. With router
+//!   MACs given, `LAN → tunnel` packets must also come from one of them (the
+//!   routers forward client traffic; a client that sends straight to a
+//!   gateway is dropped and counted with the kill switch's drops). Everything else
 //!   — in particular gateway-network traffic towards any other interface,
 //!   or towards a tunnel interface that vanished and came back as something
 //!   else — is dropped and counted.
@@ -61,6 +64,9 @@ pub struct FirewallPlan {
     pub vpn_endpoint: Option<SocketAddr>,
     /// Extra destinations the gateway itself may reach outside the tunnel.
     pub allow_output: Vec<IpNet>,
+    /// MAC addresses of the routers; when not empty, traffic arriving on the
+    /// LAN is forwarded only from these.
+    pub router_macs: Vec<[u8; 6]>,
 }
 
 fn family_of(net: &IpNet) -> &'static str {
@@ -116,7 +122,21 @@ fn rules(plan: &FirewallPlan) -> Vec<Value> {
     let lan = plan.lan_interface.as_str();
     let tun = plan.tunnel_interface.as_str();
     let net = &plan.gateway_network;
-    let mut rules = vec![
+    let mut rules = Vec::new();
+    if !plan.router_macs.is_empty() {
+        let macs: Vec<String> = plan.router_macs.iter().map(vpno_sys::format_mac).collect();
+        rules.push(rule(
+            "forward",
+            vec![
+                meta_match("iifname", "==", json!(lan)),
+                json!({"match": {"op": "!=", "left": {"payload": {"protocol": "ether", "field": "saddr"}}, "right": {"set": macs}}}),
+                counter(),
+                json!({"drop": null}),
+            ],
+            Some("vpno-gateway not from a router".into()),
+        ));
+    }
+    rules.extend([
         rule(
             "forward",
             vec![
@@ -166,7 +186,7 @@ fn rules(plan: &FirewallPlan) -> Vec<Value> {
             ],
             None,
         ),
-    ];
+    ]);
     if let Some(endpoint) = plan.vpn_endpoint {
         rules.push(rule(
             "output",
@@ -407,7 +427,38 @@ mod tests {
             gateway_network: "10.77.0.0/24".parse().unwrap(),
             vpn_endpoint: Some("198.51.100.1:51820".parse().unwrap()),
             allow_output: vec!["10.96.0.10/32".parse().unwrap()],
+            router_macs: vec![],
         }
+    }
+
+    #[test]
+    fn router_macs_put_a_sender_check_first() {
+        let mut with = plan();
+        with.router_macs = vec![[2, 0x56, 0x50, 0x52, 0, 2], [2, 0x56, 0x50, 0x52, 0, 3]];
+        let batch = ruleset(&with);
+        let cmds = batch["nftables"].as_array().unwrap();
+        let first_rule = cmds.iter().find(|c| c["add"]["rule"].is_object()).unwrap();
+        assert_eq!(
+            first_rule["add"]["rule"],
+            json!({"family": "inet", "table": "vpno_gateway", "chain": "forward",
+                "comment": "vpno-gateway not from a router",
+                "expr": [
+                {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "lan0"}},
+                {"match": {"op": "!=", "left": {"payload": {"protocol": "ether", "field": "saddr"}},
+                    "right": {"set": ["02:56:50:52:00:02", "02:56:50:52:00:03"]}}},
+                {"counter": null}, {"drop": null}]})
+        );
+        // The rest is the plan without router MACs; the fingerprint tells them apart.
+        assert_eq!(
+            count_rules(cmds, "add"),
+            count_rules(ruleset(&plan())["nftables"].as_array().unwrap(), "add") + 1
+        );
+        assert_ne!(fingerprint_of(&batch), fingerprint_of(&ruleset(&plan())));
+        to_nftables(&batch).expect("fits the nftables schema");
+        // Its drops count with the kill switch's.
+        let listed = json!({"nftables": [{"rule": {"chain": "forward", "expr": [
+            {"counter": {"packets": 4, "bytes": 1}}, {"drop": null}]}}]});
+        assert_eq!(counters(&listed).killswitch_dropped_packets, 4);
     }
 
     #[test]

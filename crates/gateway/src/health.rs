@@ -49,6 +49,102 @@ pub struct HealthVerdict {
     pub healthy: bool,
     /// Why it is unhealthy (empty when healthy).
     pub reasons: Vec<String>,
+    /// The same reasons as codes (metric labels).
+    pub causes: Vec<DownCause>,
+}
+
+/// Why a tunnel is down, as a low-cardinality code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DownCause {
+    /// The native tunnel's packet processing failed.
+    TunnelFailed,
+    /// The tunnel interface is missing or down.
+    InterfaceDown,
+    /// No WireGuard session.
+    NoHandshake,
+    /// The last handshake is too old.
+    StaleHandshake,
+    /// No probe has finished yet.
+    NoProbe,
+    /// The last probe failed.
+    ProbeFailed,
+    /// The last successful probe is too old.
+    StaleProbe,
+}
+
+impl DownCause {
+    /// Every cause, in a stable order (metric series are created for each).
+    pub const ALL: [DownCause; 7] = [
+        DownCause::TunnelFailed,
+        DownCause::InterfaceDown,
+        DownCause::NoHandshake,
+        DownCause::StaleHandshake,
+        DownCause::NoProbe,
+        DownCause::ProbeFailed,
+        DownCause::StaleProbe,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            DownCause::TunnelFailed => "tunnel_failed",
+            DownCause::InterfaceDown => "interface_down",
+            DownCause::NoHandshake => "no_handshake",
+            DownCause::StaleHandshake => "stale_handshake",
+            DownCause::NoProbe => "no_probe",
+            DownCause::ProbeFailed => "probe_failed",
+            DownCause::StaleProbe => "stale_probe",
+        }
+    }
+}
+
+/// What a tunnel is doing: passing client traffic, healthy but carrying
+/// none, or not passing traffic at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TunnelState {
+    /// Healthy, and client packets were forwarded since the last tick.
+    Up,
+    /// Healthy, but no client packet was forwarded since the last tick.
+    Idle,
+    /// Not healthy (see the causes).
+    Down,
+}
+
+impl TunnelState {
+    /// Every state, in a stable order.
+    pub const ALL: [TunnelState; 3] = [TunnelState::Up, TunnelState::Idle, TunnelState::Down];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            TunnelState::Up => "up",
+            TunnelState::Idle => "idle",
+            TunnelState::Down => "down",
+        }
+    }
+}
+
+/// The state from the verdict and the client packets forwarded since the last tick.
+pub fn tunnel_state(verdict: &HealthVerdict, forwarded_since_last: u64) -> TunnelState {
+    match (verdict.healthy, forwarded_since_last) {
+        (false, _) => TunnelState::Down,
+        (true, 0) => TunnelState::Idle,
+        (true, _) => TunnelState::Up,
+    }
+}
+
+/// Whether a handshake happened between two observations of the last
+/// handshake's age: a session appeared, or the age went down (WireGuard
+/// re-keys every two minutes, so two handshakes within one tick, which this
+/// would count once, do not happen in practice).
+pub fn handshake_happened(previous: Option<Duration>, now: Option<Duration>) -> bool {
+    match (previous, now) {
+        (None, Some(_)) => true,
+        (Some(before), Some(after)) => after < before,
+        _ => false,
+    }
 }
 
 /// Healthy only while the tunnel passes traffic: for a native tunnel a
@@ -56,41 +152,65 @@ pub struct HealthVerdict {
 /// — a fresh successful probe through the tunnel.
 pub fn evaluate(inputs: &HealthInputs) -> HealthVerdict {
     let mut reasons = Vec::new();
+    let mut causes = Vec::new();
+    let mut down = |cause: DownCause, reason: String| {
+        causes.push(cause);
+        reasons.push(reason);
+    };
     if let Some(failure) = &inputs.tunnel_failure {
-        reasons.push(format!("tunnel failed: {failure}"));
+        down(DownCause::TunnelFailed, format!("tunnel failed: {failure}"));
     }
     if !inputs.interface_up {
-        reasons.push("tunnel interface is missing or down".to_string());
+        down(
+            DownCause::InterfaceDown,
+            "tunnel interface is missing or down".to_string(),
+        );
     }
     if inputs.native {
         match inputs.last_handshake {
-            None => reasons.push("no WireGuard session (no handshake yet, or expired)".into()),
-            Some(age) if age > inputs.max_handshake_age => reasons.push(format!(
-                "last handshake {}s ago (limit {}s)",
-                age.as_secs(),
-                inputs.max_handshake_age.as_secs()
-            )),
+            None => down(
+                DownCause::NoHandshake,
+                "no WireGuard session (no handshake yet, or expired)".into(),
+            ),
+            Some(age) if age > inputs.max_handshake_age => down(
+                DownCause::StaleHandshake,
+                format!(
+                    "last handshake {}s ago (limit {}s)",
+                    age.as_secs(),
+                    inputs.max_handshake_age.as_secs()
+                ),
+            ),
             Some(_) => {}
         }
     }
     if inputs.probe_configured {
         match &inputs.probe {
-            None => reasons.push("no probe through the tunnel has finished yet".into()),
-            Some(probe) if !probe.ok => reasons.push(format!(
-                "probe through the tunnel failed: {}",
-                probe.error.as_deref().unwrap_or("unknown error")
-            )),
-            Some(probe) if probe.age > inputs.max_probe_age => reasons.push(format!(
-                "last successful probe is {}ms old (limit {}ms)",
-                probe.age.as_millis(),
-                inputs.max_probe_age.as_millis()
-            )),
+            None => down(
+                DownCause::NoProbe,
+                "no probe through the tunnel has finished yet".into(),
+            ),
+            Some(probe) if !probe.ok => down(
+                DownCause::ProbeFailed,
+                format!(
+                    "probe through the tunnel failed: {}",
+                    probe.error.as_deref().unwrap_or("unknown error")
+                ),
+            ),
+            Some(probe) if probe.age > inputs.max_probe_age => down(
+                DownCause::StaleProbe,
+                format!(
+                    "last successful probe is {}ms old (limit {}ms)",
+                    probe.age.as_millis(),
+                    inputs.max_probe_age.as_millis()
+                ),
+            ),
             Some(_) => {}
         }
     }
     HealthVerdict {
         healthy: reasons.is_empty(),
         reasons,
+        causes,
     }
 }
 
@@ -171,5 +291,44 @@ mod tests {
         assert!(evaluate(&inputs).healthy);
         inputs.interface_up = false;
         assert!(!evaluate(&inputs).healthy);
+    }
+
+    #[test]
+    fn every_reason_has_its_cause_code() {
+        let mut i = good();
+        i.last_handshake = None;
+        i.interface_up = false;
+        i.probe = None;
+        let v = evaluate(&i);
+        assert_eq!(
+            v.causes,
+            [
+                DownCause::InterfaceDown,
+                DownCause::NoHandshake,
+                DownCause::NoProbe
+            ]
+        );
+        assert_eq!(v.causes.len(), v.reasons.len());
+        assert!(evaluate(&good()).causes.is_empty());
+    }
+
+    #[test]
+    fn idle_is_healthy_without_client_traffic() {
+        let healthy = evaluate(&good());
+        assert_eq!(tunnel_state(&healthy, 0), TunnelState::Idle);
+        assert_eq!(tunnel_state(&healthy, 12), TunnelState::Up);
+        let mut i = good();
+        i.interface_up = false;
+        assert_eq!(tunnel_state(&evaluate(&i), 12), TunnelState::Down);
+    }
+
+    #[test]
+    fn a_handshake_shows_as_a_younger_age() {
+        let s = Duration::from_secs;
+        assert!(handshake_happened(None, Some(s(0))));
+        assert!(handshake_happened(Some(s(119)), Some(s(1))));
+        assert!(!handshake_happened(Some(s(3)), Some(s(4))));
+        assert!(!handshake_happened(Some(s(3)), None));
+        assert!(!handshake_happened(None, None));
     }
 }

@@ -15,6 +15,7 @@ pub mod firewall;
 pub mod health;
 mod http;
 pub mod metrics;
+pub mod natpmp;
 pub mod probe;
 pub mod routing;
 
@@ -90,6 +91,12 @@ pub struct GatewayArgs {
     /// (e.g. cluster DNS). Repeatable.
     #[arg(long = "allow-output", value_name = "CIDR")]
     pub allow_output: Vec<IpNet>,
+    /// MAC address of a router (repeat for each): client traffic arriving on
+    /// the LAN interface is forwarded only from these, so a client cannot
+    /// send straight to a gateway around the routers. Without it, any
+    /// sender on the gateway network is forwarded (as before).
+    #[arg(long = "router-mac", value_name = "MAC", value_parser = vpno_sys::parse_mac)]
+    pub router_macs: Vec<[u8; 6]>,
 }
 
 /// Errors of the gateway agent.
@@ -219,6 +226,7 @@ pub fn plan(
             gateway_network: args.gateway_network.trunc(),
             vpn_endpoint: endpoint,
             allow_output: args.allow_output.clone(),
+            router_macs: args.router_macs.clone(),
         },
         routing: RoutingPlan {
             table: args.table,
@@ -387,6 +395,7 @@ async fn serve(
             verdict: HealthVerdict {
                 healthy: false,
                 reasons: vec!["starting".into()],
+                causes: vec![health::DownCause::NoHandshake],
             },
             public_ip: None,
             tunnel_interface: config.tunnel_interface.clone(),
@@ -430,6 +439,10 @@ struct Agent<'a> {
     deltas: DeltaTracker,
     last_probe: Option<(Instant, Result<probe::ProbeSuccess, String>)>,
     last_public_ip: Option<String>,
+    /// Client packets forwarded during the last tick (idle vs. up).
+    forwarded_last_tick: u64,
+    /// The last handshake's age at the previous tick (counts handshakes).
+    last_handshake_age: Option<Duration>,
 }
 
 impl<'a> Agent<'a> {
@@ -440,80 +453,106 @@ impl<'a> Agent<'a> {
             deltas: DeltaTracker::default(),
             last_probe: None,
             last_public_ip: None,
+            forwarded_last_tick: 0,
+            last_handshake_age: None,
         }
     }
 
+    /// One tick: restart a failed native tunnel, keep routes and firewall as
+    /// desired, record counters, probe, and publish the health verdict.
     async fn step(
         &mut self,
         handle: &rtnetlink::Handle,
         tunnel: &mut Option<Tunnel>,
         shared: &Shared,
     ) -> Result<(), GatewayError> {
-        let metrics = &shared.metrics;
-        // A native tunnel whose packet processing failed (e.g. its interface
-        // was deleted) is restarted; until then forwarding hits the
-        // unreachable route and the kill switch.
-        if let TunnelSource::Native(wg) = &self.config.tunnel
-            && tunnel.as_ref().is_some_and(|t| t.failure().is_some())
-        {
-            let failed = tunnel.take().and_then(|t| t.failure()).unwrap_or_default();
-            tracing::warn!(error = %failed, "native tunnel failed; restarting it");
-            match Tunnel::start(wg.tunnel_config(&self.config.tunnel_interface)).await {
-                Ok(restarted) => *tunnel = Some(restarted),
-                Err(e) => {
-                    tracing::warn!(error = %e, "native tunnel restart failed; retrying next interval")
-                }
-            }
-        }
-        let native = matches!(self.config.tunnel, TunnelSource::Native(_));
+        self.restart_failed_tunnel(tunnel).await;
         let tunnel = tunnel.as_ref();
         let link = routing::link_state(handle, &self.config.tunnel_interface).await?;
         // Route replace is idempotent; this repairs the default route after
         // the tunnel interface was recreated.
         routing::apply_routes(handle, &self.config.routing, link.map(|l| l.index)).await?;
+        self.keep_firewall(&shared.metrics)?;
+        if let Some(link) = &link {
+            self.record_link(link, &shared.metrics);
+        }
+        self.record_flows(&shared.metrics);
+        if let Some(url) = self.args.probe_url.clone() {
+            self.probe(&url, &shared.metrics).await;
+        }
+        self.publish_health(tunnel, link.is_some_and(|l| l.up), shared);
+        Ok(())
+    }
 
-        // Firewall: one `nft -j list` per tick gives counters and tells
-        // whether someone changed or removed our table.
+    /// A native tunnel whose packet processing failed (e.g. its interface
+    /// was deleted) is restarted; until then forwarding hits the
+    /// unreachable route and the kill switch.
+    async fn restart_failed_tunnel(&self, tunnel: &mut Option<Tunnel>) {
+        let TunnelSource::Native(wg) = &self.config.tunnel else {
+            return;
+        };
+        if !tunnel.as_ref().is_some_and(|t| t.failure().is_some()) {
+            return;
+        }
+        let failed = tunnel.take().and_then(|t| t.failure()).unwrap_or_default();
+        tracing::warn!(error = %failed, "native tunnel failed; restarting it");
+        match Tunnel::start(wg.tunnel_config(&self.config.tunnel_interface)).await {
+            Ok(restarted) => *tunnel = Some(restarted),
+            Err(e) => {
+                tracing::warn!(error = %e, "native tunnel restart failed; retrying next interval")
+            }
+        }
+    }
+
+    /// One `nft -j list` per tick gives the counters and tells whether
+    /// someone changed or removed our table (then it is applied again).
+    fn keep_firewall(&mut self, metrics: &metrics::GatewayMetrics) -> Result<(), GatewayError> {
         let desired = firewall::ruleset(&self.config.firewall);
-        match firewall::kernel::current() {
-            Some(current) if firewall::is_current(&current, &desired) => {
-                let c = firewall::counters(&current);
-                let delta = self.deltas.delta("forwarded", c.forwarded_packets);
-                metrics.forwarded_packets.inc_by(delta);
-                for (reason, value) in [
-                    ("killswitch", c.killswitch_dropped_packets),
-                    ("guard", c.guard_dropped_packets),
-                    ("output", c.output_dropped_packets),
-                ] {
-                    let delta = self.deltas.delta(reason, value);
-                    metrics
-                        .dropped_packets
-                        .get_or_create(&ReasonLabels { reason })
-                        .inc_by(delta);
-                }
-            }
-            _ => {
-                tracing::warn!(
-                    "nftables table {} missing or changed; re-applying",
-                    firewall::TABLE_NAME
-                );
-                firewall::kernel::apply(&self.config.firewall)?;
-            }
+        let Some(current) =
+            firewall::kernel::current().filter(|c| firewall::is_current(c, &desired))
+        else {
+            tracing::warn!(
+                "nftables table {} missing or changed; re-applying",
+                firewall::TABLE_NAME
+            );
+            firewall::kernel::apply(&self.config.firewall)?;
+            return Ok(());
+        };
+        let c = firewall::counters(&current);
+        let delta = self.deltas.delta("forwarded", c.forwarded_packets);
+        metrics.forwarded_packets.inc_by(delta);
+        self.forwarded_last_tick = delta;
+        for (reason, value) in [
+            ("killswitch", c.killswitch_dropped_packets),
+            ("guard", c.guard_dropped_packets),
+            ("output", c.output_dropped_packets),
+        ] {
+            let delta = self.deltas.delta(reason, value);
+            metrics
+                .dropped_packets
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(delta);
         }
+        Ok(())
+    }
 
-        if let Some(link) = link {
-            for (key, direction, value, family) in [
-                ("rx_bytes", "rx", link.rx_bytes, &metrics.tunnel_bytes),
-                ("tx_bytes", "tx", link.tx_bytes, &metrics.tunnel_bytes),
-                ("rx_packets", "rx", link.rx_packets, &metrics.tunnel_packets),
-                ("tx_packets", "tx", link.tx_packets, &metrics.tunnel_packets),
-            ] {
-                let delta = self.deltas.delta(key, value);
-                family
-                    .get_or_create(&DirectionLabels { direction })
-                    .inc_by(delta);
-            }
+    /// The tunnel interface's byte and packet counters.
+    fn record_link(&mut self, link: &routing::LinkState, metrics: &metrics::GatewayMetrics) {
+        for (key, direction, value, family) in [
+            ("rx_bytes", "rx", link.rx_bytes, &metrics.tunnel_bytes),
+            ("tx_bytes", "tx", link.tx_bytes, &metrics.tunnel_bytes),
+            ("rx_packets", "rx", link.rx_packets, &metrics.tunnel_packets),
+            ("tx_packets", "tx", link.tx_packets, &metrics.tunnel_packets),
+        ] {
+            let delta = self.deltas.delta(key, value);
+            family
+                .get_or_create(&DirectionLabels { direction })
+                .inc_by(delta);
         }
+    }
+
+    /// Forwarded flows by protocol, from conntrack.
+    fn record_flows(&self, metrics: &metrics::GatewayMetrics) {
         let flows = conntrack::count_flows(
             &conntrack::read_table(),
             &self.config.routing.gateway_network,
@@ -524,38 +563,38 @@ impl<'a> Agent<'a> {
                 .get_or_create(&ProtocolLabels { protocol })
                 .set(count as i64);
         }
+    }
 
-        if let Some(url) = &self.args.probe_url {
-            let result =
-                probe::probe(url, &self.config.tunnel_interface, self.args.probe_timeout).await;
-            let label = if result.is_ok() { "ok" } else { "fail" };
-            metrics
-                .probes
-                .get_or_create(&ResultLabels { result: label })
-                .inc();
-            match &result {
-                Ok(success) => {
-                    metrics
-                        .probe_latency_seconds
-                        .set(success.latency.as_secs_f64());
-                    if let Some(ip) = success.public_ip {
-                        self.last_public_ip = Some(ip.to_string());
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "probe failed"),
-            }
-            self.last_probe = Some((Instant::now(), result));
-        }
-
-        let stats = tunnel.map(Tunnel::stats);
-        let last_handshake = stats
-            .as_ref()
-            .and_then(|s| s.peers.first())
-            .and_then(|p| p.last_handshake);
+    /// Probes through the tunnel and remembers the outcome (and the public IP).
+    async fn probe(&mut self, url: &probe::ProbeUrl, metrics: &metrics::GatewayMetrics) {
+        let result =
+            probe::probe(url, &self.config.tunnel_interface, self.args.probe_timeout).await;
+        let label = if result.is_ok() { "ok" } else { "fail" };
         metrics
-            .handshake_age_seconds
-            .set(last_handshake.map_or(-1.0, |d| d.as_secs_f64()));
-        let probe = self.last_probe.as_ref().map(|(at, result)| ProbeOutcome {
+            .probes
+            .get_or_create(&ResultLabels { result: label })
+            .inc();
+        match &result {
+            Ok(success) => {
+                metrics
+                    .probe_latency_seconds
+                    .set(success.latency.as_secs_f64());
+                if let Some(ip) = success.public_ip.map(|ip| ip.to_string()) {
+                    if self.last_public_ip.as_ref().is_some_and(|last| *last != ip) {
+                        tracing::info!(public_ip = %ip, "public IP changed");
+                        metrics.public_ip_changes.inc();
+                    }
+                    self.last_public_ip = Some(ip);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "probe failed"),
+        }
+        self.last_probe = Some((Instant::now(), result));
+    }
+
+    /// The latest probe as the health evaluation and `/status` see it.
+    fn probe_outcome(&self) -> Option<ProbeOutcome> {
+        self.last_probe.as_ref().map(|(at, result)| ProbeOutcome {
             ok: result.is_ok(),
             error: result.as_ref().err().cloned(),
             public_ip: result
@@ -568,7 +607,28 @@ impl<'a> Agent<'a> {
                 .as_ref()
                 .map(|s| s.latency.as_millis() as u64)
                 .unwrap_or(0),
-        });
+        })
+    }
+
+    /// Evaluates health ([`health::evaluate`], pure) and publishes it with
+    /// the handshake age and the public IP (claimed only while the latest
+    /// probe succeeded).
+    fn publish_health(&mut self, tunnel: Option<&Tunnel>, interface_up: bool, shared: &Shared) {
+        let metrics = &shared.metrics;
+        let native = matches!(self.config.tunnel, TunnelSource::Native(_));
+        let last_handshake = tunnel
+            .map(Tunnel::stats)
+            .as_ref()
+            .and_then(|s| s.peers.first())
+            .and_then(|p| p.last_handshake);
+        metrics
+            .handshake_age_seconds
+            .set(last_handshake.map_or(-1.0, |d| d.as_secs_f64()));
+        if health::handshake_happened(self.last_handshake_age, last_handshake) {
+            metrics.handshakes.inc();
+        }
+        self.last_handshake_age = last_handshake;
+        let probe = self.probe_outcome();
         let verdict = health::evaluate(&HealthInputs {
             native,
             last_handshake,
@@ -577,13 +637,17 @@ impl<'a> Agent<'a> {
             } else {
                 tunnel.and_then(Tunnel::failure)
             },
-            interface_up: link.is_some_and(|l| l.up),
+            interface_up,
             probe_configured: self.args.probe_url.is_some(),
             probe: probe.clone(),
             max_handshake_age: self.args.max_handshake_age,
             max_probe_age: self.args.probe_interval * 3 + self.args.probe_timeout,
         });
         metrics.healthy.set(i64::from(verdict.healthy));
+        metrics.show_state(
+            health::tunnel_state(&verdict, self.forwarded_last_tick),
+            &verdict.causes,
+        );
         let mut status = shared.status.lock().unwrap_or_else(|e| e.into_inner());
         if status.verdict.healthy != verdict.healthy {
             if verdict.healthy {
@@ -592,7 +656,6 @@ impl<'a> Agent<'a> {
                 tracing::warn!(reasons = %verdict.reasons.join("; "), "gateway unhealthy");
             }
         }
-        // The public IP is only claimed while the latest probe succeeded.
         status.public_ip = if probe.as_ref().is_some_and(|p| p.ok) {
             self.last_public_ip.clone()
         } else {
@@ -601,7 +664,6 @@ impl<'a> Agent<'a> {
         status.verdict = verdict;
         status.last_handshake_seconds = last_handshake.map(|d| d.as_secs_f64());
         status.probe = probe;
-        Ok(())
     }
 }
 

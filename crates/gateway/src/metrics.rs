@@ -9,6 +9,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::health::{DownCause, TunnelState};
+
 /// `direction` label: `rx` or `tx`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabels {
@@ -35,6 +37,20 @@ pub struct ResultLabels {
 pub struct ReasonLabels {
     /// Which rule dropped them.
     pub reason: &'static str,
+}
+
+/// `state` label: `up`, `idle`, `down`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// The tunnel state.
+    pub state: &'static str,
+}
+
+/// `cause` label of a down tunnel.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabels {
+    /// Why it is down (see `DownCause`).
+    pub cause: &'static str,
 }
 
 /// Turns cumulative kernel counters into Prometheus counter increments
@@ -80,6 +96,14 @@ pub struct GatewayMetrics {
     pub probe_latency_seconds: Gauge<f64, AtomicU64>,
     /// Age of the last WireGuard handshake (native tunnel; -1 = none).
     pub handshake_age_seconds: Gauge<f64, AtomicU64>,
+    /// Completed WireGuard handshakes (native tunnel).
+    pub handshakes: Counter,
+    /// Times the public IP seen through the tunnel changed.
+    pub public_ip_changes: Counter,
+    /// 1 for the tunnel's current state (`up`, `idle`, `down`), 0 for the others.
+    pub tunnel_state: Family<StateLabels, Gauge>,
+    /// 1 for each cause the tunnel is down for, 0 for the others.
+    pub down_causes: Family<CauseLabels, Gauge>,
 }
 
 impl GatewayMetrics {
@@ -96,6 +120,10 @@ impl GatewayMetrics {
             probes: Family::default(),
             probe_latency_seconds: Gauge::default(),
             handshake_age_seconds: Gauge::default(),
+            handshakes: Counter::default(),
+            public_ip_changes: Counter::default(),
+            tunnel_state: Family::default(),
+            down_causes: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -143,6 +171,27 @@ impl GatewayMetrics {
             "Seconds since the last WireGuard handshake (-1: no session)",
             metrics.handshake_age_seconds.clone(),
         );
+        registry.register(
+            "handshakes",
+            "Completed WireGuard handshakes of the native tunnel",
+            metrics.handshakes.clone(),
+        );
+        registry.register(
+            "public_ip_changes",
+            "Times the public IP seen through the tunnel changed",
+            metrics.public_ip_changes.clone(),
+        );
+        registry.register(
+            "tunnel_state",
+            "1 for the tunnel's state: up (passing client traffic), idle (healthy, no client traffic since the last tick), down",
+            metrics.tunnel_state.clone(),
+        );
+        registry.register(
+            "down_causes",
+            "1 for each reason the tunnel is down",
+            metrics.down_causes.clone(),
+        );
+        metrics.show_state(TunnelState::Down, &[DownCause::NoHandshake]);
         for direction in ["rx", "tx"] {
             let _ = metrics
                 .tunnel_bytes
@@ -162,6 +211,20 @@ impl GatewayMetrics {
         GatewayMetrics {
             registry,
             ..metrics
+        }
+    }
+
+    /// Shows `state` (one-hot) and the causes of a down tunnel (one-hot per cause).
+    pub fn show_state(&self, state: TunnelState, causes: &[DownCause]) {
+        for s in TunnelState::ALL {
+            self.tunnel_state
+                .get_or_create(&StateLabels { state: s.label() })
+                .set(i64::from(s == state));
+        }
+        for c in DownCause::ALL {
+            self.down_causes
+                .get_or_create(&CauseLabels { cause: c.label() })
+                .set(i64::from(causes.contains(&c)));
         }
     }
 

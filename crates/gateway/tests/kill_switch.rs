@@ -389,6 +389,27 @@ async fn gateway_forwards_through_tunnel_and_kill_switch_holds() {
         !metrics.contains("vpno_gateway_tunnel_bytes_total{direction=\"tx\"} 0\n"),
         "{metrics}"
     );
+    // Healthy: up or idle (depending on whether the last tick forwarded
+    // client packets), never down, no cause; a session was counted.
+    assert!(
+        metrics.contains("vpno_gateway_tunnel_state{state=\"down\"} 0"),
+        "{metrics}"
+    );
+    for cause in [
+        "no_handshake",
+        "tunnel_failed",
+        "interface_down",
+        "probe_failed",
+    ] {
+        assert!(
+            metrics.contains(&format!("vpno_gateway_down_causes{{cause=\"{cause}\"}} 0")),
+            "{metrics}"
+        );
+    }
+    assert!(
+        !metrics.contains("vpno_gateway_handshakes_total 0\n"),
+        "{metrics}"
+    );
 
     // Idempotent: the agent re-checks the table every interval and must not
     // re-create it (re-creation would change the rule handles).
@@ -476,6 +497,17 @@ async fn gateway_forwards_through_tunnel_and_kill_switch_holds() {
         .await
         .unwrap();
     assert_eq!(status, 503);
+    let (_, metrics) = http_get(&topo.client_rt, gw_http, "/metrics", Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("vpno_gateway_tunnel_state{state=\"down\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("vpno_gateway_tunnel_state{state=\"up\"} 0"),
+        "{metrics}"
+    );
     let (from_network, from_underlay) = leaked_packets(&topo.internet);
     assert_eq!(
         from_network, 0,
@@ -593,4 +625,83 @@ async fn external_tunnel_vanishes_and_returns() {
     );
     topo.gateway_rt.run(async move { drop(external) }).await;
     topo.provider_rt.run(async move { drop(server) }).await;
+}
+
+/// Packets the gateway dropped because they did not come from a router MAC.
+fn not_from_router_drops(gateway: &NamedNetns) -> u64 {
+    let listed = nft_args(gateway, &["-j", "list", "table", "inet", "vpno_gateway"]).unwrap();
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    listed["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| &o["rule"])
+        .filter(|r| r["comment"] == "vpno-gateway not from a router")
+        .filter_map(|r| {
+            r["expr"]
+                .as_array()?
+                .iter()
+                .find_map(|e| e["counter"]["packets"].as_u64())
+        })
+        .sum()
+}
+
+/// `--router-mac`: client traffic is forwarded only when it arrives from a
+/// router's MAC; a client sending straight to the gateway gets nothing
+/// through (and nothing leaks), while the gateway's health endpoint stays
+/// reachable. The "client" here becomes a router by taking the router MAC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_forwards_only_traffic_from_router_macs() {
+    if !require_root("gateway_forwards_only_traffic_from_router_macs") {
+        return;
+    }
+    const ROUTER_MAC: &str = "02:56:50:52:00:02";
+    let topo = topology();
+    let echo = start_echo(&topo.internet_rt).await;
+    let (server, env) = provider_server(&topo).await;
+    let (stop_gateway, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let args = gateway_args_with(echo, &["--router-mac", ROUTER_MAC]);
+    let gateway_task = topo.gateway_rt.spawn(run_until(args, env, async {
+        let _ = stop_rx.await;
+    }));
+    wait_for_health(&topo.client_rt, 200, Duration::from_secs(20))
+        .await
+        .expect("gateway never became healthy (its health endpoint is not filtered)");
+
+    // Not a router: nothing gets through, every attempt is dropped and counted.
+    let client_mac = topo.client.ip(&["-br", "link", "show", "c0"]).unwrap();
+    assert!(!client_mac.contains(ROUTER_MAC), "{client_mac}");
+    for _ in 0..3 {
+        assert!(
+            http_get(&topo.client_rt, echo, "/", Duration::from_secs(1))
+                .await
+                .is_err(),
+            "traffic from a non-router MAC was forwarded"
+        );
+    }
+    let dropped = not_from_router_drops(&topo.gateway);
+    assert!(dropped > 0, "the sender check counted no drop");
+    assert_eq!(leaked_packets(&topo.internet), (0, 0), "nothing leaked");
+
+    // The same sender with the router's MAC is forwarded.
+    sh(&topo.client, &["link", "set", "c0", "address", ROUTER_MAC]);
+    sh(&topo.gateway, &["neigh", "flush", "dev", "lan0"]);
+    let (status, seen) = http_get(&topo.client_rt, echo, "/", Duration::from_secs(3))
+        .await
+        .expect("traffic from the router MAC is forwarded");
+    assert_eq!((status, seen.as_str()), (200, "203.0.113.1"));
+    assert_eq!(
+        not_from_router_drops(&topo.gateway),
+        dropped,
+        "router traffic was counted as dropped"
+    );
+
+    let _ = stop_gateway.send(());
+    let result = tokio::time::timeout(Duration::from_secs(10), gateway_task)
+        .await
+        .expect("gateway stops")
+        .expect("gateway task");
+    assert!(result.is_ok(), "{result:?}");
+    topo.provider_rt.run(async move { drop(server) }).await;
+    drop(topo.client_rt);
 }

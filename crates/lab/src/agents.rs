@@ -41,10 +41,16 @@ pub fn gateway_env_file(t: &Topology, i: u32) -> Option<String> {
 /// the echo's log of client egress).
 pub const PROBE_PATH: &str = "/gateway-probe";
 
+/// The MAC address router `j` pins on its gateway-network interface, so
+/// the gateways can forward client traffic from the routers only.
+pub fn router_mac(j: u32) -> String {
+    vpno_sys::format_mac(&vpno_net::layout::router_mac(j))
+}
+
 /// The command line of gateway `i`'s agent, reading its variables from `env_file`.
 pub fn gateway_daemon(t: &Topology, i: u32, binary: &Path, env_file: &Path) -> Option<Daemon> {
     t.gateway(i)?;
-    let args = vec![
+    let mut args = vec![
         "gateway".to_string(),
         "--env-file".into(),
         path_str(env_file),
@@ -65,6 +71,11 @@ pub fn gateway_daemon(t: &Topology, i: u32, binary: &Path, env_file: &Path) -> O
         "--probe-timeout".into(),
         "900ms".into(),
     ];
+    // Client traffic is forwarded only when a router sends it.
+    for r in &t.routers {
+        args.push("--router-mac".into());
+        args.push(router_mac(r.index));
+    }
     Some(Daemon {
         netns: t.spec.name.netns(&NodeName::Gateway(i)),
         program: path_str(binary),
@@ -73,8 +84,9 @@ pub fn gateway_daemon(t: &Topology, i: u32, binary: &Path, env_file: &Path) -> O
     })
 }
 
-/// The command line of router `j`'s agent.
-pub fn router_daemon(t: &Topology, j: u32, binary: &Path) -> Option<Daemon> {
+/// The command line of router `j`'s agent; heartbeats authenticated with
+/// the key in `key_file` (the same for every router).
+pub fn router_daemon(t: &Topology, j: u32, binary: &Path, key_file: &Path) -> Option<Daemon> {
     let r = t.router(j)?;
     let mut args = vec![
         "router".to_string(),
@@ -88,13 +100,17 @@ pub fn router_daemon(t: &Topology, j: u32, binary: &Path) -> Option<Daemon> {
         r.priority.to_string(),
         "--listen".into(),
         format!("0.0.0.0:{ROUTER_HTTP_PORT}"),
+        "--interface-mac".into(),
+        router_mac(j),
+        "--heartbeat-key-file".into(),
+        path_str(key_file),
     ];
     for g in &t.gateways {
         args.push("--gateway".into());
         args.push(format!("gateway-{}={}", g.index, g.lan_addr));
     }
-    // The router agent pairs with one peer; without one it is always active.
-    if let Some(peer) = t.routers.iter().find(|p| p.index != j) {
+    // Every other router is a peer; without any, this one is always active.
+    for peer in t.routers.iter().filter(|p| p.index != j) {
         args.push("--peer".into());
         args.push(peer.lan_addr.to_string());
     }
@@ -172,12 +188,31 @@ mod tests {
     #[test]
     fn routers_know_every_gateway_and_each_other() {
         let t = topology();
-        let d = router_daemon(&t, 1, Path::new("/bin/vpn-operator")).unwrap();
+        let d = router_daemon(&t, 1, Path::new("/bin/vpn-operator"), Path::new("/s/key")).unwrap();
         assert_eq!(d.netns, "vpno-t-router-1");
         assert_eq!(d.args.iter().filter(|a| *a == "--gateway").count(), 4);
         let peer = t.router(2).unwrap().lan_addr.to_string();
         assert!(d.args.windows(2).any(|w| w[0] == "--peer" && w[1] == peer));
         let own = t.router(1).unwrap().lan_addr.to_string();
         assert!(!d.args.windows(2).any(|w| w[0] == "--peer" && w[1] == own));
+        assert!(
+            d.args
+                .windows(2)
+                .any(|w| w[0] == "--heartbeat-key-file" && w[1] == "/s/key")
+        );
+        assert!(
+            d.args
+                .windows(2)
+                .any(|w| w[0] == "--interface-mac" && w[1] == router_mac(1))
+        );
+        // Gateways forward only what the routers' pinned MACs send.
+        let g = gateway_daemon(&t, 1, Path::new("/bin/vpn-operator"), Path::new("/s/env")).unwrap();
+        let macs: Vec<&String> = g
+            .args
+            .windows(2)
+            .filter(|w| w[0] == "--router-mac")
+            .map(|w| &w[1])
+            .collect();
+        assert_eq!(macs, [&router_mac(1), &router_mac(2)]);
     }
 }

@@ -142,12 +142,24 @@ fn build(state: &mut LabState, dir: &Path) -> Result<(), LabError> {
             .ok_or_else(|| LabError::Build("gateway".into()))?;
         start(state, NodeName::Gateway(g.index), d)?;
     }
+    let key_file = dir.join("router-heartbeat.key");
+    write_private(&key_file, &random_hex(32)?)?;
     for r in &t.routers {
-        let d = agents::router_daemon(&t, r.index, &state.binary.clone())
+        let d = agents::router_daemon(&t, r.index, &state.binary.clone(), &key_file)
             .ok_or_else(|| LabError::Build("router".into()))?;
         start(state, NodeName::Router(r.index), d)?;
     }
     Ok(())
+}
+
+/// `bytes` random bytes from the kernel, hex-encoded (the routers' shared heartbeat key).
+fn random_hex(bytes: usize) -> Result<String, LabError> {
+    use std::io::Read as _;
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|e| LabError::State(format!("reading /dev/urandom: {e}")))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn write_private(path: &Path, text: &str) -> Result<(), LabError> {

@@ -22,7 +22,7 @@ pub struct Gateway {
 /// Everything the planner needs to know about the router's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EgressConfig {
-    /// Gateways in configuration order; gateway `i` gets nexthop id `nexthop_id_base + 1 + i`.
+    /// The current gateways; each gets the nexthop id [`EgressConfig::nexthop_id_of`] its address.
     pub gateways: Vec<Gateway>,
     /// The gateway-network interface the nexthops leave through.
     pub interface: String,
@@ -46,10 +46,22 @@ pub struct EgressConfig {
     pub idle_timer_secs: u32,
 }
 
+/// How many low bits of a gateway's address its nexthop id takes: ids stay
+/// distinct for every gateway network up to a /16.
+pub const NEXTHOP_ID_BITS: u32 = 16;
+
 impl EgressConfig {
-    /// The nexthop id of gateway number `index`.
+    /// The nexthop id of a gateway: derived from its address alone, so it
+    /// does not depend on the order or number of the other gateways (a
+    /// gateway joining or leaving renumbers nobody, and every router gives
+    /// the same gateway the same id).
+    pub fn nexthop_id_of(&self, address: Ipv4Addr) -> u32 {
+        self.nexthop_id_base + 1 + (u32::from(address) & ((1 << NEXTHOP_ID_BITS) - 1))
+    }
+
+    /// The nexthop id of gateway number `index` of [`Self::gateways`].
     pub fn nexthop_id(&self, index: usize) -> u32 {
-        self.nexthop_id_base + 1 + index as u32
+        self.nexthop_id_of(self.gateways[index].address)
     }
 
     /// The id of the resilient group.
@@ -59,9 +71,13 @@ impl EgressConfig {
 
     /// The gateway a nexthop id belongs to, if any.
     pub fn gateway_of(&self, nexthop_id: u32) -> Option<&Gateway> {
-        let index = nexthop_id.checked_sub(self.nexthop_id_base + 1)? as usize;
-        self.gateways.get(index)
+        self.gateways
+            .iter()
+            .find(|g| self.nexthop_id_of(g.address) == nexthop_id)
     }
+
+    /// The largest nexthop id base that leaves room for every gateway id.
+    pub const MAX_NEXTHOP_ID_BASE: u32 = u32::MAX - (1 << NEXTHOP_ID_BITS);
 }
 
 /// Whether this router currently owns the VIP.
@@ -460,12 +476,12 @@ mod tests {
         let s = plan(&c, |_| true, Role::Active);
         assert_eq!(
             s.nexthops.keys().copied().collect::<Vec<_>>(),
-            vec![7701, 7702, 7703]
+            vec![7712, 7713, 7714]
         );
-        assert_eq!(s.nexthops[&7702].gateway, Ipv4Addr::new(10, 0, 0, 12));
+        assert_eq!(s.nexthops[&7713].gateway, Ipv4Addr::new(10, 0, 0, 12));
         let g = s.group.as_ref().unwrap();
         assert_eq!((g.id, g.buckets), (7700, 128));
-        assert_eq!(g.members, BTreeSet::from([7701, 7702, 7703]));
+        assert_eq!(g.members, BTreeSet::from([7712, 7713, 7714]));
         assert_eq!(s.default_route, Some(DefaultRoute::ViaGroup(7700)));
         let rules: Vec<_> = s.rules.iter().collect();
         assert_eq!(rules.len(), 2);
@@ -486,7 +502,7 @@ mod tests {
     fn plan_partial_health_keeps_every_nexthop_but_groups_only_healthy() {
         let s = plan(&config(3), |i| i != 1, Role::Active);
         assert_eq!(s.nexthops.len(), 3);
-        assert_eq!(s.group.unwrap().members, BTreeSet::from([7701, 7703]));
+        assert_eq!(s.group.unwrap().members, BTreeSet::from([7712, 7714]));
     }
 
     #[test]
@@ -515,9 +531,9 @@ mod tests {
     #[test]
     fn gateway_of_maps_ids_back() {
         let c = config(2);
-        assert_eq!(c.gateway_of(7701).unwrap().name, "gw-0");
-        assert_eq!(c.gateway_of(7702).unwrap().name, "gw-1");
-        assert!(c.gateway_of(7703).is_none());
+        assert_eq!(c.gateway_of(7712).unwrap().name, "gw-0");
+        assert_eq!(c.gateway_of(7713).unwrap().name, "gw-1");
+        assert!(c.gateway_of(7714).is_none());
         assert!(c.gateway_of(7700).is_none());
         assert!(c.gateway_of(5).is_none());
     }
@@ -555,7 +571,7 @@ mod tests {
         let changes = converges(&after, &before);
         assert_eq!(changes.len(), 1);
         match &changes[0] {
-            Change::ReplaceGroup(g) => assert_eq!(g.members, BTreeSet::from([7701, 7702])),
+            Change::ReplaceGroup(g) => assert_eq!(g.members, BTreeSet::from([7712, 7713])),
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -632,7 +648,7 @@ mod tests {
         let c = config(2);
         let observed = plan(&c, |_| true, Role::Active);
         let mut desired = plan(&c, |_| true, Role::Standby);
-        desired.nexthops.get_mut(&7701).unwrap().gateway = Ipv4Addr::new(10, 0, 0, 77);
+        desired.nexthops.get_mut(&7712).unwrap().gateway = Ipv4Addr::new(10, 0, 0, 77);
         let changes = converges(&desired, &observed);
         assert!(
             matches!(changes[0], Change::DeleteVip { .. }),
@@ -666,16 +682,69 @@ mod tests {
     }
 
     #[test]
-    fn changed_gateway_address_replaces_that_nexthop_only() {
+    fn changed_gateway_address_is_a_new_nexthop_and_the_old_one_goes() {
         let mut c = config(2);
         let before = plan(&c, |_| true, Role::Active);
         c.gateways[1].address = Ipv4Addr::new(10, 0, 0, 99);
         let after = plan(&c, |_| true, Role::Active);
         let changes = converges(&after, &before);
-        assert_eq!(changes.len(), 1);
+        well_ordered(&before, &changes);
         assert!(
-            matches!(&changes[0], Change::ReplaceNexthop { id: 7702, spec } if spec.gateway == Ipv4Addr::new(10, 0, 0, 99))
+            matches!(&changes[0], Change::ReplaceNexthop { id: 7800, spec } if spec.gateway == Ipv4Addr::new(10, 0, 0, 99))
         );
+        assert!(
+            matches!(&changes[1], Change::ReplaceGroup(g) if g.members == BTreeSet::from([7712, 7800]))
+        );
+        assert_eq!(changes[2..], [Change::DeleteNexthop { id: 7713 }]);
+    }
+
+    #[test]
+    fn nexthop_ids_do_not_depend_on_order_or_on_other_gateways() {
+        let mut c = config(3);
+        let ids = |c: &EgressConfig| -> BTreeMap<Ipv4Addr, u32> {
+            c.gateways
+                .iter()
+                .map(|g| (g.address, c.nexthop_id_of(g.address)))
+                .collect()
+        };
+        let all = ids(&c);
+        c.gateways.reverse();
+        assert_eq!(ids(&c), all, "reordering renumbers nothing");
+        c.gateways.retain(|g| g.name != "gw-1");
+        let survivors = ids(&c);
+        assert_eq!(survivors.len(), 2);
+        assert!(
+            survivors.iter().all(|(a, id)| all[a] == *id),
+            "removal renumbers nothing"
+        );
+        // Removing the middle gateway changes only the group and its own nexthop.
+        let before = plan(&config(3), |_| true, Role::Active);
+        let after = plan(&c, |_| true, Role::Active);
+        let changes = converges(&after, &before);
+        assert_eq!(
+            changes,
+            [
+                Change::ReplaceGroup(GroupSpec {
+                    id: 7700,
+                    members: BTreeSet::from([7712, 7714]),
+                    buckets: 128,
+                    idle_timer_secs: 30
+                }),
+                Change::DeleteNexthop { id: 7713 }
+            ]
+        );
+        // Adding one adds its nexthop and the group member, nothing else.
+        c.gateways.push(Gateway {
+            name: "gw-new".into(),
+            address: Ipv4Addr::new(10, 0, 1, 40),
+        });
+        let grown = plan(&c, |_| true, Role::Active);
+        let changes = converges(&grown, &after);
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert!(
+            matches!(&changes[0], Change::ReplaceNexthop { id, .. } if *id == 7700 + 1 + 256 + 40)
+        );
+        assert!(matches!(&changes[1], Change::ReplaceGroup(g) if g.members.len() == 3));
     }
 
     #[test]
@@ -688,8 +757,8 @@ mod tests {
         assert_eq!(
             changes[1..],
             [
-                Change::DeleteNexthop { id: 7702 },
-                Change::DeleteNexthop { id: 7703 }
+                Change::DeleteNexthop { id: 7713 },
+                Change::DeleteNexthop { id: 7714 }
             ]
         );
     }

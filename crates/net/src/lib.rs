@@ -11,5 +11,6 @@ pub mod egress;
 pub mod election;
 pub mod health;
 pub mod layout;
+pub mod maglev;
 pub mod mtu;
 pub mod slices;

@@ -33,34 +33,59 @@ impl std::str::FromStr for GatewayArg {
     }
 }
 
+/// `NAMESPACE/NAME` of the MaskGateway whose gateway Pods the router follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoverArg {
+    /// Namespace of the MaskGateway (and its Pods).
+    pub namespace: String,
+    /// Name of the MaskGateway.
+    pub name: String,
+}
+
+impl std::str::FromStr for DiscoverArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(Self {
+                    namespace: ns.into(),
+                    name: name.into(),
+                })
+            }
+            _ => Err(format!(
+                "expected NAMESPACE/NAME of a MaskGateway, got {s:?}"
+            )),
+        }
+    }
+}
+
 /// Duration flags take the one grammar of `vpno_sys::duration`.
 use vpno_sys::positive_duration as parse_duration;
 
-/// Parses a MAC address `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() != 6 {
-        return Err(format!(
-            "bad MAC address {s:?}: expected six hex bytes separated by ':'"
-        ));
-    }
-    let mut mac = [0u8; 6];
-    for (byte, part) in mac.iter_mut().zip(parts) {
-        *byte = u8::from_str_radix(part, 16).map_err(|_| format!("bad MAC address {s:?}"))?;
-    }
-    if mac[0] & 1 == 1 {
-        return Err(format!("MAC address {s:?} is a multicast address"));
-    }
-    Ok(mac)
-}
+/// MAC flags take the one grammar of `vpno_sys::mac`.
+pub use vpno_sys::parse_mac;
 
 /// Command-line arguments of the router agent.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RouterArgs {
     /// A gateway as NAME=IP (repeat for each gateway). Its health URL is
     /// http://IP:<health-port><health-path>.
-    #[arg(long = "gateway", value_name = "NAME=IP", required = true)]
+    #[arg(
+        long = "gateway",
+        value_name = "NAME=IP",
+        required_unless_present = "discover",
+        conflicts_with = "discover"
+    )]
     pub gateways: Vec<GatewayArg>,
+    /// Follow the gateway Pods of MaskGateway NAMESPACE/NAME (label
+    /// `vpn.beebs.dev/mask-gateway=NAME`, `vpn.beebs.dev/role=gateway`;
+    /// address from the `vpn.beebs.dev/network-address` annotation) instead
+    /// of a static --gateway list. Needs get/list/watch on pods there.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub discover: Option<DiscoverArg>,
+    /// Kubeconfig for --discover; without it the in-cluster service account is used.
+    #[arg(long, value_name = "FILE", requires = "discover")]
+    pub kubeconfig: Option<std::path::PathBuf>,
     /// The gateway-network interface (nexthops leave through it; the VIP macvlan sits on it).
     #[arg(long, value_name = "IF")]
     pub interface: String,
@@ -80,9 +105,25 @@ pub struct RouterArgs {
     /// preemption; 0 is reserved for the shutdown heartbeat).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u8).range(1..))]
     pub priority: u8,
-    /// Address of the peer router; without it this router is always active.
-    #[arg(long, value_name = "IP")]
-    pub peer: Option<Ipv4Addr>,
+    /// Address of another router sharing the VIP (repeat for each; one of
+    /// them is active). Without any, this router is always active.
+    #[arg(long = "peer", value_name = "IP")]
+    pub peers: Vec<Ipv4Addr>,
+    /// File holding the key (raw bytes, at least 16) that authenticates
+    /// heartbeats (HMAC-SHA256, with a counter against replay). The same on
+    /// every router; heartbeats without it are ignored and counted. Without
+    /// this flag heartbeats are unauthenticated.
+    #[arg(long, value_name = "FILE")]
+    pub heartbeat_key_file: Option<std::path::PathBuf>,
+    /// How far an authenticated heartbeat's timestamp may be from this
+    /// router's clock (older ones count as replayed).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub heartbeat_max_skew: Duration,
+    /// Set the gateway-network interface's MAC address to this at start, so
+    /// gateways can accept client traffic from known router MACs only
+    /// (`vpn-operator gateway --router-mac`).
+    #[arg(long, value_name = "MAC", value_parser = parse_mac)]
+    pub interface_mac: Option<[u8; 6]>,
     /// UDP port of the heartbeat exchanged with the peer.
     #[arg(long, default_value_t = 9096)]
     pub heartbeat_port: u16,
@@ -110,7 +151,8 @@ pub struct RouterArgs {
     /// Priority of the policy rule `from <client-subnet> iif <vip-interface> lookup <table>`.
     #[arg(long, default_value_t = 7700)]
     pub rule_priority: u32,
-    /// Nexthop id of the resilient group; gateway i (in --gateway order, from 0) gets id+1+i.
+    /// Nexthop id of the resilient group; a gateway's nexthop gets id+1+(the
+    /// low 16 bits of its address), independent of the order of gateways.
     #[arg(long, default_value_t = 7700)]
     pub nexthop_id: u32,
     /// Bucket count of the resilient nexthop group.
@@ -181,8 +223,15 @@ mod tests {
             (7700, 7700, 7700, 128)
         );
         assert_eq!(a.vip_interface, "vpno-vip");
-        assert_eq!(a.vip_mac, [0x02, 0x56, 0x50, 0x4e, 0x4f, 0x01]);
-        assert_eq!((a.priority, a.peer, a.heartbeat_port), (100, None, 9096));
+        assert_eq!(a.vip_mac, vpno_net::layout::VIP_MAC);
+        assert_eq!(
+            (a.priority, a.peers.len(), a.heartbeat_port),
+            (100, 0, 9096)
+        );
+        assert_eq!(
+            (a.heartbeat_key_file, a.discover, a.interface_mac),
+            (None, None, None)
+        );
         assert_eq!(a.listen, "0.0.0.0:9095".parse().unwrap());
     }
 
@@ -217,6 +266,59 @@ mod tests {
     }
 
     #[test]
+    fn discover_peers_and_key_flags() {
+        let base = [
+            "router",
+            "--interface=eth0",
+            "--client-subnet=10.0.0.0/24",
+            "--vip=10.0.0.1/24",
+        ];
+        let parse_only = |extra: &[&str]| {
+            let argv: Vec<&str> = base.iter().chain(extra).copied().collect();
+            Cli::try_parse_from(argv).map(|c| c.args)
+        };
+        let a = parse_only(&[
+            "--discover=vpn/egress",
+            "--peer=10.0.0.3",
+            "--peer=10.0.0.4",
+            "--heartbeat-key-file=/etc/vpno/router-key/key",
+            "--interface-mac=02:56:50:52:00:02",
+        ])
+        .unwrap();
+        assert_eq!(
+            a.discover,
+            Some(DiscoverArg {
+                namespace: "vpn".into(),
+                name: "egress".into()
+            })
+        );
+        assert!(a.gateways.is_empty() && a.kubeconfig.is_none());
+        assert_eq!(
+            a.peers,
+            vec![Ipv4Addr::new(10, 0, 0, 3), Ipv4Addr::new(10, 0, 0, 4)]
+        );
+        assert_eq!(a.interface_mac, Some([2, 0x56, 0x50, 0x52, 0, 2]));
+        assert!(
+            parse_only(&["--discover=egress"])
+                .unwrap_err()
+                .to_string()
+                .contains("NAMESPACE/NAME")
+        );
+        assert!(parse_only(&[]).is_err(), "--gateway or --discover required");
+        assert!(
+            parse_only(&["--discover=a/b", "--gateway=g=10.0.0.11"]).is_err(),
+            "exclusive"
+        );
+        let stray = parse_only(&["--gateway=g=10.0.0.11", "--kubeconfig=/k"]);
+        assert!(
+            stray.is_err() || crate::egress_config(&stray.unwrap()).is_err(),
+            "kubeconfig needs discover"
+        );
+        let cfg = crate::egress_config(&parse_only(&["--discover=a/b"]).unwrap()).unwrap();
+        assert!(cfg.gateways.is_empty(), "discovery starts with no gateway");
+    }
+
+    #[test]
     fn duration_flags_use_the_shared_grammar() {
         let args = parse(&["--interval", "1.5s", "--timeout", "750ms"]).unwrap();
         assert_eq!(args.interval, Duration::from_millis(1500));
@@ -229,7 +331,7 @@ mod tests {
     fn config_rejects_duplicates_and_bad_sizes() {
         let ok = parse(&[]).unwrap();
         let cfg = crate::egress_config(&ok).unwrap();
-        assert_eq!(cfg.nexthop_id(1), 7702);
+        assert_eq!(cfg.nexthop_id(1), 7700 + 1 + 12);
         assert_eq!(cfg.client_subnet, "10.0.0.0/24".parse().unwrap());
         let dup = parse(&["--gateway", "gw1=10.0.0.13"]).unwrap();
         assert!(

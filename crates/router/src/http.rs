@@ -18,7 +18,7 @@ use vpno_net::health::HealthState;
 
 use crate::probe::ProbeResult;
 
-/// What `/status` shows about the peer router.
+/// What `/status` shows about one peer router.
 #[derive(Debug, Clone, Serialize)]
 pub struct PeerStatus {
     /// Peer address.
@@ -85,9 +85,17 @@ pub struct RouterStatus {
     pub priority: u8,
     /// The VIP.
     pub vip: String,
-    /// The peer, when configured.
-    pub peer: Option<PeerStatus>,
-    /// Gateways in configuration order.
+    /// The other routers sharing the VIP, by address.
+    pub peers: Vec<PeerStatus>,
+    /// Whether heartbeats are authenticated (`--heartbeat-key-file`).
+    pub heartbeat_authenticated: bool,
+    /// Where the gateways come from: `static` (`--gateway`) or
+    /// `kubernetes` (`--discover`) or `channel` (embedded in the lab or tests).
+    pub gateway_source: &'static str,
+    /// Why the gateway source last failed (e.g. no permission to watch
+    /// Pods), until it delivers a set again.
+    pub gateway_source_error: Option<String>,
+    /// Gateways, by name.
     pub gateways: Vec<GatewayStatus>,
     /// The kernel's group, as observed after the last reconcile.
     pub nexthop_group: Option<GroupStatus>,
@@ -102,6 +110,13 @@ pub struct RouterStatus {
 pub struct ResultLabel {
     /// `ok` or `error`.
     pub result: &'static str,
+}
+
+/// Why a heartbeat was rejected (low-cardinality).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// `unauthenticated`, `replayed` or `malformed`.
+    pub reason: &'static str,
 }
 
 /// The router's Prometheus metrics.
@@ -123,6 +138,10 @@ pub struct RouterMetrics {
     pub role_changes: Counter,
     /// Gateway health transitions.
     pub health_changes: Counter,
+    /// Heartbeats ignored, by reason.
+    pub heartbeats_rejected: Family<ReasonLabel, Counter>,
+    /// Changes of the gateway set (added or removed gateways).
+    pub gateway_set_changes: Counter,
 }
 
 impl RouterMetrics {
@@ -168,6 +187,16 @@ impl RouterMetrics {
             "health_changes",
             "Gateway health state transitions",
             self.health_changes.clone(),
+        );
+        r.register(
+            "heartbeats_rejected",
+            "Heartbeats ignored (unauthenticated, replayed, malformed)",
+            self.heartbeats_rejected.clone(),
+        );
+        r.register(
+            "gateway_set_changes",
+            "Changes of the gateway set (gateways added or removed)",
+            self.gateway_set_changes.clone(),
         );
     }
 }

@@ -119,6 +119,33 @@ impl NetlinkDataplane {
         }
     }
 
+    /// Sets an interface's MAC address; returns the one it had when that
+    /// differed (`None`: it already had `mac`, nothing changed).
+    pub async fn set_link_mac(
+        &self,
+        index: u32,
+        mac: [u8; 6],
+    ) -> Result<Option<[u8; 6]>, KernelError> {
+        let links = self.link_names().await?;
+        let old: Option<[u8; 6]> = links
+            .get(&index)
+            .and_then(|l| <[u8; 6]>::try_from(l.2.as_slice()).ok());
+        if old == Some(mac) {
+            return Ok(None);
+        }
+        self.handle
+            .link()
+            .set(
+                rtnetlink::LinkUnspec::new_with_index(index)
+                    .address(mac.to_vec())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl(format!("setting the MAC address of interface {index}")))?;
+        Ok(old)
+    }
+
     async fn require_index(&self, name: &str) -> Result<u32, KernelError> {
         self.link_index(name)
             .await?

@@ -18,36 +18,48 @@
 //!   TCP changes on retransmission) with a fixed
 //!   seed (`fib_multipath_hash_seed`, kernel ≥ 6.11; skipped with a warning
 //!   where the kernel lacks it).
+//! - Gateways come from a [`gateways::GatewaySource`]: the static
+//!   `--gateway` list or the gateway Pods of a MaskGateway (`--discover`,
+//!   list+watch). The set may change at any time; a gateway's nexthop id
+//!   depends on its address only, so adding or removing one changes the
+//!   group's membership and nothing else, and the resilient group moves only
+//!   the flows that must move.
 //! - VIP: a macvlan on the gateway-network interface with a fixed virtual MAC
 //!   and `arp_notify=1`, created while active (bringing it up sends a
-//!   gratuitous ARP). Active/standby by the heartbeat protocol described in
-//!   [`vpno_net::election`].
+//!   gratuitous ARP). Active/standby among any number of routers by the
+//!   heartbeat protocol described in [`vpno_net::election`]; heartbeats
+//!   optionally authenticated ([`heartbeat`]).
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod args;
+pub mod gateways;
+pub mod heartbeat;
 pub mod http;
 pub mod kernel;
 pub mod nexthop;
 pub mod probe;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, error, info, warn};
 use vpno_net::egress::{self, DefaultRoute, EgressConfig, EgressState, Gateway, Role};
-use vpno_net::election::{HEARTBEAT_LEN, Heartbeat, VipElection};
+use vpno_net::election::{Heartbeat, VipElection};
 use vpno_net::health::GatewayHealth;
 
 pub use args::RouterArgs;
+use gateways::{GatewaySource, KubernetesGateways, StaticGateways};
+use heartbeat::{HeartbeatKey, Opener, Sealer};
 use http::{
-    GatewayStatus, GroupStatus, LastProbe, PeerStatus, ResultLabel, RouterMetrics, RouterStatus,
-    Shared,
+    GatewayStatus, GroupStatus, LastProbe, PeerStatus, ReasonLabel, ResultLabel, RouterMetrics,
+    RouterStatus, Shared,
 };
 use kernel::{Dataplane, KernelError, NetlinkDataplane};
 use probe::{HealthProber, ProbeResult};
@@ -65,6 +77,12 @@ pub enum RouterError {
     /// A sysctl could not be set.
     #[error(transparent)]
     Sysctl(#[from] sysctl::SysctlError),
+    /// The heartbeat key cannot be used.
+    #[error(transparent)]
+    Key(#[from] heartbeat::KeyError),
+    /// No Kubernetes client for `--discover`.
+    #[error("Kubernetes client for --discover: {0}")]
+    Kube(String),
     /// A socket could not be bound.
     #[error("binding {what} on {addr}: {source}")]
     Bind {
@@ -86,27 +104,12 @@ pub async fn run(args: RouterArgs) -> Result<(), RouterError> {
     run_until(args, vpno_sys::shutdown_signal()).await
 }
 
-/// Builds the planner's configuration from the arguments.
+/// Builds the planner's configuration from the arguments; its gateways are
+/// the static `--gateway` list (empty with `--discover`).
 pub fn egress_config(args: &RouterArgs) -> Result<EgressConfig, RouterError> {
-    let mut names = std::collections::BTreeSet::new();
-    let mut addresses = std::collections::BTreeSet::new();
-    for g in &args.gateways {
-        if !names.insert(&g.name) {
-            return Err(RouterError::Config(format!(
-                "gateway name {:?} given twice",
-                g.name
-            )));
-        }
-        if !addresses.insert(g.address) {
-            return Err(RouterError::Config(format!(
-                "gateway address {} given twice",
-                g.address
-            )));
-        }
-    }
-    if args.gateways.is_empty() {
+    if args.kubeconfig.is_some() && args.discover.is_none() {
         return Err(RouterError::Config(
-            "at least one --gateway NAME=IP is required".into(),
+            "--kubeconfig is only used with --discover".into(),
         ));
     }
     if args.buckets == 0 {
@@ -122,25 +125,14 @@ pub fn egress_config(args: &RouterArgs) -> Result<EgressConfig, RouterError> {
             "interface names are at most 15 bytes".into(),
         ));
     }
-    if args.nexthop_id == 0
-        || args
-            .nexthop_id
-            .checked_add(1 + args.gateways.len() as u32)
-            .is_none()
-    {
-        return Err(RouterError::Config(
-            "--nexthop-id must be >= 1 and leave room for one id per gateway".into(),
-        ));
+    if args.nexthop_id == 0 || args.nexthop_id > EgressConfig::MAX_NEXTHOP_ID_BASE {
+        return Err(RouterError::Config(format!(
+            "--nexthop-id must be between 1 and {} (room for one id per gateway address)",
+            EgressConfig::MAX_NEXTHOP_ID_BASE
+        )));
     }
-    Ok(EgressConfig {
-        gateways: args
-            .gateways
-            .iter()
-            .map(|g| Gateway {
-                name: g.name.clone(),
-                address: g.address,
-            })
-            .collect(),
+    let mut config = EgressConfig {
+        gateways: Vec::new(),
         interface: args.interface.clone(),
         client_subnet: args.client_subnet.trunc(),
         vip: args.vip,
@@ -151,7 +143,21 @@ pub fn egress_config(args: &RouterArgs) -> Result<EgressConfig, RouterError> {
         nexthop_id_base: args.nexthop_id,
         buckets: args.buckets,
         idle_timer_secs: args.idle_timer.as_secs().min(u64::from(u32::MAX / 100)) as u32,
-    })
+    };
+    let given: Vec<Gateway> = args
+        .gateways
+        .iter()
+        .map(|g| Gateway {
+            name: g.name.clone(),
+            address: g.address,
+        })
+        .collect();
+    let (gateways, problems) = gateways::normalize(&config, given);
+    if let Some(first) = problems.first() {
+        return Err(RouterError::Config(format!("--gateway: {first}")));
+    }
+    config.gateways = gateways;
+    Ok(config)
 }
 
 /// Sets the namespace-wide sysctls the router relies on.
@@ -190,9 +196,13 @@ fn set_sysctls(guard: &mut SysctlGuard, args: &RouterArgs) -> Result<(), RouterE
 }
 
 fn unix_ms() -> u64 {
+    unix_us() / 1000
+}
+
+fn unix_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
+        .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
 }
 
@@ -202,13 +212,60 @@ struct GatewayRuntime {
     last: Option<(ProbeResult, Instant, u64)>,
 }
 
-/// Runs the router until `shutdown` completes, then tears down. The lab and
-/// tests use this directly (in a thread that entered the router's netns).
+/// A Kubernetes client from `--kubeconfig`, else the in-cluster service account.
+async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, RouterError> {
+    let kube_err = |e: &dyn std::fmt::Display| RouterError::Kube(e.to_string());
+    let config = match kubeconfig {
+        Some(path) => {
+            let raw = kube::config::Kubeconfig::read_from(path).map_err(|e| kube_err(&e))?;
+            kube::Config::from_custom_kubeconfig(raw, &Default::default())
+                .await
+                .map_err(|e| kube_err(&e))?
+        }
+        None => kube::Config::incluster().map_err(|e| kube_err(&e))?,
+    };
+    kube::Client::try_from(config).map_err(|e| kube_err(&e))
+}
+
+/// Runs the router until `shutdown` completes, then tears down, with the
+/// gateway source the arguments name (`--gateway` or `--discover`).
 pub async fn run_until(
     args: RouterArgs,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RouterError> {
     let config = egress_config(&args)?;
+    match &args.discover {
+        None if config.gateways.is_empty() => Err(RouterError::Config(
+            "at least one --gateway NAME=IP (or --discover NAMESPACE/NAME) is required".into(),
+        )),
+        None => {
+            let source = StaticGateways::new(config.gateways.clone());
+            run_with_source(args, source, "static", shutdown).await
+        }
+        Some(d) => {
+            let client = kube_client(args.kubeconfig.as_deref()).await?;
+            let source = KubernetesGateways::new(client, &d.namespace, &d.name);
+            run_with_source(args, source, "kubernetes", shutdown).await
+        }
+    }
+}
+
+/// Runs the router with gateways from `source` (named `source_name` in
+/// `/status`) until `shutdown` completes, then tears down. The lab and tests
+/// use this directly (in a thread that entered the router's netns).
+pub async fn run_with_source(
+    args: RouterArgs,
+    source: impl GatewaySource,
+    source_name: &'static str,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RouterError> {
+    let mut config = egress_config(&args)?;
+    config.gateways.clear(); // the source says which gateways there are
+    let key = args
+        .heartbeat_key_file
+        .as_deref()
+        .map(HeartbeatKey::from_file)
+        .transpose()?;
     let dataplane = NetlinkDataplane::connect()?;
     let if_index = dataplane
         .link_index(&args.interface)
@@ -219,25 +276,29 @@ pub async fn run_until(
                 args.interface
             ))
         })?;
+    // The MAC the interface had before --interface-mac, restored on shutdown.
+    let original_mac = match args.interface_mac {
+        Some(mac) => dataplane.set_link_mac(if_index, mac).await?,
+        None => None,
+    };
     let own_address = dataplane
         .ipv4_addresses(if_index)
         .await?
         .first()
         .map(|n| n.addr());
-    let own_address = match (own_address, args.peer) {
+    let own_address = match (own_address, args.peers.is_empty()) {
         (Some(a), _) => a,
-        (None, None) => Ipv4Addr::UNSPECIFIED,
-        (None, Some(_)) => {
+        (None, true) => Ipv4Addr::UNSPECIFIED,
+        (None, false) => {
             return Err(RouterError::Config(format!(
                 "interface {} has no IPv4 address to send heartbeats from",
                 args.interface
             )));
         }
     };
-
-    if args.peer == Some(own_address) {
+    if args.peers.contains(&own_address) {
         return Err(RouterError::Config(format!(
-            "--peer {own_address} is this router's own address on {}; give the other router's address",
+            "--peer {own_address} is this router's own address on {}; give the other routers' addresses",
             args.interface
         )));
     }
@@ -248,7 +309,16 @@ pub async fn run_until(
         return Err(e);
     }
 
-    let result = serve(&args, &config, &dataplane, own_address, shutdown).await;
+    let result = serve(
+        &args,
+        &mut config,
+        &dataplane,
+        own_address,
+        key,
+        (source, source_name),
+        shutdown,
+    )
+    .await;
 
     // Clean shutdown: remove everything we own, keep going on errors.
     let mut failures = Vec::new();
@@ -263,6 +333,14 @@ pub async fn run_until(
         Err(e) => failures.push(format!("observing state for teardown: {e}")),
     }
     failures.extend(sysctls.restore().into_iter().map(|e| e.to_string()));
+    if let Some(mac) = original_mac
+        && let Err(e) = dataplane.set_link_mac(if_index, mac).await
+    {
+        failures.push(format!(
+            "restoring the MAC address of {}: {e}",
+            args.interface
+        ));
+    }
     info!(failures = failures.len(), "router state removed");
     result?;
     if failures.is_empty() {
@@ -272,26 +350,143 @@ pub async fn run_until(
     }
 }
 
-/// The running part: HTTP server, heartbeats, probe/reconcile loop.
-async fn serve(
+/// Sends `hb` to every peer.
+async fn send_heartbeats(sock: &UdpSocket, sealer: &mut Sealer, hb: &Heartbeat, args: &RouterArgs) {
+    let datagram = sealer.seal(hb, unix_us());
+    for peer in &args.peers {
+        if let Err(e) = sock.send_to(&datagram, (*peer, args.heartbeat_port)).await {
+            warn!(peer = %peer, error = %e, "sending heartbeat failed");
+        }
+    }
+}
+
+/// Receives heartbeats, drops what the opener rejects (counted), forwards the rest.
+fn spawn_heartbeat_receiver(
+    sock: Arc<UdpSocket>,
+    mut opener: Opener,
+    vip: Ipv4Addr,
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<(Ipv4Addr, Heartbeat, Instant)>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buf = [0u8; 128];
+        loop {
+            let (n, from) = match sock.recv_from(&mut buf).await {
+                Ok((n, SocketAddr::V4(from))) => (n, *from.ip()),
+                Ok(_) => continue,
+                Err(e) => {
+                    warn!(error = %e, "heartbeat receive failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            match opener.open(&buf[..n], from, unix_us()) {
+                Ok(hb) if hb.vip == vip => {
+                    if tx.send((from, hb, Instant::now())).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(hb) => warn!(from = %from, vip = %hb.vip, "heartbeat for another VIP ignored"),
+                Err(e) => {
+                    let label = ReasonLabel { reason: e.reason() };
+                    shared
+                        .metrics
+                        .heartbeats_rejected
+                        .get_or_create(&label)
+                        .inc();
+                    debug!(from = %from, error = %e, "heartbeat ignored");
+                }
+            }
+        }
+    })
+}
+
+/// Probes the current gateways every interval in a task of its own, so a
+/// slow round never delays heartbeats or a takeover; each round's results
+/// arrive together, by address.
+fn spawn_prober(
+    prober: HealthProber,
+    interval: std::time::Duration,
+    mut addresses: watch::Receiver<Vec<Ipv4Addr>>,
+    tx: mpsc::Sender<Vec<(Ipv4Addr, ProbeResult, Instant, u64)>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                // A new gateway is probed at once, not an interval later.
+                changed = addresses.changed() => if changed.is_err() { return },
+            }
+            let current = addresses.borrow_and_update().clone();
+            let round = futures::future::join_all(current.iter().map(|a| async {
+                let r = prober.probe(*a).await;
+                (*a, r, Instant::now(), unix_ms())
+            }))
+            .await;
+            if tx.send(round).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// Takes a new gateway set from the source: keeps the health of gateways
+/// that stay, starts new ones unknown, forgets removed ones. Returns whether
+/// anything changed.
+fn apply_gateway_set(
+    config: &mut EgressConfig,
+    runtimes: &mut BTreeMap<Ipv4Addr, GatewayRuntime>,
+    set: Vec<Gateway>,
     args: &RouterArgs,
-    config: &EgressConfig,
+) -> bool {
+    let (set, warnings) = gateways::normalize(config, set);
+    for w in warnings {
+        warn!("{w}");
+    }
+    if set == config.gateways {
+        return false;
+    }
+    for gone in config.gateways.iter().filter(|g| !set.contains(g)) {
+        info!(gateway = %gone.name, address = %gone.address, "gateway removed");
+    }
+    for new in set.iter().filter(|g| !config.gateways.contains(g)) {
+        info!(gateway = %new.name, address = %new.address, "gateway added");
+    }
+    runtimes.retain(|a, _| set.iter().any(|g| g.address == *a));
+    for g in &set {
+        runtimes.entry(g.address).or_insert_with(|| GatewayRuntime {
+            health: GatewayHealth::new(args.fall, args.rise),
+            last: None,
+        });
+    }
+    config.gateways = set;
+    true
+}
+
+/// The running part: HTTP server, heartbeats, gateway source, probe/reconcile loop.
+async fn serve<S: GatewaySource>(
+    args: &RouterArgs,
+    config: &mut EgressConfig,
     dataplane: &NetlinkDataplane,
     own_address: Ipv4Addr,
+    key: Option<HeartbeatKey>,
+    (mut source, source_name): (S, &'static str),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RouterError> {
     let metrics = RouterMetrics::default();
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
-    metrics
-        .gateways_configured
-        .set(config.gateways.len() as i64);
     let shared = Arc::new(Shared {
         status: Mutex::new(RouterStatus {
             role: Role::Standby,
             priority: args.priority,
             vip: args.vip.to_string(),
-            peer: None,
+            peers: Vec::new(),
+            heartbeat_authenticated: key.is_some(),
+            gateway_source: source_name,
+            gateway_source_error: None,
             gateways: Vec::new(),
             nexthop_group: None,
             default_route: "absent",
@@ -318,106 +513,87 @@ async fn serve(
     );
 
     // Heartbeats.
-    let heartbeat_socket = match args.peer {
-        Some(_) => {
-            let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, args.heartbeat_port));
-            let sock = UdpSocket::bind(addr)
-                .await
-                .map_err(|source| RouterError::Bind {
-                    what: "heartbeat socket",
-                    addr,
-                    source,
-                })?;
-            Some(Arc::new(sock))
-        }
-        None => None,
+    let heartbeat_socket = if args.peers.is_empty() {
+        None
+    } else {
+        let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, args.heartbeat_port));
+        let sock = UdpSocket::bind(addr)
+            .await
+            .map_err(|source| RouterError::Bind {
+                what: "heartbeat socket",
+                addr,
+                source,
+            })?;
+        Some(Arc::new(sock))
     };
+    let mut sealer = Sealer::new(key.clone(), own_address);
     let (hb_tx, mut hb_rx) = mpsc::channel::<(Ipv4Addr, Heartbeat, Instant)>(64);
     let receiver = heartbeat_socket.clone().map(|sock| {
-        let vip = args.vip.addr();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 64];
-            loop {
-                match sock.recv_from(&mut buf).await {
-                    Ok((n, SocketAddr::V4(from))) => match Heartbeat::decode(&buf[..n.min(HEARTBEAT_LEN + 1)]) {
-                        Ok(hb) if hb.vip == vip => {
-                            if hb_tx.send((*from.ip(), hb, Instant::now())).await.is_err() {
-                                return;
-                            }
-                        }
-                        Ok(hb) => warn!(from = %from, vip = %hb.vip, "heartbeat for another VIP ignored"),
-                        Err(e) => warn!(from = %from, error = %e, "malformed heartbeat ignored"),
-                    },
-                    Ok(_) => {}
-                    Err(e) => {
-                        warn!(error = %e, "heartbeat receive failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    }
-                }
-            }
-        })
+        let opener = Opener::new(key, args.heartbeat_max_skew);
+        spawn_heartbeat_receiver(sock, opener, args.vip.addr(), shared.clone(), hb_tx)
     });
 
     let dead_interval = args.interval * 3;
     let mut election = VipElection::new(
         args.priority,
         own_address,
-        args.peer,
+        args.peers.iter().copied(),
         dead_interval,
         Instant::now(),
     );
     if let Some(role) = election.tick(Instant::now()) {
         role_changed(role, &shared);
     }
-    let prober = HealthProber::new(args.health_port, &args.health_path, args.timeout);
-    let mut gateways: Vec<GatewayRuntime> = config
-        .gateways
-        .iter()
-        .map(|_| GatewayRuntime {
-            health: GatewayHealth::new(args.fall, args.rise),
-            last: None,
-        })
-        .collect();
-    info!(
-        gateways = config.gateways.len(),
-        interface = %config.interface,
-        vip = %config.vip,
-        peer = ?args.peer,
-        priority = args.priority,
-        "router starting"
-    );
 
-    // Probes run in their own task so a slow round never delays heartbeats or
-    // a takeover; each round's results arrive together.
-    let (probe_tx, mut probe_rx) = mpsc::channel::<Vec<(ProbeResult, Instant, u64)>>(4);
-    let probe_task = {
-        let addresses: Vec<Ipv4Addr> = config.gateways.iter().map(|g| g.address).collect();
-        let interval = args.interval;
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                let round = futures::future::join_all(addresses.iter().map(|a| async {
-                    let r = prober.probe(*a).await;
-                    (r, Instant::now(), unix_ms())
-                }))
-                .await;
-                if probe_tx.send(round).await.is_err() {
+    // The gateway source runs in a task of its own; each message is a whole
+    // set, or why the source could not tell (kept in /status until the next set).
+    let (set_tx, mut set_rx) = mpsc::channel::<Result<Vec<Gateway>, String>>(8);
+    let source_task = tokio::spawn(async move {
+        loop {
+            let update = match source.next().await {
+                Ok(set) => Ok(set),
+                Err(gateways::GatewaySourceError::Watch(e)) => {
+                    warn!(error = %e, "gateway source failed (retrying); keeping the last gateway set");
+                    Err(e)
+                }
+                Err(e) => {
+                    warn!(error = %e, "gateway source stopped; keeping the last gateway set");
                     return;
                 }
+            };
+            if set_tx.send(update).await.is_err() {
+                return;
             }
-        })
-    };
+        }
+    });
+
+    let mut runtimes: BTreeMap<Ipv4Addr, GatewayRuntime> = BTreeMap::new();
+    let (addresses_tx, addresses_rx) = watch::channel(Vec::<Ipv4Addr>::new());
+    let (probe_tx, mut probe_rx) = mpsc::channel(4);
+    let probe_task = spawn_prober(
+        HealthProber::new(args.health_port, &args.health_path, args.timeout),
+        args.interval,
+        addresses_rx,
+        probe_tx,
+    );
+    info!(
+        source = source_name,
+        interface = %config.interface,
+        vip = %config.vip,
+        peers = ?args.peers,
+        priority = args.priority,
+        authenticated = heartbeat_socket.is_some() && args.heartbeat_key_file.is_some(),
+        "router starting"
+    );
 
     let mut ticker = tokio::time::interval(args.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     // Reconcile once before the first probe: rules in place, table unreachable.
     let mut observed_after =
-        reconcile(config, dataplane, &gateways, election.role(), &shared).await;
+        reconcile(config, dataplane, &runtimes, election.role(), &shared).await;
     loop {
-        let deadline = election.next_deadline();
+        let deadline = election.next_deadline(Instant::now());
         let mut dirty = false;
         tokio::select! {
             biased;
@@ -426,24 +602,30 @@ async fn serve(
                 election.on_heartbeat(from, hb, at);
             }
             _ = sleep_until_opt(deadline) => {}
-            Some(round) = probe_rx.recv() => {
-                for ((gw, rt), (result, at, unix)) in config.gateways.iter().zip(gateways.iter_mut()).zip(round) {
-                    let label = ResultLabel { result: if result.ok { "ok" } else { "error" } };
-                    shared.metrics.probes.get_or_create(&label).inc();
-                    if let Some(state) = rt.health.record(result.ok) {
-                        shared.metrics.health_changes.inc();
-                        info!(gateway = %gw.name, address = %gw.address, ?state, error = ?result.error, "gateway health changed");
-                        dirty = true;
+            Some(update) = set_rx.recv() => {
+                let set = match update {
+                    Ok(set) => {
+                        shared.status.lock().expect("status lock").gateway_source_error = None;
+                        set
                     }
-                    rt.last = Some((result, at, unix));
+                    Err(e) => {
+                        shared.status.lock().expect("status lock").gateway_source_error = Some(e);
+                        continue;
+                    }
+                };
+                if apply_gateway_set(config, &mut runtimes, set, args) {
+                    shared.metrics.gateway_set_changes.inc();
+                    shared.metrics.gateways_configured.set(config.gateways.len() as i64);
+                    addresses_tx.send_replace(config.gateways.iter().map(|g| g.address).collect());
+                    dirty = true;
                 }
             }
+            Some(round) = probe_rx.recv() => {
+                dirty |= record_probes(config, &mut runtimes, round, &shared);
+            }
             _ = ticker.tick() => {
-                if let (Some(sock), Some(peer)) = (&heartbeat_socket, args.peer) {
-                    let hb = election.heartbeat(args.vip.addr());
-                    if let Err(e) = sock.send_to(&hb.encode(), (peer, args.heartbeat_port)).await {
-                        warn!(peer = %peer, error = %e, "sending heartbeat failed");
-                    }
+                if let Some(sock) = &heartbeat_socket {
+                    send_heartbeats(sock, &mut sealer, &election.heartbeat(args.vip.addr()), args).await;
                 }
                 // Periodic reconcile also repairs state changed behind our back.
                 dirty = true;
@@ -452,33 +634,28 @@ async fn serve(
         if let Some(role) = election.tick(Instant::now()) {
             role_changed(role, &shared);
             dirty = true;
-            // Tell the peer at once (resolves a double-active quickly).
-            if let (Some(sock), Some(peer)) = (&heartbeat_socket, args.peer) {
-                let _ = sock
-                    .send_to(
-                        &election.heartbeat(args.vip.addr()).encode(),
-                        (peer, args.heartbeat_port),
-                    )
-                    .await;
+            // Tell the peers at once (resolves a double-active quickly).
+            if let Some(sock) = &heartbeat_socket {
+                send_heartbeats(
+                    sock,
+                    &mut sealer,
+                    &election.heartbeat(args.vip.addr()),
+                    args,
+                )
+                .await;
             }
         }
         if dirty {
             observed_after =
-                reconcile(config, dataplane, &gateways, election.role(), &shared).await;
+                reconcile(config, dataplane, &runtimes, election.role(), &shared).await;
         }
-        update_status(
-            config,
-            &gateways,
-            &election,
-            &observed_after,
-            &shared,
-            args.peer,
-        );
+        update_status(config, &runtimes, &election, &observed_after, &shared);
     }
     probe_task.abort();
+    source_task.abort();
 
     info!("router stopping");
-    // Give up the VIP before telling the peer to take it, so the two never hold it together.
+    // Give up the VIP before telling the peers to take it, so two never hold it together.
     if let Err(e) = dataplane
         .apply(&egress::Change::DeleteVip {
             interface: config.vip_interface.clone(),
@@ -487,11 +664,9 @@ async fn serve(
     {
         warn!(error = %e, "removing the VIP interface failed");
     }
-    if let (Some(sock), Some(peer)) = (&heartbeat_socket, args.peer) {
+    if let Some(sock) = &heartbeat_socket {
         let hb = VipElection::resign_heartbeat(args.vip.addr());
-        let _ = sock
-            .send_to(&hb.encode(), (peer, args.heartbeat_port))
-            .await;
+        send_heartbeats(sock, &mut sealer, &hb, args).await;
     }
     if let Some(r) = receiver {
         r.abort();
@@ -499,6 +674,36 @@ async fn serve(
     let _ = http_stop_tx.send(());
     let _ = http.await;
     Ok(())
+}
+
+/// Records one probe round; returns whether a gateway's health changed.
+fn record_probes(
+    config: &EgressConfig,
+    runtimes: &mut BTreeMap<Ipv4Addr, GatewayRuntime>,
+    round: Vec<(Ipv4Addr, ProbeResult, Instant, u64)>,
+    shared: &Shared,
+) -> bool {
+    let mut changed = false;
+    for (address, result, at, unix) in round {
+        // Results for a gateway removed meanwhile are dropped.
+        let (Some(rt), Some(gw)) = (
+            runtimes.get_mut(&address),
+            config.gateways.iter().find(|g| g.address == address),
+        ) else {
+            continue;
+        };
+        let label = ResultLabel {
+            result: if result.ok { "ok" } else { "error" },
+        };
+        shared.metrics.probes.get_or_create(&label).inc();
+        if let Some(state) = rt.health.record(result.ok) {
+            shared.metrics.health_changes.inc();
+            info!(gateway = %gw.name, address = %gw.address, ?state, error = ?result.error, "gateway health changed");
+            changed = true;
+        }
+        rt.last = Some((result, at, unix));
+    }
+    changed
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
@@ -522,11 +727,16 @@ fn role_changed(role: Role, shared: &Shared) {
 async fn reconcile(
     config: &EgressConfig,
     dataplane: &impl Dataplane,
-    gateways: &[GatewayRuntime],
+    runtimes: &BTreeMap<Ipv4Addr, GatewayRuntime>,
     role: Role,
     shared: &Shared,
 ) -> Option<EgressState> {
-    let desired = egress::plan(config, |i| gateways[i].health.is_healthy(), role);
+    let healthy = |i: usize| {
+        runtimes
+            .get(&config.gateways[i].address)
+            .is_some_and(|r| r.health.is_healthy())
+    };
+    let desired = egress::plan(config, healthy, role);
     // Every change is attempted even after one fails (each is idempotent and
     // the next interval starts again from a fresh observation), so e.g. giving
     // up the VIP never waits on a nexthop the kernel refuses.
@@ -567,18 +777,17 @@ async fn reconcile(
 
 fn update_status(
     config: &EgressConfig,
-    gateways: &[GatewayRuntime],
+    runtimes: &BTreeMap<Ipv4Addr, GatewayRuntime>,
     election: &VipElection,
     state: &Option<EgressState>,
     shared: &Shared,
-    peer: Option<Ipv4Addr>,
 ) {
     let now = Instant::now();
     let members = state
         .as_ref()
         .map(kernel::group_members)
         .unwrap_or_default();
-    let healthy = gateways.iter().filter(|g| g.health.is_healthy()).count();
+    let healthy = runtimes.values().filter(|g| g.health.is_healthy()).count();
     shared.metrics.gateways_healthy.set(healthy as i64);
     shared.metrics.group_members.set(members.len() as i64);
     shared
@@ -587,22 +796,22 @@ fn update_status(
         .set(i64::from(election.role() == Role::Active));
     let mut status = shared.status.lock().expect("status lock");
     status.role = election.role();
-    status.peer = peer.map(|address| {
-        let view = election.peer();
-        PeerStatus {
+    status.peers = election
+        .peers()
+        .map(|(address, view)| PeerStatus {
             address: address.to_string(),
             role: view.map(|v| v.heartbeat.role),
             priority: view.map(|v| v.heartbeat.priority),
             last_heard_ms_ago: view
                 .map(|v| now.saturating_duration_since(v.heard_at).as_millis() as u64),
-        }
-    });
+        })
+        .collect();
     status.gateways = config
         .gateways
         .iter()
         .enumerate()
-        .zip(gateways)
-        .map(|((i, gw), rt)| GatewayStatus {
+        .filter_map(|(i, gw)| runtimes.get(&gw.address).map(|rt| (i, gw, rt)))
+        .map(|(i, gw, rt)| GatewayStatus {
             name: gw.name.clone(),
             address: gw.address.to_string(),
             state: rt.health.state(),
@@ -669,7 +878,7 @@ mod tests {
         }
     }
 
-    fn setup() -> (EgressConfig, Vec<GatewayRuntime>, Shared) {
+    fn setup() -> (EgressConfig, BTreeMap<Ipv4Addr, GatewayRuntime>, Shared) {
         let args = {
             use clap::Parser;
             #[derive(Parser)]
@@ -688,10 +897,17 @@ mod tests {
             .args
         };
         let config = egress_config(&args).unwrap();
-        let gateways = (0..2)
-            .map(|_| GatewayRuntime {
-                health: GatewayHealth::new(1, 1),
-                last: None,
+        let gateways = config
+            .gateways
+            .iter()
+            .map(|g| {
+                (
+                    g.address,
+                    GatewayRuntime {
+                        health: GatewayHealth::new(1, 1),
+                        last: None,
+                    },
+                )
             })
             .collect();
         let shared = Shared {
@@ -699,7 +915,10 @@ mod tests {
                 role: Role::Standby,
                 priority: 1,
                 vip: String::new(),
-                peer: None,
+                peers: vec![],
+                heartbeat_authenticated: false,
+                gateway_source: "static",
+                gateway_source_error: None,
                 gateways: vec![],
                 nexthop_group: None,
                 default_route: "absent",
@@ -714,8 +933,16 @@ mod tests {
     #[tokio::test]
     async fn reconcile_converges_and_is_idempotent() {
         let (config, mut gateways, shared) = setup();
-        gateways[0].health.record(true);
-        gateways[1].health.record(false);
+        gateways
+            .get_mut(&config.gateways[0].address)
+            .unwrap()
+            .health
+            .record(true);
+        gateways
+            .get_mut(&config.gateways[1].address)
+            .unwrap()
+            .health
+            .record(false);
         let kernel = FakeKernel {
             state: Mutex::new(EgressState::default()),
             refuse_nexthops: false,
@@ -726,7 +953,7 @@ mod tests {
         assert_eq!(*kernel.state.lock().unwrap(), after);
         assert_eq!(
             after.group.unwrap().members.into_iter().collect::<Vec<_>>(),
-            vec![7701]
+            vec![7700 + 1 + 11]
         );
         assert!(shared.status.lock().unwrap().last_apply_error.is_none());
         let again = kernel.state.lock().unwrap().clone();
@@ -736,7 +963,11 @@ mod tests {
     #[tokio::test]
     async fn standing_down_still_drops_the_vip_when_nexthops_fail() {
         let (config, mut gateways, shared) = setup();
-        gateways[0].health.record(true);
+        gateways
+            .get_mut(&config.gateways[0].address)
+            .unwrap()
+            .health
+            .record(true);
         let mut start = egress::plan(&config, |_| true, Role::Active);
         start.nexthops.clear();
         start.group = None;
@@ -763,5 +994,130 @@ mod tests {
                 .any(|r| r.action == RuleAction::Unreachable)
         );
         assert!(shared.status.lock().unwrap().last_apply_error.is_some());
+    }
+}
+
+#[cfg(test)]
+mod gateway_set {
+    use super::*;
+
+    fn args() -> RouterArgs {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: RouterArgs,
+        }
+        Cli::parse_from([
+            "router",
+            "--interface=eth0",
+            "--discover=ns/egress",
+            "--client-subnet=10.0.0.0/24",
+            "--vip=10.0.0.1/24",
+            "--rise=2",
+        ])
+        .args
+    }
+
+    fn gw(name: &str, last: u8) -> Gateway {
+        Gateway {
+            name: name.into(),
+            address: Ipv4Addr::new(10, 0, 0, last),
+        }
+    }
+
+    #[test]
+    fn a_changing_set_keeps_the_health_of_gateways_that_stay() {
+        let args = args();
+        let mut config = egress_config(&args).unwrap();
+        let mut runtimes = BTreeMap::new();
+        assert!(apply_gateway_set(
+            &mut config,
+            &mut runtimes,
+            vec![gw("b", 12), gw("a", 11)],
+            &args
+        ));
+        assert_eq!(
+            config.gateways,
+            vec![gw("a", 11), gw("b", 12)],
+            "sorted by name"
+        );
+        runtimes
+            .get_mut(&config.gateways[0].address)
+            .unwrap()
+            .health
+            .record(true);
+        assert!(
+            !apply_gateway_set(
+                &mut config,
+                &mut runtimes,
+                vec![gw("a", 11), gw("b", 12)],
+                &args
+            ),
+            "same set: no change"
+        );
+        // b goes, c comes: a keeps its health, c starts unknown.
+        assert!(apply_gateway_set(
+            &mut config,
+            &mut runtimes,
+            vec![gw("c", 13), gw("a", 11)],
+            &args
+        ));
+        assert_eq!(runtimes.len(), 2);
+        assert!(runtimes[&Ipv4Addr::new(10, 0, 0, 11)].health.is_healthy());
+        assert_eq!(
+            runtimes[&Ipv4Addr::new(10, 0, 0, 13)].health.state(),
+            vpno_net::health::HealthState::Unknown
+        );
+        // The plan over the new set keeps a's nexthop id.
+        let plan = egress::plan(&config, |i| i == 0, Role::Active);
+        assert_eq!(
+            plan.group.unwrap().members.into_iter().collect::<Vec<_>>(),
+            vec![7700 + 1 + 11]
+        );
+        assert_eq!(
+            plan.nexthops.keys().copied().collect::<Vec<_>>(),
+            vec![7712, 7714]
+        );
+    }
+
+    #[test]
+    fn probe_results_of_removed_gateways_are_dropped() {
+        let args = args();
+        let mut config = egress_config(&args).unwrap();
+        let mut runtimes = BTreeMap::new();
+        apply_gateway_set(&mut config, &mut runtimes, vec![gw("a", 11)], &args);
+        let shared = Shared {
+            status: Mutex::new(RouterStatus {
+                role: Role::Standby,
+                priority: 1,
+                vip: String::new(),
+                peers: vec![],
+                heartbeat_authenticated: false,
+                gateway_source: "channel",
+                gateway_source_error: None,
+                gateways: vec![],
+                nexthop_group: None,
+                default_route: "absent",
+                last_apply_error: None,
+            }),
+            metrics: RouterMetrics::default(),
+            registry: Default::default(),
+        };
+        let result = |ok| ProbeResult {
+            ok,
+            status: None,
+            error: None,
+            latency_ms: 1.0,
+        };
+        let now = Instant::now();
+        let round = vec![
+            (Ipv4Addr::new(10, 0, 0, 11), result(true), now, 0),
+            // probed just before it was removed
+            (Ipv4Addr::new(10, 0, 0, 12), result(true), now, 0),
+        ];
+        assert!(record_probes(&config, &mut runtimes, round, &shared));
+        assert_eq!(runtimes.len(), 1);
+        assert!(runtimes[&Ipv4Addr::new(10, 0, 0, 11)].health.is_healthy());
     }
 }

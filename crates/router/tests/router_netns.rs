@@ -16,6 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use vpno_net::egress::Gateway;
 use vpno_router::RouterArgs;
 
 const SINK: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
@@ -256,6 +257,23 @@ struct RouterTask {
 
 impl RouterTask {
     fn start(ns: &str, args: RouterArgs) -> Self {
+        Self::start_with(ns, args, None)
+    }
+
+    /// A router whose gateways come from the returned channel (each message is the whole set).
+    fn start_with_channel(
+        ns: &str,
+        args: RouterArgs,
+    ) -> (Self, tokio::sync::mpsc::Sender<Vec<Gateway>>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        (Self::start_with(ns, args, Some(rx)), tx)
+    }
+
+    fn start_with(
+        ns: &str,
+        args: RouterArgs,
+        channel: Option<tokio::sync::mpsc::Receiver<Vec<Gateway>>>,
+    ) -> Self {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (crash_tx, crash_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = spawn_in(ns, move || {
@@ -264,9 +282,18 @@ impl RouterTask {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let run = vpno_router::run_until(args, async {
+                let stop = async {
                     let _ = stop_rx.await;
-                });
+                };
+                let run = async move {
+                    match channel {
+                        Some(rx) => {
+                            let source = vpno_router::gateways::ChannelGateways(rx);
+                            vpno_router::run_with_source(args, source, "channel", stop).await
+                        }
+                        None => vpno_router::run_until(args, stop).await,
+                    }
+                };
                 tokio::select! {
                     r = run => r.map_err(|e| e.to_string()),
                     _ = crash_rx => Ok(()), // dropped mid-flight: no teardown, like SIGKILL
@@ -418,6 +445,16 @@ impl Lab {
     }
 
     fn router_args(&self, router: usize, peer: Option<&str>, priority: u8) -> RouterArgs {
+        self.router_args_with(router, peer.as_slice(), priority, &[])
+    }
+
+    fn router_args_with(
+        &self,
+        router: usize,
+        peers: &[&str],
+        priority: u8,
+        extra: &[String],
+    ) -> RouterArgs {
         let mut argv = vec![
             "router".to_string(),
             "--interface=eth0".into(),
@@ -428,9 +465,10 @@ impl Lab {
         for k in 1..=self.health.len() {
             argv.push(format!("--gateway=gw{k}=10.77.0.{}", 10 + k));
         }
-        if let Some(p) = peer {
+        for p in peers {
             argv.push(format!("--peer={p}"));
         }
+        argv.extend_from_slice(extra);
         let _ = router;
         #[derive(Parser)]
         struct Cli {
@@ -691,10 +729,10 @@ fn spreads_flows_fails_over_goes_unreachable_and_cleans_up() {
     Lab::wait(
         "gateway 3 out of the group",
         Duration::from_secs(10),
-        || !lab.group_members(0).contains(&7703),
+        || !lab.group_members(0).contains(&7714),
     );
     let detection = killed.elapsed();
-    assert_eq!(lab.group_members(0), vec![7701, 7702]);
+    assert_eq!(lab.group_members(0), vec![7712, 7713]);
     eprintln!(
         "FIGURE failover detection (gateway agent hangs -> out of group): {detection:?} (interval 1s + timeout 750ms = 1.75s bound)"
     );
@@ -988,4 +1026,524 @@ fn standby_takes_the_vip_when_the_active_router_dies() {
             r.0
         );
     }
+}
+
+/// GET `path` from a router's HTTP server, inside its namespace; the body.
+fn router_http(ns: &str, path: &'static str) -> String {
+    run_in(ns, move || {
+        let mut s = TcpStream::connect("127.0.0.1:9095").expect("router HTTP");
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default()
+    })
+}
+
+/// The value of a counter line `name` in a Prometheus text exposition (0 when absent).
+fn metric(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Fake gateway `k` of the lab (1-based) as a router sees it.
+fn gw(k: usize) -> Gateway {
+    Gateway {
+        name: format!("gw{k}"),
+        address: Ipv4Addr::new(10, 77, 0, 10 + k as u8),
+    }
+}
+
+/// Its nexthop id: from its address, whatever the order or number of gateways.
+fn nexthop_id(k: usize) -> u32 {
+    7700 + 1 + 10 + k as u32
+}
+
+#[test]
+fn a_changing_gateway_set_keeps_flows_on_surviving_gateways() {
+    if skip_unless_root() {
+        return;
+    }
+    let lab = Lab::new("d", 3, 1);
+    let ns = lab.routers[0].0.clone();
+    let mut args = lab.router_args(0, None, 100);
+    args.gateways.clear(); // the channel says which gateways there are
+    args.interface_mac = Some([0x02, 0x56, 0x50, 0x52, 0x00, 0x07]);
+    let original_mac = lab.routers[0].ip_out("-br link show eth0");
+    assert!(!original_mac.contains("02:56:50:52:00:07"));
+    let (router, set) = RouterTask::start_with_channel(&ns, args);
+    set.blocking_send(vec![gw(1), gw(2)]).unwrap();
+    Lab::wait(
+        "gateways 1 and 2 in the group",
+        Duration::from_secs(10),
+        || lab.group_members(0) == vec![nexthop_id(1), nexthop_id(2)],
+    );
+    let streams = LongLived::open(&lab.client.0, 30);
+    assert!(
+        streams.check().iter().all(|k| *k),
+        "flows work before any change"
+    );
+    let via = streams.via.clone();
+    assert!(
+        via.contains(&1) && via.contains(&2),
+        "flows spread over both gateways: {via:?}"
+    );
+
+    // Gateway 3 joins at run time: no established flow moves.
+    let joined = Instant::now();
+    set.blocking_send(vec![gw(3), gw(1), gw(2)]).unwrap();
+    Lab::wait("gateway 3 in the group", Duration::from_secs(10), || {
+        lab.group_members(0) == vec![nexthop_id(1), nexthop_id(2), nexthop_id(3)]
+    });
+    eprintln!(
+        "FIGURE gateway added -> in the group after {:?} (probe, first result decides)",
+        joined.elapsed()
+    );
+    let kept = streams.check();
+    assert!(
+        kept.iter().all(|k| *k),
+        "a gateway joining broke established flows: {kept:?}"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&router_http(&ns, "/status")).expect("status is JSON");
+    assert_eq!(status["gateway_source"], "channel");
+    assert_eq!(
+        status["nexthop_group"]["members"],
+        serde_json::json!(["gw1", "gw2", "gw3"])
+    );
+    let metrics = router_http(&ns, "/metrics");
+    assert_eq!(
+        metric(&metrics, "vpno_router_gateway_set_changes_total "),
+        2
+    );
+    assert_eq!(metric(&metrics, "vpno_router_gateways_configured "), 3);
+
+    // Gateway 1 leaves: only its flows move; its nexthop object goes.
+    let left = Instant::now();
+    set.blocking_send(vec![gw(2), gw(3)]).unwrap();
+    Lab::wait(
+        "gateway 1 out of the group",
+        Duration::from_secs(10),
+        || lab.group_members(0) == vec![nexthop_id(2), nexthop_id(3)],
+    );
+    eprintln!(
+        "FIGURE gateway removed -> out of the group after {:?}",
+        left.elapsed()
+    );
+    Lab::wait(
+        "gateway 1's nexthop deleted",
+        Duration::from_secs(5),
+        || {
+            !lab.routers[0]
+                .ip_out("nexthop show")
+                .contains("10.77.0.11 ")
+        },
+    );
+    let kept = streams.check();
+    drop(streams);
+    let survivors: Vec<bool> = via
+        .iter()
+        .zip(&kept)
+        .filter(|(g, _)| **g != 1)
+        .map(|(_, k)| *k)
+        .collect();
+    let kept_n = survivors.iter().filter(|k| **k).count();
+    eprintln!(
+        "FIGURE flows on surviving gateways kept across add+remove: {kept_n}/{}; flows that were on the removed gateway: {}",
+        survivors.len(),
+        via.iter().filter(|g| **g == 1).count()
+    );
+    assert_eq!(
+        kept_n,
+        survivors.len(),
+        "a flow on a surviving gateway broke"
+    );
+    for r in fresh_connections(&lab.client.0, 20) {
+        let k = gateway_of_snat(&r.expect("connection after the removal")).unwrap();
+        assert_ne!(k, 1, "a new flow went through the removed gateway");
+    }
+
+    // Every gateway removed: unreachable, not the main table.
+    set.blocking_send(vec![]).unwrap();
+    Lab::wait("unreachable default", Duration::from_secs(10), || {
+        lab.routers[0]
+            .ip_out("route show table 7700")
+            .contains("unreachable default")
+    });
+    assert!(lab.routers[0].ip_out("nexthop show").trim().is_empty());
+    assert!(
+        lab.routers[0]
+            .ip_out("-br link show eth0")
+            .contains("02:56:50:52:00:07"),
+        "--interface-mac pinned"
+    );
+    router.stop().expect("clean shutdown");
+    assert_eq!(
+        lab.routers[0].ip_out("-br link show eth0"),
+        original_mac,
+        "the original MAC restored"
+    );
+}
+
+/// The heartbeat key shared by the routers of a test, removed on drop.
+struct KeyFile(std::path::PathBuf);
+
+impl KeyFile {
+    fn new(tag: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("vpno-router-key-{}-{tag}", std::process::id()));
+        let key: Vec<u8> = (0..32u8)
+            .map(|i| i.wrapping_mul(37).wrapping_add(11))
+            .collect();
+        std::fs::write(&path, key).unwrap();
+        KeyFile(path)
+    }
+    fn arg(&self) -> String {
+        format!("--heartbeat-key-file={}", self.0.display())
+    }
+}
+
+impl Drop for KeyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Sends `datagrams` to the routers' heartbeat port from a spoofed source
+/// address, from the client's namespace (an untrusted neighbour).
+fn spoof(client: &str, from: &'static str, to: &[&'static str], datagrams: Vec<Vec<u8>>) {
+    let to: Vec<&'static str> = to.to_vec();
+    run_in(client, move || {
+        let sock =
+            std::net::UdpSocket::bind((from, 0)).expect("bind a spoofed source (ip_nonlocal_bind)");
+        // Sending from an address the host does not own needs IP_TRANSPARENT.
+        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::IpTransparent, &true)
+            .expect("IP_TRANSPARENT");
+        for d in &datagrams {
+            for t in &to {
+                sock.send_to(d, (*t, 9096))
+                    .expect("sending a spoofed heartbeat");
+            }
+        }
+    });
+}
+
+fn holders(lab: &Lab) -> Vec<usize> {
+    (0..lab.routers.len()).filter(|r| lab.has_vip(*r)).collect()
+}
+
+#[test]
+fn authenticated_routers_elect_one_and_ignore_forged_and_replayed_heartbeats() {
+    if skip_unless_root() {
+        return;
+    }
+    use vpno_net::egress::Role;
+    use vpno_net::election::Heartbeat;
+    use vpno_router::heartbeat::{HeartbeatKey, Sealer};
+    let lab = Lab::new("k", 1, 3);
+    let key = KeyFile::new("k");
+    let vip: Ipv4Addr = VIP.parse().unwrap();
+    let (r1, r2, r3) = ("10.77.0.2", "10.77.0.3", "10.77.0.4");
+    // r1 also sends its heartbeats to the client's address: the attacker
+    // gets genuine datagrams to replay, as an eavesdropper would.
+    let r1_task = RouterTask::start(
+        &lab.routers[0].0,
+        lab.router_args_with(0, &[r2, r3, "10.77.0.100"], 200, &[key.arg()]),
+    );
+    let _r2_task = RouterTask::start(
+        &lab.routers[1].0,
+        lab.router_args_with(1, &[r1, r3], 150, &[key.arg()]),
+    );
+    let _r3_task = RouterTask::start(
+        &lab.routers[2].0,
+        lab.router_args_with(2, &[r1, r2], 100, &[key.arg()]),
+    );
+    let capture = run_in(&lab.client.0, || {
+        let s = std::net::UdpSocket::bind("10.77.0.100:9096").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        s
+    });
+    Lab::wait("one router holds the VIP", Duration::from_secs(15), || {
+        !holders(&lab).is_empty()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        holders(&lab),
+        vec![0],
+        "exactly the highest priority router holds the VIP"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&router_http(&lab.routers[1].0, "/status")).unwrap();
+    assert_eq!(status["role"], "standby");
+    assert_eq!(status["heartbeat_authenticated"], true);
+    assert_eq!(status["peers"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        status["peers"][0]["role"], "active",
+        "r2 hears r1 active: {status}"
+    );
+
+    // 1. Forged heartbeats (no key, or the wrong key) from spoofed router
+    // addresses: "r1 resigns" to the standbys, "r2 is active with priority
+    // 255" to the active. Accepted, either would move the VIP.
+    lab.client.set_sysctl("net/ipv4/ip_nonlocal_bind", "1");
+    let resign = resign_heartbeat(vip);
+    let usurp = Heartbeat {
+        priority: 255,
+        role: Role::Active,
+        vip,
+    };
+    let wrong = HeartbeatKey::new(&[0x55; 32]).unwrap();
+    let now_us = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as u64
+    };
+    let attack = Instant::now();
+    while attack.elapsed() < Duration::from_secs(3) {
+        let forged_resign = vec![
+            resign.encode().to_vec(),
+            Sealer::new(Some(wrong.clone()), r1.parse().unwrap()).seal(&resign, now_us()),
+        ];
+        spoof(&lab.client.0, r1, &[r2, r3], forged_resign);
+        let forged_usurp = vec![
+            usurp.encode().to_vec(),
+            Sealer::new(Some(wrong.clone()), r2.parse().unwrap()).seal(&usurp, now_us()),
+        ];
+        spoof(&lab.client.0, r2, &[r1], forged_usurp);
+        assert_eq!(holders(&lab), vec![0], "a forged heartbeat moved the VIP");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let unauthenticated = |r: usize| {
+        metric(
+            &router_http(&lab.routers[r].0, "/metrics"),
+            "vpno_router_heartbeats_rejected_total{reason=\"unauthenticated\"} ",
+        )
+    };
+    let (u1, u2) = (unauthenticated(0), unauthenticated(1));
+    eprintln!("forged heartbeats rejected: r1 {u1}, r2 {u2}");
+    assert!(u1 > 0 && u2 > 0, "forgeries counted (r1 {u1}, r2 {u2})");
+
+    // 2. Replay: genuine heartbeats of r1 captured, r1 dies, the captures
+    // are re-sent from r1's address to keep it "alive". The standby with the
+    // highest priority must take the VIP anyway.
+    let mut captured = Vec::new();
+    let start = Instant::now();
+    while captured.len() < 3 && start.elapsed() < Duration::from_secs(10) {
+        let mut buf = [0u8; 128];
+        if let Ok((n, _)) = capture.recv_from(&mut buf) {
+            captured.push(buf[..n].to_vec());
+        }
+    }
+    assert_eq!(captured.len(), 3, "captured r1's heartbeats");
+    assert!(
+        captured
+            .iter()
+            .all(|d| d.len() == vpno_router::heartbeat::AUTHENTICATED_LEN)
+    );
+    r1_task.crash();
+    lab.routers[0].ip("link set eth0 down");
+    let killed = Instant::now();
+    let mut took = None;
+    while killed.elapsed() < Duration::from_secs(15) {
+        spoof(&lab.client.0, r1, &[r2, r3], captured.clone());
+        // The dead r1 keeps its stale VIP interface (no teardown): survivors only.
+        let h: Vec<usize> = holders(&lab).into_iter().filter(|r| *r != 0).collect();
+        assert!(h.len() <= 1, "two surviving routers hold the VIP: {h:?}");
+        if h.contains(&1) {
+            took = Some(killed.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took =
+        took.expect("the standby took the VIP despite replayed heartbeats of the dead active");
+    eprintln!(
+        "FIGURE takeover with replayed heartbeats of the dead active: {took:?} (dead interval 3s)"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        holders(&lab)
+            .into_iter()
+            .filter(|r| *r != 0)
+            .collect::<Vec<_>>(),
+        vec![1],
+        "r2 alone holds the VIP among the survivors"
+    );
+    let replayed = metric(
+        &router_http(&lab.routers[1].0, "/metrics"),
+        "vpno_router_heartbeats_rejected_total{reason=\"replayed\"} ",
+    );
+    assert!(replayed > 0, "replays counted");
+}
+
+/// The control for the test above: without a key, the same forgery moves
+/// the VIP — which is what the key is for.
+#[test]
+fn without_a_key_a_forged_resign_moves_the_vip() {
+    if skip_unless_root() {
+        return;
+    }
+    let lab = Lab::new("f", 1, 2);
+    let _r1 = RouterTask::start(
+        &lab.routers[0].0,
+        lab.router_args(0, Some("10.77.0.3"), 200),
+    );
+    let _r2 = RouterTask::start(
+        &lab.routers[1].0,
+        lab.router_args(1, Some("10.77.0.2"), 100),
+    );
+    Lab::wait("one router holds the VIP", Duration::from_secs(15), || {
+        !holders(&lab).is_empty()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(holders(&lab), vec![0]);
+    lab.client.set_sysctl("net/ipv4/ip_nonlocal_bind", "1");
+    let resign = resign_heartbeat(VIP.parse().unwrap()).encode().to_vec();
+    let start = Instant::now();
+    let mut moved = false;
+    while start.elapsed() < Duration::from_secs(5) && !moved {
+        spoof(
+            &lab.client.0,
+            "10.77.0.2",
+            &["10.77.0.3"],
+            vec![resign.clone()],
+        );
+        moved = lab.has_vip(1);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        moved,
+        "an unauthenticated forged resign did not move the VIP"
+    );
+}
+
+fn resign_heartbeat(vip: Ipv4Addr) -> vpno_net::election::Heartbeat {
+    vpno_net::election::VipElection::resign_heartbeat(vip)
+}
+
+/// A gateway Pod of MaskGateway `egress` as the controller would create it.
+fn gateway_pod(name: &str, address: &str) -> k8s_openapi::api::core::v1::Pod {
+    use vpno_api::names::{GATEWAY_LABEL, GATEWAY_ROLE_LABEL, NETWORK_ADDRESS_ANNOTATION};
+    serde_json::from_value(serde_json::json!({
+        "metadata": {
+            "name": name,
+            "labels": {GATEWAY_LABEL: "egress", GATEWAY_ROLE_LABEL: "gateway"},
+            "annotations": {NETWORK_ADDRESS_ANNOTATION: address},
+        },
+        "spec": {"containers": [{"name": "agent", "image": "vpn-operator:test"}]},
+    }))
+    .unwrap()
+}
+
+/// `--discover` end to end but for where the watch runs: gateway Pods
+/// created and deleted in a real API server drive the router's nexthop
+/// group. The router runs in its namespace, which cannot reach the API
+/// server on the host's loopback, so the Kubernetes source runs on the host
+/// and hands its sets over a channel.
+#[test]
+fn gateway_pods_in_the_api_drive_the_routers_group() {
+    if skip_unless_root() {
+        return;
+    }
+    let Some(env) = vpno_testenv::TestEnv::shared() else {
+        return;
+    };
+    use kube::api::{Api, DeleteParams, PostParams};
+    let host = tokio::runtime::Runtime::new().unwrap();
+    let (client, ns) = host.block_on(async {
+        let client = env.client().await;
+        let ns = env.new_namespace("vpno-router-pods").await;
+        (client, ns)
+    });
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns);
+
+    let lab = Lab::new("p", 2, 1);
+    let mut args = lab.router_args(0, None, 100);
+    args.gateways.clear();
+    let (router, set) = RouterTask::start_with_channel(&lab.routers[0].0, args);
+    let source = {
+        let (client, ns) = (client.clone(), ns.clone());
+        host.spawn(async move {
+            use vpno_router::gateways::GatewaySource;
+            let mut source = vpno_router::gateways::KubernetesGateways::new(client, &ns, "egress");
+            loop {
+                match source.next().await {
+                    Ok(gateways) => {
+                        if set.send(gateways).await.is_err() {
+                            return;
+                        }
+                    }
+                    // Transient: the watch retries with backoff.
+                    Err(vpno_router::gateways::GatewaySourceError::Watch(_)) => {}
+                    Err(_) => return,
+                }
+            }
+        })
+    };
+
+    let create = |name: &str, address: &str| {
+        host.block_on(pods.create(&PostParams::default(), &gateway_pod(name, address)))
+            .unwrap();
+    };
+    let created = Instant::now();
+    create("egress-0", "10.77.0.11/24");
+    Lab::wait(
+        "the Pod's gateway in the group",
+        Duration::from_secs(20),
+        || lab.group_members(0) == vec![nexthop_id(1)],
+    );
+    eprintln!(
+        "FIGURE gateway Pod created -> nexthop in the router's group: {:?}",
+        created.elapsed()
+    );
+    create("egress-1", "10.77.0.12/24");
+    Lab::wait(
+        "both Pods' gateways in the group",
+        Duration::from_secs(20),
+        || lab.group_members(0) == vec![nexthop_id(1), nexthop_id(2)],
+    );
+    let streams = LongLived::open(&lab.client.0, 20);
+    let via = streams.via.clone();
+
+    let deleted = Instant::now();
+    host.block_on(pods.delete("egress-0", &DeleteParams::default()))
+        .unwrap();
+    Lab::wait(
+        "the deleted Pod's gateway out of the group",
+        Duration::from_secs(20),
+        || lab.group_members(0) == vec![nexthop_id(2)],
+    );
+    eprintln!(
+        "FIGURE gateway Pod deleted -> out of the router's group: {:?}",
+        deleted.elapsed()
+    );
+    let kept = streams.check();
+    drop(streams);
+    let survivors: Vec<bool> = via
+        .iter()
+        .zip(&kept)
+        .filter(|(g, _)| **g == 2)
+        .map(|(_, k)| *k)
+        .collect();
+    eprintln!(
+        "FIGURE flows on the remaining gateway kept after a Pod deletion: {}/{}",
+        survivors.iter().filter(|k| **k).count(),
+        survivors.len()
+    );
+    assert!(
+        survivors.iter().all(|k| *k),
+        "a flow on the remaining gateway broke"
+    );
+    source.abort();
+    router.stop().expect("clean shutdown");
 }

@@ -3,13 +3,14 @@
 //! sysctl guard that restores what it found, network-namespace entry and
 //! listing, and root checks.
 //!
-//! Without the default `os` feature only [`duration`] (pure) is built;
+//! Without the default `os` feature only [`duration`] and [`mac`] (pure) are built;
 //! `vpno-api`, which does no I/O, uses it that way.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 
 pub mod duration;
+pub mod mac;
 #[cfg(feature = "os")]
 pub mod netns;
 #[cfg(feature = "os")]
@@ -20,6 +21,7 @@ pub mod signal;
 pub mod sysctl;
 
 pub use duration::{parse_duration, positive_duration};
+pub use mac::{format_mac, parse_mac};
 #[cfg(feature = "os")]
 pub use root::{is_root, require, require_root};
 #[cfg(feature = "os")]

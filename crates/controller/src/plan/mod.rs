@@ -1,6 +1,7 @@
 //! Pure decisions of the controllers: no I/O, unit-tested.
 
 pub mod assign;
+pub mod credentials;
 pub mod evict;
 pub mod finalizers;
 pub mod release;

@@ -71,4 +71,12 @@ async fn metrics_health_and_readiness_are_served() {
         !body.contains("name=\""),
         "object names must not be metric labels"
     );
+    // Slot use per provider follows the assignment (the one slot is used).
+    let used = format!("vpno_provider_slots{{provider=\"{ns}/p\",state=\"used\"}} 1");
+    let free = format!("vpno_provider_slots{{provider=\"{ns}/p\",state=\"free\"}} 0");
+    eventually("provider slots", async || {
+        let (_, body) = get("/metrics").await?;
+        (body.contains(&used) && body.contains(&free)).then_some(())
+    })
+    .await;
 }
