@@ -42,7 +42,7 @@ pub const CLIENT_PORTS: &str = "client_ports";
 pub const CLIENT_ADDRS: &str = "client_addrs";
 /// The VIP's MAC (the routers' `--vip-mac` default), as nft writes it.
 pub fn vip_mac() -> String {
-    crate::plan::mac_string(&vpno_net::layout::VIP_MAC)
+    vpno_sys::format_mac(&vpno_net::layout::VIP_MAC)
 }
 /// Comment prefix of the last rule, carrying the ruleset's fingerprint.
 const FINGERPRINT_PREFIX: &str = "vpno-guard client drop ";
@@ -111,7 +111,7 @@ fn rule(expr: Vec<Value>, comment: Option<String>) -> Value {
 /// a gateway network has room for (sorted).
 pub fn allowed_macs() -> Vec<String> {
     let mut macs: Vec<String> = (0..vpno_net::layout::MAX_ROUTERS)
-        .map(|i| crate::plan::mac_string(&vpno_net::layout::router_mac(i)))
+        .map(|i| vpno_sys::format_mac(&vpno_net::layout::router_mac(i)))
         .chain([vip_mac()])
         .collect();
     macs.sort();

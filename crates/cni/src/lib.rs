@@ -238,7 +238,7 @@ async fn attach(
         .netns
         .as_deref()
         .expect("ADD has CNI_NETNS (checked when reading env)");
-    let mac = plan::mac_string(&plan.mac);
+    let mac = vpno_sys::format_mac(&plan.mac);
     let link = plan.host_link.clone();
     let port = match plan.role {
         None => guard::Port::Client {

@@ -60,14 +60,6 @@ fn router_index(network: Ipv4Net, address: Ipv4Addr) -> Option<u32> {
     (0..vpno_net::layout::MAX_ROUTERS).find(|i| layout.router(*i).ok() == Some(address))
 }
 
-/// `aa:bb:cc:dd:ee:ff`.
-pub fn mac_string(mac: &[u8]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 /// 64-bit FNV-1a, written out because std's hashers are not stable across
 /// releases and the name must stay the same for the lifetime of a node.
 fn fnv1a(parts: &[&str]) -> u64 {
@@ -417,7 +409,6 @@ mod tests {
         assert_eq!(a, pod_mac("c1", "vpn0"));
         assert_ne!(a, pod_mac("c2", "vpn0"));
         assert_eq!(a[0], 0x02, "locally administered, unicast");
-        assert_eq!(mac_string(&[2, 0, 0xab, 1, 2, 3]), "02:00:ab:01:02:03");
     }
 
     #[test]
