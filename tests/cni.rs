@@ -80,6 +80,14 @@ impl Node {
     }
 
     fn our_conf(&self, annotation: Option<&str>, prev: Option<&Value>) -> Value {
+        let annotations = annotation
+            .map(|a| json!({"vpn.beebs.dev/gateway": a}))
+            .unwrap_or(json!({}));
+        self.our_conf_with(annotations, prev)
+    }
+
+    /// Our config with these runtime-passed pod annotations.
+    fn our_conf_with(&self, annotations: Value, prev: Option<&Value>) -> Value {
         let mut c = json!({
             "cniVersion": "1.0.0", "name": "podnet", "type": "vpno-cni",
             "gateway": {"namespace": "vpn", "name": "egress"},
@@ -87,8 +95,7 @@ impl Node {
             "excludes": ["10.244.0.0/16", "10.96.0.0/12"],
             "mtu": 1400, "bridge": GW_BRIDGE, "dataDir": self.dir.join("vpno"),
             "capabilities": {"io.kubernetes.cri.pod-annotations": true},
-            "runtimeConfig": {"io.kubernetes.cri.pod-annotations":
-                annotation.map(|a| json!({"vpn.beebs.dev/gateway": a})).unwrap_or(json!({}))},
+            "runtimeConfig": {"io.kubernetes.cri.pod-annotations": annotations},
         });
         if let Some(p) = prev {
             c["prevResult"] = p.clone();
@@ -104,9 +111,23 @@ impl Node {
         }
     }
 
-    /// Starts one plugin process in the node namespace, as a runtime does.
+    /// Starts one plugin process in the node namespace, as a runtime does,
+    /// for a pod in namespace `apps`.
     fn spawn(
         &self,
+        plugin: &str,
+        command: &str,
+        container: &str,
+        netns: &str,
+        conf: &Value,
+    ) -> std::process::Child {
+        self.spawn_in("apps", plugin, command, container, netns, conf)
+    }
+
+    /// [`Node::spawn`] for a pod in namespace `pod_ns`.
+    fn spawn_in(
+        &self,
+        pod_ns: &str,
         plugin: &str,
         command: &str,
         container: &str,
@@ -126,7 +147,7 @@ impl Node {
             )
             .env(
                 "CNI_ARGS",
-                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=apps;K8S_POD_NAME={container}"),
+                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={pod_ns};K8S_POD_NAME={container}"),
             )
             .env("RUST_LOG", "warn")
             .stdin(Stdio::piped())
@@ -875,6 +896,612 @@ async fn annotations_come_from_the_api_server_when_the_runtime_does_not_pass_the
     assert!(
         leases.is_empty(),
         "the failed ADD released its address: {leases:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Primary ADD then ours for a pod in `pod_ns` with these runtime annotations;
+/// returns our plugin's output (success or not) and the primary result.
+fn add_in(
+    node: &Node,
+    pod_ns: &str,
+    container: &str,
+    pod: &NamedNetns,
+    annotations: Value,
+) -> (Output, Value) {
+    let netns = netns_path(pod);
+    let primary = ok_json(node.run("bridge", "ADD", container, &netns, &node.primary_conf()));
+    let conf = node.our_conf_with(annotations, Some(&primary));
+    let out = node
+        .spawn_in(pod_ns, "vpno-cni", "ADD", container, &netns, &conf)
+        .wait_with_output()
+        .unwrap();
+    (out, primary)
+}
+
+fn member(role: &str, gateway: &str, address: &str) -> Value {
+    json!({"vpn.beebs.dev/role": role, "vpn.beebs.dev/mask-gateway": gateway,
+           "vpn.beebs.dev/network-address": address})
+}
+
+fn sysctl(pod: &NamedNetns, key: &str) -> String {
+    let out = pod.exec("sysctl", &["-n", key]).unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn members_get_exactly_their_address_no_routes_and_forwarding() {
+    if !require("members_get_exactly_their_address_no_routes_and_forwarding") {
+        return;
+    }
+    let node = Node::new("memb");
+    let router = node.pod(0);
+    let gateway = node.pod(1);
+    let (out, _) = add_in(
+        &node,
+        "vpn",
+        "r0",
+        &router,
+        member("router", "egress", "192.168.24.3/22"),
+    );
+    let r = ok_json(out);
+    assert_eq!(r["ips"][1]["address"], "192.168.24.3/22");
+    assert!(
+        r["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["gw"] != VIP),
+        "{r}"
+    );
+    assert!(
+        !routes(&router).contains("proto 78"),
+        "no client routes: {}",
+        routes(&router)
+    );
+    assert_eq!(sysctl(&router, "net.ipv4.ip_forward"), "1");
+    assert!(
+        node.leases().is_empty(),
+        "members take no address from the slice"
+    );
+    // The pod-side MAC is the one reported: router i's pinned MAC, which every
+    // node's anti-spoofing chain knows.
+    let mac = r["interfaces"].as_array().unwrap().last().unwrap()["mac"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        mac, "02:56:50:52:00:01",
+        "router 1 (192.168.24.3) gets the MAC it pins"
+    );
+    assert!(router.ip(&["link", "show", "vpn0"]).unwrap().contains(&mac));
+    assert!(
+        vpno_cni::guard::allowed_macs().contains(&mac),
+        "clients may send to it"
+    );
+
+    let (out, _) = add_in(
+        &node,
+        "vpn",
+        "g0",
+        &gateway,
+        member("gateway", "egress", "192.168.24.16"),
+    );
+    let g = ok_json(out);
+    assert_eq!(g["ips"][1]["address"], "192.168.24.16/22");
+    assert_eq!(sysctl(&gateway, "net.ipv4.ip_forward"), "1");
+    // Members reach each other on the bridge.
+    let ping = router
+        .exec("ping", &["-c", "1", "-W", "2", "192.168.24.16"])
+        .unwrap();
+    assert!(
+        ping.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    assert_empty_success(
+        &node.run(
+            "vpno-cni",
+            "CHECK",
+            "r0",
+            &netns_path(&router),
+            &node.our_conf(None, Some(&r)),
+        ),
+        "CHECK of a member",
+    );
+
+    // A member of another MaskGateway, or in another namespace, is passed through.
+    let (other, elsewhere, bad) = (node.pod(2), node.pod(3), node.pod(4));
+    let (out, primary) = add_in(
+        &node,
+        "vpn",
+        "o0",
+        &other,
+        member("router", "other", "192.168.24.4/22"),
+    );
+    assert_eq!(ok_json(out), primary);
+    let (out, primary) = add_in(
+        &node,
+        "apps",
+        "o1",
+        &elsewhere,
+        member("router", "egress", "192.168.24.4/22"),
+    );
+    assert_eq!(ok_json(out), primary);
+    // A member without a usable address is refused with the reason.
+    let (out, _) = add_in(
+        &node,
+        "vpn",
+        "bad",
+        &bad,
+        member("gateway", "egress", "10.0.0.1/8"),
+    );
+    let e = err_json(out);
+    assert_eq!(e["code"], 7, "{e}");
+    assert!(
+        e["details"]
+            .as_str()
+            .unwrap()
+            .contains("not a host address"),
+        "{e}"
+    );
+    assert!(bad.ip(&["link", "show", "vpn0"]).is_err());
+    for (id, pod) in [("o0", &other), ("o1", &elsewhere), ("bad", &bad)] {
+        node.del(id, &netns_path(pod), None);
+    }
+
+    node.del("r0", &netns_path(&router), Some(&r));
+    node.del("g0", &netns_path(&gateway), Some(&g));
+    assert!(node.our_links().is_empty());
+}
+
+fn mac_bytes(s: &str) -> [u8; 6] {
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    v.try_into().unwrap()
+}
+
+fn ip_bytes(s: &str) -> [u8; 4] {
+    s.parse::<std::net::Ipv4Addr>().unwrap().octets()
+}
+
+/// An Ethernet frame carrying IPv4/UDP `src` → `dst` port 9.
+fn udp_frame(dst_mac: &str, src_mac: &str, src: &str, dst: &str) -> Vec<u8> {
+    let payload = b"spoof?";
+    let mut f = Vec::new();
+    f.extend(mac_bytes(dst_mac));
+    f.extend(mac_bytes(src_mac));
+    f.extend([0x08, 0x00]);
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut ip = vec![
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        1,
+        0x40,
+        0,
+        64,
+        17,
+        0,
+        0,
+    ];
+    ip.extend(ip_bytes(src));
+    ip.extend(ip_bytes(dst));
+    let sum = ip
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum::<u32>();
+    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    f.extend(ip);
+    let len = (8 + payload.len()) as u16;
+    f.extend([0x30, 0x39, 0, 9]);
+    f.extend(len.to_be_bytes());
+    f.extend([0, 0]);
+    f.extend(payload);
+    f
+}
+
+/// An ARP frame (`op` 1 request, 2 reply).
+fn arp_frame(
+    dst_mac: &str,
+    eth_src: &str,
+    op: u8,
+    sender_mac: &str,
+    sender_ip: &str,
+    target_ip: &str,
+) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend(mac_bytes(dst_mac));
+    f.extend(mac_bytes(eth_src));
+    f.extend([0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, op]);
+    f.extend(mac_bytes(sender_mac));
+    f.extend(ip_bytes(sender_ip));
+    f.extend([0; 6]);
+    f.extend(ip_bytes(target_ip));
+    f
+}
+
+/// Sends raw frames out of `vpn0` inside `pod` (python3's AF_PACKET socket:
+/// a client pod that forges whatever it likes).
+fn send_frames(pod: &NamedNetns, frames: &[Vec<u8>]) {
+    const SEND: &str = "import socket,sys\ns=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)\ns.bind(('vpn0',0))\nfor h in sys.argv[1:]:\n    s.send(bytes.fromhex(h))\n";
+    let hex: Vec<String> = frames
+        .iter()
+        .map(|f| f.iter().map(|b| format!("{b:02x}")).collect())
+        .collect();
+    let mut args = vec!["-c", SEND];
+    args.extend(hex.iter().map(String::as_str));
+    let out = pod.exec("python3", &args).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Frames arriving on `vpn0` of a member pod, counted by Ethernet source
+/// (netdev ingress: before any address filtering).
+struct Arrivals<'a>(&'a NamedNetns);
+
+impl<'a> Arrivals<'a> {
+    fn install(pod: &'a NamedNetns, sources: &[(&str, &str)]) -> Self {
+        let mut rules = String::from("table netdev vpnot {\n");
+        for (name, _) in sources {
+            rules.push_str(&format!(" counter {name} {{}}\n counter {name}_ip {{}}\n"));
+        }
+        rules.push_str(
+            " chain in { type filter hook ingress device \"vpn0\" priority 0; policy accept;\n",
+        );
+        for (name, mac) in sources {
+            rules.push_str(&format!("  ether saddr {mac} counter name {name}\n"));
+            rules.push_str(&format!(
+                "  ether saddr {mac} ether type ip counter name {name}_ip\n"
+            ));
+        }
+        rules.push_str(" }\n}\n");
+        let path = std::env::temp_dir().join(format!("{}-in.nft", pod.name()));
+        std::fs::write(&path, rules).unwrap();
+        let out = pod.exec("nft", &["-f", path.to_str().unwrap()]).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            out.status.success(),
+            "nft: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Arrivals(pod)
+    }
+
+    fn packets(&self, name: &str) -> u64 {
+        let out = self
+            .0
+            .exec("nft", &["list", "counter", "netdev", "vpnot", name])
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no counter {name}: {text}"))
+    }
+
+    fn all(&self, names: &[&str]) -> Vec<u64> {
+        names.iter().map(|n| self.packets(n)).collect()
+    }
+}
+
+#[test]
+fn a_spoofing_client_gets_nothing_through_while_an_honest_one_does() {
+    if !require("a_spoofing_client_gets_nothing_through_while_an_honest_one_does") {
+        return;
+    }
+    if Command::new("python3").arg("-V").output().is_err() {
+        let why = "SKIPPED: a_spoofing_client_gets_nothing_through_while_an_honest_one_does needs python3";
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{why} (CI=true)"
+        );
+        eprintln!("{why}");
+        return;
+    }
+    let node = Node::new("spoof");
+    let pods: Vec<NamedNetns> = (0..4).map(|i| node.pod(i)).collect();
+    for p in &pods {
+        p.exec(
+            "sysctl",
+            &[
+                "-qw",
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ],
+        )
+        .unwrap();
+    }
+    let (router, gateway, honest, spoofer) = (&pods[0], &pods[1], &pods[2], &pods[3]);
+    let ours = |r: &Value| {
+        let i = r["interfaces"].as_array().unwrap().last().unwrap();
+        let ip = r["ips"].as_array().unwrap().last().unwrap()["address"]
+            .as_str()
+            .unwrap();
+        (
+            i["mac"].as_str().unwrap().to_string(),
+            ip.split('/').next().unwrap().to_string(),
+        )
+    };
+    let (out, _) = add_in(
+        &node,
+        "vpn",
+        "router",
+        router,
+        member("router", "egress", "192.168.24.3/22"),
+    );
+    let (router_mac, _) = ours(&ok_json(out));
+    // The router holds the VIP (on its own MAC here; the routers' shared VIP MAC is also allowed).
+    router
+        .ip(&["addr", "add", "192.168.24.1/22", "dev", "vpn0"])
+        .unwrap();
+    let (out, _) = add_in(
+        &node,
+        "vpn",
+        "gateway",
+        gateway,
+        member("gateway", "egress", "192.168.24.16/22"),
+    );
+    let (gateway_mac, gateway_ip) = ours(&ok_json(out));
+    let (_, honest_result) = node.add("honest", honest, Some("vpn/egress"));
+    let (honest_mac, honest_ip) = ours(&honest_result);
+    let (_, spoofer_result) = node.add("spoofer", spoofer, Some("vpn/egress"));
+    let (spoofer_mac, spoofer_ip) = ours(&spoofer_result);
+    let fake_mac = "02:66:66:66:66:66";
+
+    let sources = [
+        ("spoofer", spoofer_mac.as_str()),
+        ("fake", fake_mac),
+        ("honest", honest_mac.as_str()),
+    ];
+    let at_router = Arrivals::install(router, &sources);
+    let at_gateway = Arrivals::install(gateway, &sources);
+    let spoofing = vec![
+        // Another source address.
+        udp_frame(&router_mac, &spoofer_mac, "192.168.24.99", EXTERNAL),
+        // Another source MAC.
+        udp_frame(&router_mac, fake_mac, &spoofer_ip, EXTERNAL),
+        // Gratuitous ARP claiming the VIP.
+        arp_frame("ff:ff:ff:ff:ff:ff", &spoofer_mac, 2, &spoofer_mac, VIP, VIP),
+        // An ARP reply claiming the gateway's address, to the router.
+        arp_frame(
+            &router_mac,
+            &spoofer_mac,
+            2,
+            &spoofer_mac,
+            &gateway_ip,
+            "192.168.24.3",
+        ),
+        // ARP whose sender MAC is not the port's.
+        arp_frame(
+            "ff:ff:ff:ff:ff:ff",
+            &spoofer_mac,
+            1,
+            fake_mac,
+            &spoofer_ip,
+            "192.168.24.3",
+        ),
+        // Straight to a gateway, past the routers, with its own true addresses.
+        udp_frame(&gateway_mac, &spoofer_mac, &spoofer_ip, EXTERNAL),
+    ];
+    let names = ["spoofer", "fake"];
+
+    // Control: without the agent's chain the bridge delivers every forgery.
+    send_frames(spoofer, &spoofing);
+    let (r0, g0) = (at_router.all(&names), at_gateway.all(&names));
+    assert!(
+        r0.iter().all(|n| *n > 0) && g0[0] > 0,
+        "the forgeries must arrive unguarded: router {r0:?} gateway {g0:?}"
+    );
+
+    // The node agent's chain (the same batch it applies).
+    let batch = std::env::temp_dir().join(format!("{}-guard.json", node.ns.name()));
+    std::fs::write(
+        &batch,
+        vpno_cni::guard::ruleset(&vpno_cni::guard::allowed_macs()).to_string(),
+    )
+    .unwrap();
+    let out = node
+        .ns
+        .exec("nft", &["-j", "-f", batch.to_str().unwrap()])
+        .unwrap();
+    let _ = std::fs::remove_file(&batch);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    send_frames(spoofer, &spoofing);
+    assert_eq!(at_router.all(&names), r0, "a forgery reached the router");
+    assert_eq!(at_gateway.all(&names), g0, "a forgery reached the gateway");
+
+    // The honest client: its kernel's ARP for the VIP and UDP via the router pass...
+    let honest_before = (
+        at_router.packets("honest_ip"),
+        at_gateway.packets("honest_ip"),
+    );
+    assert_eq!(send_udp(honest, EXTERNAL, 3).0, 3);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while at_router.packets("honest_ip") < honest_before.0 + 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        at_router.packets("honest_ip") >= honest_before.0 + 3,
+        "the honest client's traffic reached the router"
+    );
+    let neigh = honest.ip(&["neigh", "show", VIP]).unwrap();
+    assert!(
+        neigh.contains(&router_mac),
+        "ARP for the VIP answered: {neigh}"
+    );
+    // ...but even the honest client cannot skip the routers.
+    send_frames(
+        honest,
+        &[udp_frame(&gateway_mac, &honest_mac, &honest_ip, EXTERNAL)],
+    );
+    assert_eq!(
+        at_gateway.packets("honest_ip"),
+        honest_before.1,
+        "a client reached a gateway directly"
+    );
+    let drops = String::from_utf8_lossy(
+        &node
+            .ns
+            .exec(
+                "nft",
+                &["list", "chain", "bridge", "vpno_guard", "prerouting"],
+            )
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    println!("anti-spoofing chain after the test:\n{drops}");
+
+    // DEL forgets the client's pair.
+    node.del("spoofer", &netns_path(spoofer), Some(&spoofer_result));
+    let addrs = String::from_utf8_lossy(
+        &node
+            .ns
+            .exec(
+                "nft",
+                &["list", "set", "bridge", "vpno_guard", "client_addrs"],
+            )
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        !addrs.contains(&spoofer_ip) && addrs.contains(&honest_ip),
+        "{addrs}"
+    );
+    node.del("honest", &netns_path(honest), Some(&honest_result));
+}
+
+/// Clients chosen by the MaskGateway's selectors, and members by their
+/// labels, read from the real API server (vpno-testenv) through the
+/// config's kubeconfig. As in the annotation test above, the plugin runs in
+/// the test's own namespace, so every chosen pod stops at the missing
+/// bridge (code 11), which proves the decision; the others pass through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selectors_choose_clients_by_pod_and_namespace_labels() {
+    use k8s_openapi::api::core::v1::{Namespace, Pod};
+    use kube::api::{Patch, PatchParams};
+    if !require("selectors_choose_clients_by_pod_and_namespace_labels") {
+        return;
+    }
+    let Some(env) = vpno_testenv::TestEnv::shared() else {
+        return;
+    };
+    let client = env.client().await;
+    let (team_a, team_b) = (
+        env.new_namespace("cni-a").await,
+        env.new_namespace("cni-b").await,
+    );
+    let namespaces: kube::Api<Namespace> = kube::Api::all(client.clone());
+    for (ns, team) in [(&team_a, "a"), (&team_b, "b")] {
+        let labels = json!({"metadata": {"labels": {"team": team}}});
+        namespaces
+            .patch(ns, &PatchParams::default(), &Patch::Merge(&labels))
+            .await
+            .unwrap();
+    }
+    let pod = |name: &str, labels: Value, annotations: Value| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": labels, "annotations": annotations},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}
+        }))
+        .unwrap()
+    };
+    let member_labels = |gw: &str| json!({"vpn.beebs.dev/role": "router", "vpn.beebs.dev/mask-gateway": gw, "app": "web"});
+    let address = json!({"vpn.beebs.dev/network-address": "192.168.24.3/22"});
+    for ns in [&team_a, &team_b] {
+        let pods: kube::Api<Pod> = kube::Api::namespaced(client.clone(), ns);
+        for p in [
+            pod("web", json!({"app": "web"}), json!({})),
+            pod("db", json!({"app": "db"}), json!({})),
+            pod("router", member_labels("egress"), address.clone()),
+            pod("other-router", member_labels("other"), address.clone()),
+        ] {
+            pods.create(&Default::default(), &p).await.unwrap();
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("vpno-cni-sel-{}", std::process::id()));
+    let sandbox = NamedNetns::create(format!("vpnot-sel{}", std::process::id() % 10000)).unwrap();
+    let gateway_ns = team_a.clone();
+    let conf = |marker: &str| {
+        json!({
+            "cniVersion": "1.0.0", "name": "podnet", "type": "vpno-cni",
+            "gateway": {"namespace": gateway_ns, "name": "egress"},
+            "network": NETWORK, "slice": SLICE, "vip": VIP, "mtu": 1400,
+            "bridge": "vpnot-absent", "dataDir": dir, "kubeconfig": env.kubeconfig_path(),
+            "clients": {"namespaceSelector": {"matchLabels": {"team": "a"}},
+                        "podSelector": {"matchLabels": {"app": "web"}}},
+            "prevResult": {"cniVersion": "1.0.0", "interfaces": [], "ips": [], "marker": marker},
+        })
+    };
+    let run = |ns: &str, pod: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vpn-operator"))
+            .arg("cni")
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", format!("sel-{ns}-{pod}"))
+            .env("CNI_NETNS", netns_path(&sandbox))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", PLUGINS)
+            .env(
+                "CNI_ARGS",
+                format!("K8S_POD_NAMESPACE={ns};K8S_POD_NAME={pod}"),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        let marker = format!("{ns}/{pod}");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf(&marker).to_string().as_bytes())
+            .unwrap();
+        (child.wait_with_output().unwrap(), marker)
+    };
+    let chosen = |ns: &str, pod: &str| {
+        let (out, marker) = run(ns, pod);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        if out.status.success() {
+            assert_eq!(v["marker"], marker.as_str(), "passed through untouched");
+            false
+        } else {
+            assert_eq!(v["code"], 11, "{marker}: {v}");
+            assert!(
+                v["msg"].as_str().unwrap().contains("vpnot-absent"),
+                "{marker}: {v}"
+            );
+            true
+        }
+    };
+    assert!(chosen(&team_a, "web"), "matching namespace and pod labels");
+    assert!(!chosen(&team_a, "db"), "pod labels do not match");
+    assert!(!chosen(&team_b, "web"), "namespace labels do not match");
+    assert!(chosen(&team_a, "router"), "a member by its labels");
+    assert!(
+        !chosen(&team_a, "other-router"),
+        "another gateway's member is never a client"
+    );
+    assert!(
+        !chosen(&team_b, "router"),
+        "a member outside the MaskGateway's namespace"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
+use vpno_api::gateway::ClientsSpec;
+
 use crate::spec::{CniError, Code};
 
 /// The capability (and `runtimeConfig` key) through which containerd passes
@@ -55,9 +57,15 @@ pub struct PluginConfig {
     /// Where the address store lives (one directory per network name).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
-    /// Kubeconfig for reading pod annotations when the runtime does not pass them.
+    /// Kubeconfig for reading the pod (labels, annotations) and its
+    /// namespace's labels from the API server; preferred over the runtime's
+    /// annotations when set.
     #[serde(default)]
     pub kubeconfig: Option<PathBuf>,
+    /// The MaskGateway's `clients` selectors (pods chosen by labels besides
+    /// the annotation); needs `kubeconfig`.
+    #[serde(default)]
+    pub clients: Option<ClientsSpec>,
     /// Runtime-supplied values (capabilities), e.g. the pod's annotations.
     #[serde(default)]
     pub runtime_config: RuntimeConfig,
@@ -129,6 +137,12 @@ impl PluginConfig {
             if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
                 return invalid(format!("{what} {name:?} is not a valid interface name"));
             }
+        }
+        if self.clients.is_some() && self.kubeconfig.is_none() {
+            return invalid(
+                "\"clients\" selectors need \"kubeconfig\" (pod and namespace labels come from the API server)"
+                    .into(),
+            );
         }
         if self.name.is_empty() || self.name.contains('/') || self.name.starts_with('.') {
             return invalid(format!(

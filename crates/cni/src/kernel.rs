@@ -19,6 +19,7 @@ use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol, RouteType};
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
+use crate::guard;
 use crate::plan::{AttachPlan, Observed, PodRoute, UNREACHABLE_METRIC, VIA_METRIC};
 
 /// Routing protocol id marking the plugin's routes in pods (`proto 78`).
@@ -172,6 +173,10 @@ pub trait PodNetwork {
     async fn detach(&self, netns: Option<&Path>, host_link: &str) -> Result<(), KernelError>;
     /// Reads the attachment's state for CHECK (the store's part left default).
     async fn observe(&self, netns: &Path, plan: &AttachPlan) -> Result<Observed, KernelError>;
+    /// Registers a port in the anti-spoofing table.
+    async fn admit(&self, port: &guard::Port) -> Result<(), guard::kernel::GuardError>;
+    /// Unregisters a port (nothing registered is fine).
+    async fn forget(&self, host_link: &str) -> Result<(), guard::kernel::GuardError>;
 }
 
 /// [`PodNetwork`] over rtnetlink; the node is the process's own namespace.
@@ -179,6 +184,14 @@ pub trait PodNetwork {
 pub struct Netlink;
 
 impl PodNetwork for Netlink {
+    async fn admit(&self, port: &guard::Port) -> Result<(), guard::kernel::GuardError> {
+        guard::kernel::admit(port)
+    }
+
+    async fn forget(&self, host_link: &str) -> Result<(), guard::kernel::GuardError> {
+        guard::kernel::forget(host_link)
+    }
+
     async fn attach(
         &self,
         netns: &Path,
@@ -200,12 +213,15 @@ impl PodNetwork for Netlink {
             .add(
                 LinkVeth::new(&plan.interface, &plan.host_link)
                     .mtu(plan.mtu)
+                    .address(plan.mac.to_vec())
                     .build(),
             )
             .execute()
             .await
             .map_err(nl(format!("creating veth {} in the pod", plan.interface)))?;
-        let node_ns = File::open("/proc/self/ns/net").map_err(os("opening the node namespace"))?;
+        // The calling thread's namespace (the process's, when run as the plugin).
+        let node_ns =
+            File::open("/proc/thread-self/ns/net").map_err(os("opening the node namespace"))?;
         let peer = index(&pod, &plan.host_link).await?;
         pod.link()
             .set(
@@ -239,6 +255,10 @@ impl PodNetwork for Netlink {
             ),
             "1",
         )?;
+        if plan.role.is_some() {
+            // Members route for the clients; the namespace's own sysctl, so no capability.
+            sysctl_in(netns, "net.ipv4.ip_forward".into(), "1")?;
+        }
         pod.address()
             .add(inner, IpAddr::V4(address.addr()), plan.prefix_len)
             .replace()

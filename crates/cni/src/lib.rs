@@ -7,15 +7,20 @@
 //! pods get a veth (`vpn0`) onto the bridge, an address from the node's slice,
 //! the gateway network's MTU, and `0.0.0.0/0` minus the excludes via the
 //! router VIP, each route twinned with an `unreachable` route that outlives
-//! the interface. The binary is entered as `vpn-operator cni` or through a
+//! the interface. The MaskGateway's own gateways and routers ([`membership`])
+//! get their fixed address, no routes and forwarding on. Every client port
+//! is registered in the bridge's anti-spoofing table ([`guard`]) before it
+//! joins the bridge. The binary is entered as `vpn-operator cni` or through a
 //! link named `vpno-cni` (what CNI config `"type"` names), see [`argv`].
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod guard;
 pub mod ipam;
 pub mod kernel;
+pub mod membership;
 pub mod plan;
 pub mod pods;
 pub mod spec;
@@ -30,7 +35,8 @@ use ipnet::Ipv4Net;
 use crate::config::PluginConfig;
 use crate::ipam::{AddressStore, IpamError, Lease, Pool};
 use crate::kernel::{KernelError, PodNetwork};
-use crate::pods::{GivenAnnotations, KubeAnnotations, PodAnnotations};
+use crate::membership::{Membership, Role};
+use crate::pods::{GivenAnnotations, KubeLookup, PodLookup};
 use crate::spec::{CniEnv, CniError, Code, Command};
 
 /// The file name under which the runtime finds the plugin (`"type"` in the config).
@@ -151,23 +157,29 @@ fn passthrough(config: &PluginConfig) -> String {
     }
 }
 
-async fn opted_in(env: &CniEnv, config: &PluginConfig) -> Result<bool, CniError> {
+/// The pod's part in this config's MaskGateway, from the API server when
+/// the config has a kubeconfig, else from the runtime's annotations.
+async fn membership(env: &CniEnv, config: &PluginConfig) -> Result<Membership, CniError> {
     let Some((namespace, name)) = env.pod() else {
         tracing::debug!(
             "no K8S_POD_NAMESPACE/K8S_POD_NAME in CNI_ARGS: not a Kubernetes pod, passing through"
         );
-        return Ok(false);
+        return Ok(Membership::Outside);
     };
-    let annotations = if let Some(given) = &config.runtime_config.pod_annotations {
-        GivenAnnotations(given.clone())
-            .annotations(namespace, name)
-            .await
-    } else if let Some(kubeconfig) = &config.kubeconfig {
-        KubeAnnotations {
+    let wants_namespace = config
+        .clients
+        .as_ref()
+        .is_some_and(|c| c.namespace_selector.is_some());
+    let facts = if let Some(kubeconfig) = &config.kubeconfig {
+        KubeLookup {
             kubeconfig: kubeconfig.clone(),
         }
-        .annotations(namespace, name)
+        .facts(namespace, name, wants_namespace)
         .await
+    } else if let Some(given) = &config.runtime_config.pod_annotations {
+        GivenAnnotations(given.clone())
+            .facts(namespace, name, false)
+            .await
     } else {
         return Err(CniError::new(
             Code::InvalidConfig,
@@ -179,14 +191,94 @@ async fn opted_in(env: &CniEnv, config: &PluginConfig) -> Result<bool, CniError>
         ));
     };
     // Fail closed: starting an opted-in pod without its gateway would leak.
-    let annotations = annotations.map_err(|e| {
+    let facts = facts.map_err(|e| {
         CniError::new(
             Code::TryAgainLater,
-            "cannot read the pod's annotations",
+            "cannot read the pod's annotations and labels",
             e.to_string(),
         )
     })?;
-    Ok(plan::opts_in(&annotations, namespace, &config.gateway))
+    membership::decide(
+        &facts,
+        namespace,
+        &config.gateway,
+        config.network,
+        config.clients.as_ref(),
+    )
+    .map_err(|why| {
+        CniError::new(
+            Code::InvalidConfig,
+            format!(
+                "pod {namespace}/{name} is a member of {}/{} but cannot be attached",
+                config.gateway.namespace, config.gateway.name
+            ),
+            why,
+        )
+    })
+}
+
+fn guard_error(e: guard::kernel::GuardError) -> CniError {
+    CniError::new(
+        Code::Io,
+        "cannot register the pod's port for anti-spoofing",
+        e.to_string(),
+    )
+}
+
+/// Registers the port, makes the attachment, and extends the result; on
+/// failure undoes what it can (the runtime's DEL finishes the job).
+async fn attach(
+    env: &CniEnv,
+    config: &PluginConfig,
+    kernel: &impl PodNetwork,
+    plan: &plan::AttachPlan,
+    address: Ipv4Net,
+) -> Result<String, CniError> {
+    let netns = env
+        .netns
+        .as_deref()
+        .expect("ADD has CNI_NETNS (checked when reading env)");
+    let mac = vpno_sys::format_mac(&plan.mac);
+    let link = plan.host_link.clone();
+    let port = match plan.role {
+        None => guard::Port::Client {
+            link,
+            mac: mac.clone(),
+            ip: address.addr(),
+        },
+        Some(_) => guard::Port::Member { link },
+    };
+    // Registered before the link joins the bridge: no frame passes unchecked.
+    let attached = match kernel.admit(&port).await {
+        Ok(()) => kernel
+            .attach(netns, plan, address)
+            .await
+            .map_err(kernel_error),
+        Err(e) => Err(guard_error(e)),
+    };
+    let mac = match attached {
+        Ok(mac) => mac,
+        Err(e) => {
+            let _ = kernel.detach(Some(netns), &plan.host_link).await;
+            let _ = kernel.forget(&plan.host_link).await;
+            if plan.role.is_none()
+                && let Ok(store) = AddressStore::open(&config.data_dir, &config.name)
+            {
+                let _ = store.release(&env.container_id, &config.interface);
+            }
+            return Err(e);
+        }
+    };
+    tracing::info!(container = %env.container_id, %address, role = ?plan.role, "attached to the gateway network");
+    let got = plan::Attached {
+        mac,
+        address,
+        sandbox: netns_str(env),
+    };
+    Ok(
+        plan::extend_result(config.prev_result.as_ref(), &config.cni_version, plan, &got)
+            .to_string(),
+    )
 }
 
 async fn add(
@@ -194,13 +286,25 @@ async fn add(
     config: &PluginConfig,
     kernel: &impl PodNetwork,
 ) -> Result<String, CniError> {
-    if !opted_in(env, config).await? {
+    let member = membership(env, config).await?;
+    if member == Membership::Outside {
         return Ok(passthrough(config));
     }
-    let netns = env
-        .netns
-        .as_deref()
-        .expect("ADD has CNI_NETNS (checked when reading env)");
+    if plan::recorded_address(
+        config.prev_result.as_ref(),
+        &config.interface,
+        &netns_str(env),
+    )
+    .is_some()
+    {
+        tracing::warn!(interface = %config.interface, gateway = %config.gateway.name, "the pod is already attached to another gateway network; a pod belongs to one");
+        return Ok(passthrough(config));
+    }
+    if let Membership::Role { role, address } = member {
+        let plan = plan::member_plan(config, &env.container_id, role, address);
+        let address = Ipv4Net::new(address, plan.prefix_len).expect("prefix of a parsed network");
+        return attach(env, config, kernel, &plan, address).await;
+    }
     let plan = plan::attach_plan(config, &env.container_id)?;
     let store = AddressStore::open(&config.data_dir, &config.name).map_err(store_error)?;
     let pool = Pool {
@@ -228,31 +332,13 @@ async fn add(
         if let Err(e) = kernel.detach(None, &link).await {
             tracing::warn!(%link, "cannot remove a stale container's link: {e}");
         }
+        if let Err(e) = kernel.forget(&link).await {
+            tracing::warn!(%link, "cannot unregister a stale container's port: {e}");
+        }
     }
     let address =
         Ipv4Net::new(address, plan.prefix_len).expect("prefix length of a parsed network");
-    let mac = match kernel.attach(netns, &plan, address).await {
-        Ok(mac) => mac,
-        Err(e) => {
-            // Undo what we can; the runtime's DEL after a failed ADD finishes the job.
-            let _ = kernel.detach(Some(netns), &plan.host_link).await;
-            let _ = store.release(&env.container_id, &config.interface);
-            return Err(kernel_error(e));
-        }
-    };
-    tracing::info!(container = %env.container_id, %address, "attached to the gateway network");
-    let got = plan::Attached {
-        mac,
-        address,
-        sandbox: netns_str(env),
-    };
-    Ok(plan::extend_result(
-        config.prev_result.as_ref(),
-        &config.cni_version,
-        &plan,
-        &got,
-    )
-    .to_string())
+    attach(env, config, kernel, &plan, address).await
 }
 
 async fn del(
@@ -265,6 +351,7 @@ async fn del(
         .detach(env.netns.as_deref(), &link)
         .await
         .map_err(kernel_error)?;
+    kernel.forget(&link).await.map_err(guard_error)?;
     let store = AddressStore::open(&config.data_dir, &config.name).map_err(store_error)?;
     let freed = store
         .release(&env.container_id, &config.interface)
@@ -298,7 +385,12 @@ async fn check(
         &sandbox,
         config.vip,
     ));
-    let plan = plan::attach_plan(&primary, &env.container_id)?;
+    // A member's fixed address lies outside the node's slice.
+    let plan = if config.slice.contains(&address.addr()) {
+        plan::attach_plan(&primary, &env.container_id)?
+    } else {
+        plan::member_plan(&primary, &env.container_id, Role::Gateway, address.addr())
+    };
     let netns = env
         .netns
         .as_deref()

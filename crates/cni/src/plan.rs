@@ -9,11 +9,12 @@ use serde_json::{Value, json};
 use vpno_net::client::{self, ClientNetwork};
 
 use crate::config::{GatewayRef, PluginConfig};
+use crate::membership::Role;
 use crate::spec::{CniError, Code};
 
 /// The pod annotation that opts a pod in: `<name>` (a MaskGateway in the
 /// pod's namespace) or `<namespace>/<name>`.
-pub const GATEWAY_ANNOTATION: &str = "vpn.beebs.dev/gateway";
+pub use vpno_api::names::GATEWAY_ANNOTATION;
 
 /// Metric of the routes via the VIP.
 pub const VIA_METRIC: u32 = 100;
@@ -42,6 +43,21 @@ pub fn host_link_name(container_id: &str, interface: &str) -> String {
         "vpno{:010x}",
         fnv1a(&[container_id, "/", interface]) & 0xff_ffff_ffff
     )
+}
+
+/// The pod-side MAC of a container's attachment: locally administered
+/// unicast (`02:`) and five bytes of a stable hash, so the anti-spoofing
+/// entries can be written before the link exists and removed at DEL
+/// without any state.
+pub fn pod_mac(container_id: &str, interface: &str) -> [u8; 6] {
+    let h = fnv1a(&["mac/", container_id, "/", interface]).to_be_bytes();
+    [0x02, h[3], h[4], h[5], h[6], h[7]]
+}
+
+/// The router index whose layout address `address` is, if any.
+fn router_index(network: Ipv4Net, address: Ipv4Addr) -> Option<u32> {
+    let layout = vpno_net::layout::GatewayLayout::with_default_slices(network).ok()?;
+    (0..vpno_net::layout::MAX_ROUTERS).find(|i| layout.router(*i).ok() == Some(address))
 }
 
 /// 64-bit FNV-1a, written out because std's hashers are not stable across
@@ -79,8 +95,12 @@ pub struct AttachPlan {
     pub vip: Ipv4Addr,
     /// The gateway network's prefix length (the pod's address carries it).
     pub prefix_len: u8,
-    /// Routes to keep in the pod.
+    /// Routes to keep in the pod (none for members).
     pub routes: BTreeSet<PodRoute>,
+    /// The pod-side MAC ([`pod_mac`]).
+    pub mac: [u8; 6],
+    /// `Some` for a member (fixed address, `ip_forward` on, no routes).
+    pub role: Option<Role>,
 }
 
 /// The destinations the primary plugin routed itself (its connected subnets
@@ -153,7 +173,39 @@ pub fn attach_plan(config: &PluginConfig, container_id: &str) -> Result<AttachPl
         vip: config.vip,
         prefix_len: config.network.prefix_len(),
         routes,
+        mac: pod_mac(container_id, &config.interface),
+        role: None,
     })
+}
+
+/// Plans a member's attachment: on the bridge with its fixed `address`
+/// (the caller adds it) — a router at the layout's router `i` address gets
+/// the MAC it pins anyway, [`vpno_net::layout::router_mac`]`(i)`, which every
+/// node's anti-spoofing lets clients send to —, no routes of ours (its
+/// connected route suffices), and forwarding on in its namespace so it
+/// routes without any capability.
+pub fn member_plan(
+    config: &PluginConfig,
+    container_id: &str,
+    role: Role,
+    address: Ipv4Addr,
+) -> AttachPlan {
+    AttachPlan {
+        interface: config.interface.clone(),
+        host_link: host_link_name(container_id, &config.interface),
+        bridge: config.bridge.clone(),
+        mtu: config.mtu,
+        vip: config.vip,
+        prefix_len: config.network.prefix_len(),
+        routes: BTreeSet::new(),
+        mac: match role {
+            Role::Router => router_index(config.network, address)
+                .map(vpno_net::layout::router_mac)
+                .unwrap_or_else(|| pod_mac(container_id, &config.interface)),
+            Role::Gateway => pod_mac(container_id, &config.interface),
+        },
+        role: Some(role),
+    }
 }
 
 /// What the kernel reported back after attaching.
@@ -280,7 +332,7 @@ pub fn check(plan: &AttachPlan, address: Ipv4Net, seen: &Observed) -> Vec<String
             }
         }
     }
-    if !seen.address_recorded {
+    if plan.role.is_none() && !seen.address_recorded {
         problems.push(format!(
             "address {} is not recorded for this container",
             address.addr()
@@ -349,6 +401,39 @@ mod tests {
         assert_ne!(a, host_link_name("c1", "vpn1"));
         assert_eq!(a.len(), 14);
         assert!(a.starts_with("vpno") && a[4..].chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn pod_macs_are_stable_local_unicast_and_distinct() {
+        let a = pod_mac("c1", "vpn0");
+        assert_eq!(a, pod_mac("c1", "vpn0"));
+        assert_ne!(a, pod_mac("c2", "vpn0"));
+        assert_eq!(a[0], 0x02, "locally administered, unicast");
+    }
+
+    #[test]
+    fn a_member_plan_has_no_routes_and_the_same_link_names() {
+        let c = config(None);
+        let m = member_plan(&c, "c1", Role::Router, "192.168.24.3".parse().unwrap());
+        let client = attach_plan(&c, "c1").unwrap();
+        assert!(m.routes.is_empty());
+        assert_eq!(m.role, Some(Role::Router));
+        assert_eq!(m.host_link, client.host_link);
+        assert_eq!(
+            m.mac,
+            vpno_net::layout::router_mac(1),
+            "router 1's pinned MAC"
+        );
+        let off_layout = member_plan(&c, "c1", Role::Router, "192.168.24.77".parse().unwrap());
+        assert_eq!(off_layout.mac, client.mac);
+        let g = member_plan(&c, "c1", Role::Gateway, "192.168.24.16".parse().unwrap());
+        assert_eq!(g.mac, client.mac);
+        assert_eq!(client.role, None);
+        // CHECK does not look for a lease of a member.
+        let addr: Ipv4Net = "192.168.24.3/22".parse().unwrap();
+        let mut seen = healthy(&m, addr);
+        seen.address_recorded = false;
+        assert!(check(&m, addr, &seen).is_empty());
     }
 
     #[test]

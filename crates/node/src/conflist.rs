@@ -51,6 +51,15 @@ pub fn insert(list: &Value, entry: &Value) -> Result<Value, String> {
     Ok(out)
 }
 
+/// `list` with `entries` (each of type [`PLUGIN_TYPE`], one per gateway
+/// network) as its last plugins, in the given order, replacing all of ours;
+/// no entries removes ours. Every other plugin and key is kept.
+pub fn set_entries(list: &Value, entries: &[Value]) -> Result<Value, String> {
+    let mut out = remove(list)?;
+    plugins_mut(&mut out)?.extend(entries.iter().cloned());
+    Ok(out)
+}
+
 /// `list` without our entry (every plugin of type [`PLUGIN_TYPE`]).
 pub fn remove(list: &Value) -> Result<Value, String> {
     let mut out = list.clone();
@@ -114,6 +123,12 @@ impl CniInstall {
     /// the file changed.
     pub fn install_entry(&self, entry: &Value) -> Result<bool, ConflistError> {
         self.edit(|list| insert(list, entry))
+    }
+
+    /// Makes `entries` our plugin entries in the config list; returns
+    /// whether the file changed.
+    pub fn install_entries(&self, entries: &[Value]) -> Result<bool, ConflistError> {
+        self.edit(|list| set_entries(list, entries))
     }
 
     /// Removes our entry from the config list (missing directory or file:
@@ -277,6 +292,22 @@ mod tests {
         let with = insert(&cluster_list(), &ours(1420)).unwrap();
         assert_eq!(remove(&with).unwrap(), cluster_list());
         assert_eq!(remove(&cluster_list()).unwrap(), cluster_list());
+    }
+
+    #[test]
+    fn set_entries_replaces_all_of_ours_in_order() {
+        let one = insert(&cluster_list(), &ours(1420)).unwrap();
+        let a = json!({"type": PLUGIN_TYPE, "gateway": {"name": "a"}});
+        let b = json!({"type": PLUGIN_TYPE, "gateway": {"name": "b"}});
+        let two = set_entries(&one, &[a.clone(), b.clone()]).unwrap();
+        let plugins = two["plugins"].as_array().unwrap();
+        assert_eq!(plugins.len(), 4);
+        assert_eq!(plugins[2..], [a.clone(), b]);
+        assert_eq!(
+            set_entries(&two, std::slice::from_ref(&a)).unwrap()["plugins"][2],
+            a
+        );
+        assert_eq!(set_entries(&two, &[]).unwrap(), cluster_list());
     }
 
     #[test]

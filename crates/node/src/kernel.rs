@@ -38,6 +38,9 @@ pub enum KernelError {
     /// A named interface does not exist.
     #[error("interface {0:?} does not exist")]
     NoSuchInterface(String),
+    /// nftables refused the anti-spoofing table.
+    #[error(transparent)]
+    Guard(#[from] vpno_cni::guard::kernel::GuardError),
     /// The node's InternalIP is on none of its interfaces.
     #[error("no interface of this node has the address {0} (the Node's InternalIP)")]
     NoUnderlay(Ipv4Addr),
@@ -64,6 +67,13 @@ pub trait NodeKernel {
     async fn underlay_mtu(&self, local: Ipv4Addr) -> Result<u32, KernelError>;
     /// Applies one operation.
     async fn apply(&self, op: &Op) -> Result<(), KernelError>;
+    /// Names of every link the agent made for some gateway network
+    /// ([`crate::gateways::is_ours`]).
+    async fn our_links(&self) -> Result<Vec<String>, KernelError>;
+    /// Installs the bridges' anti-spoofing chain letting clients send IPv4
+    /// to the `allowed` MACs, or removes the table (`None`); returns whether
+    /// anything changed.
+    async fn guard(&self, allowed: Option<&[String]>) -> Result<bool, KernelError>;
 }
 
 /// [`NodeKernel`] over rtnetlink in the caller's network namespace.
@@ -276,6 +286,39 @@ fn vxlan_params(link: &LinkMessage) -> Option<VxlanParams> {
 }
 
 impl NodeKernel for NetlinkKernel {
+    async fn our_links(&self) -> Result<Vec<String>, KernelError> {
+        let links: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("listing interfaces"))?;
+        Ok(links
+            .into_iter()
+            .filter_map(|l| {
+                l.attributes.into_iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n),
+                    _ => None,
+                })
+            })
+            .filter(|n| crate::gateways::is_ours(n))
+            .collect())
+    }
+
+    async fn guard(&self, allowed: Option<&[String]>) -> Result<bool, KernelError> {
+        use vpno_cni::guard::kernel;
+        if let Some(allowed) = allowed {
+            Ok(kernel::install(allowed)?)
+        } else if kernel::listed().is_some() {
+            kernel::remove()?;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
     async fn observe(&self, bridge: &str, vxlan: &str) -> Result<Observed, KernelError> {
         let bridge = match self.link(bridge).await? {
             Some(l) => Some(self.link_state(&l).await?),

@@ -1,6 +1,7 @@
 //! Pure planning of one node's share of the gateway network: what the
 //! bridge, the VXLAN device and its FDB should be ([`plan`]), and the kernel
-//! operations that turn what is there into that ([`diff`], [`teardown`]).
+//! operations that turn what is there into that ([`diff`]); links of
+//! gateway networks that are gone are deleted by name (`Op::DeleteLink`).
 //!
 //! One VXLAN device per node, not one per peer: every remote node is an
 //! all-zero-MAC FDB entry (head-end replication of broadcast, unknown unicast
@@ -8,12 +9,11 @@
 //! node joining or leaving is one FDB entry, never a link or bridge-port
 //! change, and the bridge sees a single port for the whole overlay.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use vpno_net::mtu::{self, MtuError, Underlay};
-use vpno_net::slices::{self, SliceError, SliceLayout};
 
 /// A cluster node as the agent needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,11 +22,9 @@ pub struct NodeInfo {
     pub name: String,
     /// Its first IPv4 `InternalIP` (none: it takes no part in the overlay).
     pub address: Option<Ipv4Addr>,
-    /// A slice pinned on the Node (annotation [`crate::SLICE_ANNOTATION`]).
-    pub slice: Option<Ipv4Net>,
 }
 
-/// The gateway network as configured for this agent.
+/// One gateway network as this node serves it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewaySpec {
     /// This node's name.
@@ -39,8 +37,8 @@ pub struct GatewaySpec {
     pub vni: u32,
     /// The VXLAN UDP port.
     pub port: u16,
-    /// How the gateway network is cut into node slices.
-    pub layout: SliceLayout,
+    /// This node's slice of the network (allocated by the controller).
+    pub slice: Ipv4Net,
     /// The tunnel MTU to use when the underlay allows it (default 1420).
     pub tunnel_mtu: Option<u32>,
 }
@@ -172,9 +170,6 @@ pub enum PlanError {
     /// This node has no IPv4 InternalIP to run VXLAN from.
     #[error("node {0:?} has no IPv4 InternalIP address for the VXLAN underlay")]
     NoAddress(String),
-    /// No slice for this node.
-    #[error(transparent)]
-    Slice(#[from] SliceError),
     /// No usable MTU.
     #[error(transparent)]
     Mtu(#[from] MtuError),
@@ -190,20 +185,15 @@ pub fn local_address(spec: &GatewaySpec, nodes: &[NodeInfo]) -> Result<Ipv4Addr,
         .ok_or_else(|| PlanError::NoAddress(spec.node.clone()))
 }
 
-/// The desired state of this node, from every node of the cluster and the
-/// MTU of the underlay interface holding this node's InternalIP.
+/// The desired state of this node for one gateway network, from every node
+/// of the cluster and the MTU of the underlay interface holding this node's
+/// InternalIP.
 pub fn plan(
     spec: &GatewaySpec,
     nodes: &[NodeInfo],
     underlay_mtu: u32,
 ) -> Result<Desired, PlanError> {
     let local = local_address(spec, nodes)?;
-    let names: BTreeSet<String> = nodes.iter().map(|n| n.name.clone()).collect();
-    let pinned: BTreeMap<String, Ipv4Net> = nodes
-        .iter()
-        .filter_map(|n| Some((n.name.clone(), n.slice?)))
-        .collect();
-    let slice = slices::allocate(&spec.layout, &names, &pinned)?[&spec.node];
     let mtu = mtu::plan(spec.tunnel_mtu, underlay_mtu, Underlay::V4)?;
     let others = nodes.iter().filter(|n| n.name != spec.node);
     Ok(Desired {
@@ -221,7 +211,7 @@ pub fn plan(
             .filter_map(|n| n.address)
             .filter(|a| *a != local)
             .collect(),
-        slice,
+        slice: spec.slice,
         skipped: others
             .filter(|n| n.address.is_none())
             .map(|n| n.name.clone())
@@ -306,18 +296,6 @@ fn vxlan_ops(desired: &Desired, found: Option<&VxlanState>) -> (Vec<Op>, BTreeSe
     (ops, found.remotes.clone())
 }
 
-/// The operations removing everything the agent made on the node.
-pub fn teardown(bridge: &str, vxlan: &str, observed: &Observed) -> Vec<Op> {
-    let mut ops = Vec::new();
-    if observed.vxlan.is_some() {
-        ops.push(Op::DeleteLink(vxlan.to_string()));
-    }
-    if observed.bridge.is_some() {
-        ops.push(Op::DeleteLink(bridge.to_string()));
-    }
-    ops
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,11 +307,7 @@ mod tests {
             vxlan: "vpno-vx0".into(),
             vni: 4242,
             port: 4789,
-            layout: SliceLayout::with_infrastructure_slice(
-                slices::DEFAULT_NETWORK.parse().unwrap(),
-                slices::DEFAULT_SLICE_PREFIX,
-            )
-            .unwrap(),
+            slice: "192.168.24.64/26".parse().unwrap(),
             tunnel_mtu: None,
         }
     }
@@ -342,7 +316,6 @@ mod tests {
         NodeInfo {
             name: name.into(),
             address: addr.map(|a| a.parse().unwrap()),
-            slice: None,
         }
     }
 
@@ -385,16 +358,6 @@ mod tests {
         assert_eq!(d.remotes, [ip("192.0.2.2"), ip("192.0.2.3")].into());
         assert_eq!(d.slice, "192.168.24.64/26".parse().unwrap());
         assert_eq!((d.mtu, d.mtu_reduced), (1420, None));
-    }
-
-    #[test]
-    fn a_pinned_slice_is_kept() {
-        let mut nodes = three();
-        nodes[0].slice = Some("192.168.25.0/26".parse().unwrap());
-        assert_eq!(
-            plan(&spec(), &nodes, 1500).unwrap().slice,
-            "192.168.25.0/26".parse().unwrap()
-        );
     }
 
     #[test]
@@ -514,22 +477,6 @@ mod tests {
                     master: "vpno-gw0".into()
                 },
             ]
-        );
-    }
-
-    #[test]
-    fn teardown_deletes_what_exists() {
-        let d = plan(&spec(), &three(), 1500).unwrap();
-        assert_eq!(
-            teardown("vpno-gw0", "vpno-vx0", &applied(&d)),
-            vec![
-                Op::DeleteLink("vpno-vx0".into()),
-                Op::DeleteLink("vpno-gw0".into())
-            ]
-        );
-        assert_eq!(
-            teardown("vpno-gw0", "vpno-vx0", &Observed::default()),
-            vec![]
         );
     }
 }
