@@ -276,8 +276,15 @@ pub(crate) struct Shared {
 
 /// Forwarding is switched on after the kill switch and off before clean-up,
 /// never restored to what it was: a gateway must not forward unprotected.
+/// A value already in place is not written again: in an unprivileged Pod
+/// `/proc/sys` is read-only, and the CNI plugin has switched forwarding on
+/// in the Pod's namespace before the agent starts.
 fn write_sysctl(path: &str, value: &str) -> Result<(), GatewayError> {
-    Ok(vpno_sys::sysctl::write(std::path::Path::new(path), value)?)
+    let path = std::path::Path::new(path);
+    if vpno_sys::sysctl::read(path).is_ok_and(|v| v.trim() == value) {
+        return Ok(());
+    }
+    Ok(vpno_sys::sysctl::write(path, value)?)
 }
 
 fn forwarding_sysctl(net: &IpNet) -> &'static str {
@@ -355,7 +362,12 @@ pub async fn run_until(
     // while the kill switch is taken down; keep going after errors.
     let mut errors = Vec::new();
     if let Err(e) = write_sysctl(forwarding, "0") {
-        errors.push(e.to_string());
+        // Forwarding stays on (e.g. a Pod's read-only /proc/sys): the kill
+        // switch stays too; the namespace goes with the Pod.
+        tracing::warn!(error = %e, "cannot switch forwarding off; leaving the kill switch in place");
+        drop(tunnel);
+        netlink.abort();
+        return result;
     }
     if let Err(e) = firewall::kernel::remove() {
         errors.push(e.to_string());

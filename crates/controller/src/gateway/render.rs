@@ -235,6 +235,17 @@ pub(crate) fn gateway_pod(p: &GatewayPod<'_>) -> Pod {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    // Forwarded client traffic is accepted only from the routers' pinned MACs.
+    let routers =
+        p.gw.spec
+            .routers
+            .unwrap_or(vpno_api::gateway::DEFAULT_ROUTERS);
+    for i in 0..routers {
+        args.extend([
+            "--router-mac".to_string(),
+            vpno_sys::mac::format_mac(&vpno_net::layout::router_mac(i)),
+        ]);
+    }
     let mut agent = Container {
         name: "gateway".into(),
         image: Some(p.images.agent.clone()),
@@ -244,7 +255,14 @@ pub(crate) fn gateway_pod(p: &GatewayPod<'_>) -> Pod {
             container_port: GATEWAY_PORT,
             ..Default::default()
         }]),
-        readiness_probe: Some(http_probe("/healthz", GATEWAY_PORT)),
+        // Ready while the tunnel passes traffic; alive while the agent loop runs.
+        readiness_probe: Some(http_probe("/readyz", GATEWAY_PORT)),
+        liveness_probe: Some(Probe {
+            initial_delay_seconds: Some(10),
+            period_seconds: Some(10),
+            failure_threshold: Some(3),
+            ..http_probe("/healthz", GATEWAY_PORT)
+        }),
         security_context: Some(capabilities(&["NET_ADMIN"])),
         ..Default::default()
     };
@@ -355,6 +373,8 @@ pub(crate) fn router_pod(p: &RouterPod<'_>) -> Option<Pod> {
         format!("{ns}/{name}"),
         "--listen".into(),
         format!("0.0.0.0:{ROUTER_PORT}"),
+        "--interface-mac".into(),
+        vpno_sys::mac::format_mac(&vpno_net::layout::router_mac(p.index)),
     ];
     for other in (0..p.count).filter(|i| *i != p.index) {
         args.extend(["--peer".into(), layout.router(other).ok()?.to_string()]);
