@@ -26,6 +26,7 @@ mod device;
 mod keys;
 pub mod netns;
 mod tun;
+mod udp;
 
 pub use config::{
     DEFAULT_CLIENT_KEEPALIVE_SECS, DEFAULT_MTU, GluetunEnvError, GluetunWireguard, PeerConfig,

@@ -1,0 +1,130 @@
+//! Network → interface: receive batches of datagrams, authenticate and
+//! decrypt each, hand replies (handshake responses, cookies, queued packets)
+//! back to the sender and the packets to the TUN device.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+
+use super::{BATCH, BUFFER_SIZE, Shared, offset_in};
+
+enum Decapsulated {
+    Reply(usize, usize),
+    ToTun(usize, usize, IpAddr),
+    Nothing,
+}
+
+/// The UDP reader task of one socket (`v6`: the IPv6 one).
+pub(super) async fn network_to_tun(shared: Arc<Shared>, v6: bool) -> io::Result<()> {
+    let socket = if v6 {
+        shared
+            .udp6
+            .as_ref()
+            .expect("udp6 task only started with a v6 socket")
+    } else {
+        &shared.udp4
+    };
+    let mut src = vec![0u8; BUFFER_SIZE];
+    let mut dst = vec![0u8; BUFFER_SIZE];
+    let mut handled: u32 = 0;
+    loop {
+        handled += 1;
+        if handled.is_multiple_of(BATCH) {
+            tokio::task::yield_now().await;
+        }
+        // Fast path: take what is queued; wait only when nothing is.
+        let received = match socket.try_recv(&mut src) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => socket.recv(&mut src).await,
+            other => other,
+        };
+        let received = match received {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+            Err(e) => return Err(e),
+        };
+        let from = unmapped(received.from);
+        for datagram in received.datagrams(&src) {
+            handle_datagram(&shared, datagram, from, &mut dst).await;
+        }
+    }
+}
+
+/// An IPv4-mapped IPv6 source as the IPv4 address it is.
+fn unmapped(from: SocketAddr) -> SocketAddr {
+    match from {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::from((v4, v6.port())),
+            None => from,
+        },
+        v4 => v4,
+    }
+}
+
+/// The peer a datagram claims to be from, if it is one of ours.
+fn peer_of(shared: &Shared, datagram: &[u8]) -> Option<usize> {
+    match Tunn::parse_incoming_packet(datagram) {
+        Ok(Packet::HandshakeInit(init)) => {
+            parse_handshake_anon(&shared.static_private, &shared.static_public, &init)
+                .ok()
+                .and_then(|half| shared.by_key.get(&half.peer_static_public).copied())
+        }
+        Ok(Packet::HandshakeResponse(p)) => shared.by_index.get(&(p.receiver_idx >> 8)).copied(),
+        Ok(Packet::PacketCookieReply(p)) => shared.by_index.get(&(p.receiver_idx >> 8)).copied(),
+        Ok(Packet::PacketData(p)) => shared.by_index.get(&(p.receiver_idx >> 8)).copied(),
+        Err(_) => None,
+    }
+}
+
+async fn handle_datagram(shared: &Shared, datagram: &[u8], from: SocketAddr, dst: &mut [u8]) {
+    let Some(peer) = peer_of(shared, datagram).map(|i| &shared.peers[i]) else {
+        return;
+    };
+    if peer.blocked.load(Ordering::Relaxed) {
+        return;
+    }
+    let base = dst.as_ptr() as usize;
+    let action = match peer.tunn().decapsulate(Some(from.ip()), datagram, dst) {
+        TunnResult::WriteToNetwork(out) => Decapsulated::Reply(offset_in(base, out), out.len()),
+        TunnResult::WriteToTunnelV4(out, ip) => {
+            Decapsulated::ToTun(offset_in(base, out), out.len(), IpAddr::V4(ip))
+        }
+        TunnResult::WriteToTunnelV6(out, ip) => {
+            Decapsulated::ToTun(offset_in(base, out), out.len(), IpAddr::V6(ip))
+        }
+        TunnResult::Done => Decapsulated::Nothing,
+        TunnResult::Err(e) => {
+            tracing::trace!(tunnel = %shared.name, %from, error = ?e, "datagram rejected");
+            return;
+        }
+    };
+    // Authenticated: this is where the peer is now (WireGuard roaming),
+    // unless its configured endpoint is pinned.
+    peer.authenticated_from(from, &shared.name);
+    match action {
+        Decapsulated::Reply(offset, len) => {
+            shared.send(peer, &dst[offset..offset + len]).await;
+            // Packets queued while the handshake was pending.
+            loop {
+                let next = match peer.tunn().decapsulate(None, &[], dst) {
+                    TunnResult::WriteToNetwork(out) => Some((offset_in(base, out), out.len())),
+                    _ => None,
+                };
+                let Some((offset, len)) = next else { break };
+                shared.send(peer, &dst[offset..offset + len]).await;
+            }
+        }
+        Decapsulated::ToTun(offset, len, source) => {
+            if peer.source_allowed(source) {
+                peer.rx_packets.fetch_add(1, Ordering::Relaxed);
+                shared.write_tun(&dst[offset..offset + len]);
+            } else {
+                shared.source_drops.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Decapsulated::Nothing => {}
+    }
+}
