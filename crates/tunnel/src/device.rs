@@ -42,6 +42,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::TunnelConfig;
 use crate::keys::PublicKey;
+use crate::offload::VnetHdr;
 use crate::udp::BatchSocket;
 
 mod inbound;
@@ -231,6 +232,8 @@ struct Shared {
     name: String,
     listen_port: u16,
     tun: AsyncFd<File>,
+    /// TUN packets carry a `virtio_net_hdr` (offloads, see [`crate::offload`]).
+    vnet_hdr: bool,
     udp4: BatchSocket,
     udp6: Option<BatchSocket>,
     static_private: boringtun::x25519::StaticSecret,
@@ -306,10 +309,20 @@ impl Shared {
         }
     }
 
-    fn write_tun(&self, packet: &[u8]) {
+    /// Writes one packet (with its `virtio_net_hdr` when the device has
+    /// one) to the interface.
+    fn write_tun(&self, hdr: &VnetHdr, packet: &[u8]) {
         // A TUN write either takes the packet or fails at once; drop on
         // back-pressure rather than stall the network side.
-        if let Err(e) = self.tun.get_ref().write(packet) {
+        let result = if self.vnet_hdr {
+            let hdr = hdr.encode();
+            self.tun
+                .get_ref()
+                .write_vectored(&[io::IoSlice::new(&hdr), io::IoSlice::new(packet)])
+        } else {
+            self.tun.get_ref().write(packet)
+        };
+        if let Err(e) = result {
             tracing::trace!(tunnel = %self.name, error = %e, "TUN write dropped");
         }
     }
@@ -373,7 +386,10 @@ impl Tunnel {
         validate(&config)?;
         let name = config.interface_name.clone();
         // --- Everything namespace-bound is created before the first await.
-        let tun = crate::tun::open_tun(&name).map_err(|source| TunnelError::CreateTun {
+        let crate::tun::OpenTun {
+            file: tun,
+            vnet_hdr,
+        } = crate::tun::open_tun(&name).map_err(|source| TunnelError::CreateTun {
             name: name.clone(),
             source,
         })?;
@@ -453,6 +469,7 @@ impl Tunnel {
             name: name.clone(),
             listen_port,
             tun,
+            vnet_hdr,
             udp4: BatchSocket::new(udp4),
             udp6: udp6.map(BatchSocket::new),
             static_private,
@@ -500,6 +517,7 @@ impl Tunnel {
             tunnel = %name,
             listen_port,
             peers = shared.peers.len(),
+            tun_offloads = shared.vnet_hdr,
             udp_gso = shared.udp4.gso(),
             udp_gro = shared.udp4.gro(),
             "WireGuard tunnel up"

@@ -25,6 +25,7 @@ mod config;
 mod device;
 mod keys;
 pub mod netns;
+mod offload;
 mod tun;
 mod udp;
 

@@ -11,6 +11,8 @@ use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 
 use super::{BATCH, BUFFER_SIZE, Shared, offset_in};
+use crate::offload::VnetHdr;
+use crate::offload::gro::Coalescer;
 
 enum Decapsulated {
     Reply(usize, usize),
@@ -30,6 +32,7 @@ pub(super) async fn network_to_tun(shared: Arc<Shared>, v6: bool) -> io::Result<
     };
     let mut src = vec![0u8; BUFFER_SIZE];
     let mut dst = vec![0u8; BUFFER_SIZE];
+    let mut coalescer = Coalescer::default();
     let mut handled: u32 = 0;
     loop {
         handled += 1;
@@ -48,8 +51,11 @@ pub(super) async fn network_to_tun(shared: Arc<Shared>, v6: bool) -> io::Result<
         };
         let from = unmapped(received.from);
         for datagram in received.datagrams(&src) {
-            handle_datagram(&shared, datagram, from, &mut dst).await;
+            handle_datagram(&shared, datagram, from, &mut dst, &mut coalescer).await;
         }
+        // One batch comes from one sender: what it held for the interface
+        // is written now, coalesced where the device takes super-packets.
+        coalescer.finish(&mut |hdr: &VnetHdr, p: &[u8]| shared.write_tun(hdr, p));
     }
 }
 
@@ -79,7 +85,13 @@ fn peer_of(shared: &Shared, datagram: &[u8]) -> Option<usize> {
     }
 }
 
-async fn handle_datagram(shared: &Shared, datagram: &[u8], from: SocketAddr, dst: &mut [u8]) {
+async fn handle_datagram(
+    shared: &Shared,
+    datagram: &[u8],
+    from: SocketAddr,
+    dst: &mut [u8],
+    coalescer: &mut Coalescer,
+) {
     let Some(peer) = peer_of(shared, datagram).map(|i| &shared.peers[i]) else {
         return;
     };
@@ -120,7 +132,13 @@ async fn handle_datagram(shared: &Shared, datagram: &[u8], from: SocketAddr, dst
         Decapsulated::ToTun(offset, len, source) => {
             if peer.source_allowed(source) {
                 peer.rx_packets.fetch_add(1, Ordering::Relaxed);
-                shared.write_tun(&dst[offset..offset + len]);
+                let packet = &dst[offset..offset + len];
+                let mut write = |hdr: &VnetHdr, p: &[u8]| shared.write_tun(hdr, p);
+                if shared.vnet_hdr {
+                    coalescer.push(packet, &mut write);
+                } else {
+                    write(&VnetHdr::data_valid(), packet);
+                }
             } else {
                 shared.source_drops.fetch_add(1, Ordering::Relaxed);
             }

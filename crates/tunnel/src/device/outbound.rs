@@ -1,6 +1,8 @@
-//! Interface → network: read a batch of packets from the TUN device,
-//! encrypt each for the peer its destination routes to, then send each
-//! peer's datagrams in as few system calls as possible.
+//! Interface → network: read a batch of packets from the TUN device (with
+//! offloads, each may be a TCP super-packet that is first split into
+//! packets of the interface's MTU), encrypt each for the peer its
+//! destination routes to, then send each peer's datagrams in as few system
+//! calls as possible.
 
 use std::io::{self, Read as _};
 use std::sync::Arc;
@@ -9,6 +11,7 @@ use std::sync::atomic::Ordering;
 use boringtun::noise::{Tunn, TunnResult};
 
 use super::{BATCH, MAX_PACKET, Shared};
+use crate::offload::{VNET_HDR_LEN, VnetHdr, gso};
 
 /// Bytes of encrypted datagrams collected before they are sent.
 const OUTBOX_BYTES: usize = 512 * 1024;
@@ -41,6 +44,11 @@ impl Outbox {
     /// Encrypts `packet` for the peer its destination routes to and queues
     /// the datagram.
     pub(super) fn encrypt(&mut self, shared: &Shared, packet: &[u8]) {
+        if !self.has_room(packet.len()) {
+            // Not reached: readers stop while less than a super-packet's
+            // worth of room is left.
+            return;
+        }
         let Some(peer_index) = Tunn::dst_address(packet).and_then(|ip| shared.route_index(ip))
         else {
             shared.no_route_drops.fetch_add(1, Ordering::Relaxed);
@@ -93,7 +101,8 @@ impl Outbox {
 
 /// The interface reader task.
 pub(super) async fn tun_to_network(shared: Arc<Shared>) -> io::Result<()> {
-    let mut src = vec![0u8; MAX_PACKET];
+    let mut src = vec![0u8; VNET_HDR_LEN + MAX_PACKET];
+    let mut scratch = Vec::with_capacity(MAX_PACKET);
     let mut outbox = Outbox::new();
     loop {
         let mut guard = shared.tun.readable().await?;
@@ -101,7 +110,8 @@ pub(super) async fn tun_to_network(shared: Arc<Shared>) -> io::Result<()> {
         // as the outbox holds), then send and wait again.
         let mut exhausted = true;
         for _ in 0..BATCH {
-            if !outbox.has_room(MAX_PACKET) {
+            // A super-packet becomes up to ~45 datagrams of MTU + 32 bytes.
+            if !outbox.has_room(2 * MAX_PACKET) {
                 break;
             }
             let n = match guard.try_io(|tun| tun.get_ref().read(&mut src)) {
@@ -117,12 +127,32 @@ pub(super) async fn tun_to_network(shared: Arc<Shared>) -> io::Result<()> {
                     "TUN device closed",
                 ));
             }
-            outbox.encrypt(&shared, &src[..n]);
+            if shared.vnet_hdr {
+                split_and_encrypt(&shared, &mut src[..n], &mut scratch, &mut outbox);
+            } else {
+                outbox.encrypt(&shared, &src[..n]);
+            }
         }
         drop(guard);
         outbox.flush(&shared).await;
         if exhausted {
             tokio::task::yield_now().await;
         }
+    }
+}
+
+/// Encrypts the packets one TUN read with a `virtio_net_hdr` stands for.
+fn split_and_encrypt(
+    shared: &Shared,
+    frame: &mut [u8],
+    scratch: &mut Vec<u8>,
+    outbox: &mut Outbox,
+) {
+    let Some(hdr) = VnetHdr::parse(frame) else {
+        return;
+    };
+    let packet = &mut frame[VNET_HDR_LEN..];
+    if let Err(e) = gso::segments(&hdr, packet, scratch, |p| outbox.encrypt(shared, p)) {
+        tracing::debug!(tunnel = %shared.name, error = ?e, ?hdr, "TUN packet dropped");
     }
 }
