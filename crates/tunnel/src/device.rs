@@ -141,6 +141,21 @@ pub struct TunnelStats {
     /// Decrypted packets dropped because their source address is not in the
     /// sending peer's allowed IPs.
     pub source_drops: u64,
+    /// Which kernel offloads the tunnel uses.
+    pub offloads: Offloads,
+}
+
+/// The kernel offloads a tunnel got (each falls back to plain per-packet
+/// I/O where the kernel lacks it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offloads {
+    /// The TUN device carries `virtio_net_hdr`s: TCP super-packets (TSO)
+    /// and partial checksums both ways.
+    pub tun_vnet_hdr: bool,
+    /// Datagram runs go out as UDP GSO sends (`UDP_SEGMENT`).
+    pub udp_gso: bool,
+    /// Datagrams come in as UDP GRO batches (`UDP_GRO`).
+    pub udp_gro: bool,
 }
 
 struct PeerState {
@@ -576,6 +591,11 @@ impl Tunnel {
                 .collect(),
             no_route_drops: self.shared.no_route_drops.load(Ordering::Relaxed),
             source_drops: self.shared.source_drops.load(Ordering::Relaxed),
+            offloads: Offloads {
+                tun_vnet_hdr: self.shared.vnet_hdr,
+                udp_gso: self.shared.udp4.gso(),
+                udp_gro: self.shared.udp4.gro(),
+            },
         }
     }
 

@@ -23,6 +23,7 @@
 
 mod config;
 mod device;
+pub mod external;
 mod keys;
 pub mod netns;
 mod offload;
@@ -33,5 +34,5 @@ pub use config::{
     DEFAULT_CLIENT_KEEPALIVE_SECS, DEFAULT_MTU, GluetunEnvError, GluetunWireguard, PeerConfig,
     TunnelConfig,
 };
-pub use device::{PeerStats, Tunnel, TunnelError, TunnelStats, run_tunnel_until};
+pub use device::{Offloads, PeerStats, Tunnel, TunnelError, TunnelStats, run_tunnel_until};
 pub use keys::{KeyError, Keypair, PresharedKey, PrivateKey, PublicKey};

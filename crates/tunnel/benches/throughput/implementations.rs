@@ -1,11 +1,10 @@
 //! The WireGuard implementations compared: each started at both ends of the
 //! path, as processes whose CPU time and memory can be read from `/proc`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
 
 use vpno_tunnel::Keypair;
+use vpno_tunnel::external::{self, External, ExternalConfig};
 use vpno_tunnel::netns::NamedNetns;
 
 use crate::measure;
@@ -63,8 +62,23 @@ pub fn all() -> Vec<Box<dyn Implementation>> {
 /// tunnel address.
 pub struct Running {
     pub server_address: String,
-    pub server: Child,
-    pub client: Child,
+    pub ends: Ends,
+}
+
+/// The two processes of a running implementation.
+pub enum Ends {
+    /// Ours: children of this benchmark (see [`crate::ours`]).
+    Ours(Child, Child),
+    External(External, External),
+}
+
+impl Ends {
+    fn pids(&self) -> (u32, u32) {
+        match self {
+            Ends::Ours(s, c) => (s.id(), c.id()),
+            Ends::External(s, c) => (s.pid(), c.pid()),
+        }
+    }
 }
 
 impl Running {
@@ -80,29 +94,29 @@ impl Running {
 
     /// CPU seconds used so far by both ends.
     pub fn cpu_seconds(&self) -> f64 {
-        measure::cpu_seconds(self.server.id()) + measure::cpu_seconds(self.client.id())
+        let (server, client) = self.ends.pids();
+        measure::cpu_seconds(server) + measure::cpu_seconds(client)
     }
 
     pub fn client_rss_kib(&self) -> Option<u64> {
-        measure::rss_kib(self.client.id())
+        measure::rss_kib(self.ends.pids().1)
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        for child in [&mut self.server, &mut self.client] {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Ends::Ours(server, client) = &mut self.ends {
+            for child in [server, client] {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
     }
 }
 
-/// An implementation configured through the UAPI socket with `wg`:
-/// wireguard-go and boringtun-cli.
+/// An implementation from [`vpno_tunnel::external`].
 pub struct Uapi {
-    name: &'static str,
-    program: Option<PathBuf>,
-    args: &'static [&'static str],
+    implementation: external::Implementation,
     prefix: &'static str,
     subnet: u8,
     port: u16,
@@ -111,9 +125,7 @@ pub struct Uapi {
 impl Uapi {
     fn wireguard_go() -> Self {
         Uapi {
-            name: "wireguard-go",
-            program: which("wireguard-go"),
-            args: &["-f"],
+            implementation: external::Implementation::WireguardGo,
             prefix: "wgo",
             subnet: 202,
             port: 51822,
@@ -121,149 +133,61 @@ impl Uapi {
     }
 
     fn boringtun() -> Self {
-        let program = std::env::var_os("VPNO_BORINGTUN_CLI")
-            .map(PathBuf::from)
-            .or_else(|| {
-                Some(PathBuf::from(
-                    "/var/cache/vpn-operator/tools/boringtun/bin/boringtun-cli",
-                ))
-                .filter(|p| p.exists())
-            })
-            .or_else(|| which("boringtun-cli"));
         Uapi {
-            name: "boringtun-cli",
-            program,
-            args: &["-f", "--disable-drop-privileges"],
+            implementation: external::Implementation::BoringtunCli,
             prefix: "wgb",
             subnet: 203,
             port: 51823,
         }
     }
-
-    fn spawn(&self, ns: &NamedNetns, interface: &str) -> Result<Child, String> {
-        let program = self.program.as_ref().ok_or("not installed")?;
-        Command::new("ip")
-            .args(["netns", "exec", ns.name()])
-            .arg(program)
-            .args(self.args)
-            .arg(interface)
-            .env("WG_LOG_FILE", "/dev/null")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("spawn {}: {e}", program.display()))
-    }
-
-    /// Waits for the UAPI socket, then sets keys, peer, address, MTU, up.
-    fn configure(
-        &self,
-        ns: &NamedNetns,
-        interface: &str,
-        own: &Keypair,
-        peer: &str,
-        allowed: &str,
-        endpoint: Option<String>,
-        cidr: &str,
-    ) -> Result<(), String> {
-        let socket = PathBuf::from(format!("/var/run/wireguard/{interface}.sock"));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            if Instant::now() > deadline {
-                return Err(format!("no UAPI socket {}", socket.display()));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let key_file = std::env::temp_dir().join(format!("vpno-bench-{interface}.key"));
-        std::fs::write(&key_file, own.private.to_base64()).map_err(|e| e.to_string())?;
-        let key = key_file.to_string_lossy().into_owned();
-        let port = self.port.to_string();
-        let mut args = vec![
-            "set",
-            interface,
-            "private-key",
-            &key,
-            "peer",
-            peer,
-            "allowed-ips",
-            allowed,
-        ];
-        let endpoint = endpoint.unwrap_or_default();
-        if endpoint.is_empty() {
-            args.splice(2..2, ["listen-port", port.as_str()]);
-        } else {
-            args.extend(["endpoint", &endpoint]);
-        }
-        let result = ns.exec("wg", &args);
-        let _ = std::fs::remove_file(&key_file);
-        match result {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => return Err(format!("wg set: {}", String::from_utf8_lossy(&o.stderr))),
-            Err(e) => return Err(format!("wg: {e}")),
-        }
-        ns.ip(&["addr", "add", cidr, "dev", interface])
-            .and_then(|_| ns.ip(&["link", "set", interface, "mtu", "1420", "up"]))
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
 }
 
 impl Implementation for Uapi {
     fn name(&self) -> &'static str {
-        self.name
+        self.implementation.name()
     }
 
     fn available(&self) -> Result<(), String> {
-        if self.program.is_none() {
-            return Err(format!("{} not installed (scripts/setup)", self.name));
-        }
-        if which("wg").is_none() {
-            return Err("wg (wireguard-tools) not installed (scripts/setup)".into());
-        }
-        Ok(())
+        self.implementation
+            .program()
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     fn start(&self, ends: &Endpoints<'_>) -> Result<Running, String> {
         let plan = Plan::new(self.prefix, self.subnet);
-        let server_if = format!("{}a", plan.interface);
-        let client_if = format!("{}b", plan.interface);
-        let running = Running {
-            server_address: plan.address(1),
-            server: self.spawn(ends.server, &server_if)?,
-            client: self.spawn(ends.client, &client_if)?,
+        let net = |s: String| -> ipnet::IpNet { s.parse().expect("static address") };
+        let server = ExternalConfig {
+            interface: format!("{}a", plan.interface),
+            private_key: plan.server.private.clone(),
+            listen_port: Some(self.port),
+            address: net(format!("{}/24", plan.address(1))),
+            mtu: 1420,
+            peer: plan.client.public,
+            allowed_ips: net(format!("{}/32", plan.address(2))),
+            endpoint: None,
         };
-        self.configure(
-            ends.server,
-            &server_if,
-            &plan.server,
-            &plan.client.public.to_base64(),
-            &format!("{}/32", plan.address(2)),
-            None,
-            &format!("{}/24", plan.address(1)),
-        )?;
-        self.configure(
-            ends.client,
-            &client_if,
-            &plan.client,
-            &plan.server.public.to_base64(),
-            &format!("10.{}.0.0/24", plan.subnet),
-            Some(format!("198.51.100.1:{}", self.port)),
-            &format!("{}/24", plan.address(2)),
-        )?;
-        Ok(running)
+        let client = ExternalConfig {
+            interface: format!("{}b", plan.interface),
+            private_key: plan.client.private.clone(),
+            listen_port: None,
+            address: net(format!("{}/24", plan.address(2))),
+            mtu: 1420,
+            peer: plan.server.public,
+            allowed_ips: net(format!("10.{}.0.0/24", plan.subnet)),
+            endpoint: Some(
+                format!("198.51.100.1:{}", self.port)
+                    .parse()
+                    .expect("endpoint"),
+            ),
+        };
+        let server = External::start(self.implementation, ends.server, &server)
+            .map_err(|e| e.to_string())?;
+        let client = External::start(self.implementation, ends.client, &client)
+            .map_err(|e| e.to_string())?;
+        Ok(Running {
+            server_address: plan.address(1),
+            ends: Ends::External(server, client),
+        })
     }
-}
-
-/// The path of `program` on `$PATH`.
-pub fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|p| is_executable(p))
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt as _;
-    path.metadata()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }

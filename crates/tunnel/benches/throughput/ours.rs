@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use serde_json::json;
 use vpno_tunnel::{PeerConfig, PrivateKey, PublicKey, Tunnel, TunnelConfig};
 
-use crate::implementations::{Endpoints, Implementation, Plan, Running};
+use crate::implementations::{Endpoints, Ends, Implementation, Plan, Running};
 
 /// The row name of our tunnel.
 pub const NAME: &str = "ours";
@@ -54,8 +54,7 @@ impl Implementation for Ours {
         });
         Ok(Running {
             server_address: plan.address(1),
-            server: spawn(&server)?,
-            client: spawn(&client)?,
+            ends: Ends::Ours(spawn(&server)?, spawn(&client)?),
         })
     }
 }
