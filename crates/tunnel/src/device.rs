@@ -47,6 +47,7 @@ use crate::udp::BatchSocket;
 
 mod inbound;
 mod outbound;
+mod pool;
 
 use inbound::network_to_tun;
 use outbound::tun_to_network;
@@ -511,27 +512,41 @@ impl Tunnel {
                     }
                 })
             };
+        let workers = pool::worker_count();
+        let (outbound_pool, encrypters) = outbound::start(&shared, workers);
+        let (inbound_pool, decrypters) = inbound::start(&shared, workers);
         let mut tasks = vec![
             supervise(
                 "interface reader",
-                Box::pin(tun_to_network(Arc::clone(&shared))),
+                Box::pin(tun_to_network(Arc::clone(&shared), outbound_pool)),
             ),
             supervise(
                 "udp reader",
-                Box::pin(network_to_tun(Arc::clone(&shared), false)),
+                Box::pin(network_to_tun(
+                    Arc::clone(&shared),
+                    Arc::clone(&inbound_pool),
+                    false,
+                )),
             ),
             supervise("timers", Box::pin(timers(Arc::clone(&shared)))),
         ];
         if shared.udp6.is_some() {
             tasks.push(supervise(
                 "udp6 reader",
-                Box::pin(network_to_tun(Arc::clone(&shared), true)),
+                Box::pin(network_to_tun(Arc::clone(&shared), inbound_pool, true)),
             ));
+        }
+        for worker in encrypters {
+            tasks.push(supervise("encrypting worker", Box::pin(worker)));
+        }
+        for worker in decrypters {
+            tasks.push(supervise("decrypting worker", Box::pin(worker)));
         }
         tracing::info!(
             tunnel = %name,
             listen_port,
             peers = shared.peers.len(),
+            crypto_workers = workers,
             tun_offloads = shared.vnet_hdr,
             udp_gso = shared.udp4.gso(),
             udp_gro = shared.udp4.gro(),

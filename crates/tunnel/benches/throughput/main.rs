@@ -12,6 +12,7 @@
 //! assertions; every load is bounded by iperf3's `-t` and a `timeout`.
 //!
 //! Environment: `VPNO_BENCH_SECONDS` (per iperf3 run, default 5),
+//! `VPNO_BENCH_ONLY` (comma-separated rows to run, e.g. `veth,ours`),
 //! `VPNO_BORINGTUN_CLI` (path of `boringtun-cli`).
 
 mod implementations;
@@ -54,13 +55,19 @@ fn main() {
         client: &b,
     };
     println!("load average at start: {}", measure::load_average());
+    let only = std::env::var("VPNO_BENCH_ONLY").unwrap_or_default();
+    let wanted = |name: &str| only.is_empty() || only.split(',').any(|o| o.trim() == name);
     let mut rows = Vec::new();
-    for streams in STREAMS {
-        let run = measure::iperf3(&a, &b, "198.51.100.1", streams, seconds);
-        rows.push(Row::new("veth", streams, run, None, None));
+    if wanted("veth") {
+        for streams in STREAMS {
+            let run = measure::iperf3(&a, &b, "198.51.100.1", streams, seconds);
+            rows.push(Row::new("veth", streams, run, None, None));
+        }
     }
     for implementation in implementations::all() {
-        bench_one(&*implementation, &ends, seconds, &mut rows);
+        if wanted(implementation.name()) {
+            bench_one(&*implementation, &ends, seconds, &mut rows);
+        }
     }
     println!("load average at end:   {}", measure::load_average());
     measure::print(&rows);

@@ -1,6 +1,8 @@
-//! Network → interface: receive batches of datagrams, authenticate and
-//! decrypt each, hand replies (handshake responses, cookies, queued packets)
-//! back to the sender and the packets to the TUN device.
+//! Network → interface. The UDP readers receive batches of datagrams and
+//! hand each to the crypto worker for its sender; the worker authenticates
+//! and decrypts each datagram, hands replies (handshake responses, cookies,
+//! queued packets) back to the sender and the packets to the TUN device,
+//! coalesced where it takes super-packets.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -10,9 +12,11 @@ use std::sync::atomic::Ordering;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 
+use super::pool::{Buffers, Workers};
 use super::{BATCH, BUFFER_SIZE, Shared, offset_in};
 use crate::offload::VnetHdr;
 use crate::offload::gro::Coalescer;
+use crate::udp::Received;
 
 enum Decapsulated {
     Reply(usize, usize),
@@ -20,8 +24,44 @@ enum Decapsulated {
     Nothing,
 }
 
+/// One received batch and the buffer holding it.
+pub(super) struct CipherBatch {
+    buf: Vec<u8>,
+    received: Received,
+}
+
+/// What the UDP readers and the decrypting workers share.
+pub(super) struct InboundPool {
+    workers: Workers<CipherBatch>,
+    buffers: Buffers<Vec<u8>>,
+}
+
+/// Creates the pool and the worker futures (to be spawned by the caller).
+pub(super) fn start(
+    shared: &Arc<Shared>,
+    count: usize,
+) -> (
+    Arc<InboundPool>,
+    Vec<impl Future<Output = io::Result<()>> + Send + 'static>,
+) {
+    let (workers, receivers) = Workers::new(count);
+    let pool = Arc::new(InboundPool {
+        workers,
+        buffers: Buffers::new(),
+    });
+    let tasks = receivers
+        .into_iter()
+        .map(|jobs| decrypt_worker(Arc::clone(shared), Arc::clone(&pool), jobs))
+        .collect();
+    (pool, tasks)
+}
+
 /// The UDP reader task of one socket (`v6`: the IPv6 one).
-pub(super) async fn network_to_tun(shared: Arc<Shared>, v6: bool) -> io::Result<()> {
+pub(super) async fn network_to_tun(
+    shared: Arc<Shared>,
+    pool: Arc<InboundPool>,
+    v6: bool,
+) -> io::Result<()> {
     let socket = if v6 {
         shared
             .udp6
@@ -30,33 +70,63 @@ pub(super) async fn network_to_tun(shared: Arc<Shared>, v6: bool) -> io::Result<
     } else {
         &shared.udp4
     };
-    let mut src = vec![0u8; BUFFER_SIZE];
-    let mut dst = vec![0u8; BUFFER_SIZE];
-    let mut coalescer = Coalescer::default();
     let mut handled: u32 = 0;
     loop {
         handled += 1;
         if handled.is_multiple_of(BATCH) {
             tokio::task::yield_now().await;
         }
+        let mut buf = pool.buffers.take(|| vec![0u8; BUFFER_SIZE]);
         // Fast path: take what is queued; wait only when nothing is.
-        let received = match socket.try_recv(&mut src) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => socket.recv(&mut src).await,
+        let received = match socket.try_recv(&mut buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => socket.recv(&mut buf).await,
             other => other,
         };
         let received = match received {
             Ok(r) => r,
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                pool.buffers.put(buf);
+                continue;
+            }
             Err(e) => return Err(e),
         };
+        let key = sender_key(received.from);
+        pool.workers
+            .dispatch(key, CipherBatch { buf, received })
+            .await?;
+    }
+}
+
+/// Which worker a sender's datagrams go to (always the same one).
+fn sender_key(from: SocketAddr) -> usize {
+    let ip = match from.ip() {
+        IpAddr::V4(v4) => u32::from(v4),
+        IpAddr::V6(v6) => v6.octets().chunks(4).fold(0u32, |h, c| {
+            h.rotate_left(5) ^ u32::from_be_bytes([c[0], c[1], c[2], c[3]])
+        }),
+    };
+    (ip ^ u32::from(from.port()).rotate_left(16)) as usize
+}
+
+/// A crypto worker: decrypts the batches queued for it.
+async fn decrypt_worker(
+    shared: Arc<Shared>,
+    pool: Arc<InboundPool>,
+    mut jobs: tokio::sync::mpsc::Receiver<CipherBatch>,
+) -> io::Result<()> {
+    let mut dst = vec![0u8; BUFFER_SIZE];
+    let mut coalescer = Coalescer::default();
+    while let Some(CipherBatch { buf, received }) = jobs.recv().await {
         let from = unmapped(received.from);
-        for datagram in received.datagrams(&src) {
+        for datagram in received.datagrams(&buf) {
             handle_datagram(&shared, datagram, from, &mut dst, &mut coalescer).await;
         }
         // One batch comes from one sender: what it held for the interface
         // is written now, coalesced where the device takes super-packets.
         coalescer.finish(&mut |hdr: &VnetHdr, p: &[u8]| shared.write_tun(hdr, p));
+        pool.buffers.put(buf);
     }
+    Ok(())
 }
 
 /// An IPv4-mapped IPv6 source as the IPv4 address it is.
