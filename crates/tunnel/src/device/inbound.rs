@@ -24,16 +24,16 @@ enum Decapsulated {
     Nothing,
 }
 
-/// One received batch and the buffer holding it.
+/// One received batch: the buffer and the messages in it.
 pub(super) struct CipherBatch {
     buf: Vec<u8>,
-    received: Received,
+    messages: Vec<Received>,
 }
 
 /// What the UDP readers and the decrypting workers share.
 pub(super) struct InboundPool {
     workers: Workers<CipherBatch>,
-    buffers: Buffers<Vec<u8>>,
+    buffers: Buffers<CipherBatch>,
 }
 
 /// Creates the pool and the worker futures (to be spawned by the caller).
@@ -76,24 +76,34 @@ pub(super) async fn network_to_tun(
         if handled.is_multiple_of(BATCH) {
             tokio::task::yield_now().await;
         }
-        let mut buf = pool.buffers.take(|| vec![0u8; BUFFER_SIZE]);
+        let mut batch = pool.buffers.take(|| CipherBatch {
+            buf: vec![0u8; BUFFER_SIZE],
+            messages: Vec::new(),
+        });
         // Fast path: take what is queued; wait only when nothing is.
-        let received = match socket.try_recv(&mut buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => socket.recv(&mut buf).await,
+        let received = match socket.try_recv(&mut batch.buf, &mut batch.messages) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                socket.recv(&mut batch.buf, &mut batch.messages).await
+            }
             other => other,
         };
-        let received = match received {
-            Ok(r) => r,
+        match received {
+            Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                pool.buffers.put(buf);
+                batch.messages.clear();
+                pool.buffers.put(batch);
                 continue;
             }
             Err(e) => return Err(e),
+        }
+        // A GRO batch has one sender; its worker is that sender's. Without
+        // GRO a batch may mix senders, so one worker takes them all (order
+        // per sender is kept either way).
+        let key = match (socket.gro(), batch.messages.first()) {
+            (true, Some(first)) => sender_key(first.from),
+            _ => 0,
         };
-        let key = sender_key(received.from);
-        pool.workers
-            .dispatch(key, CipherBatch { buf, received })
-            .await?;
+        pool.workers.dispatch(key, batch).await?;
     }
 }
 
@@ -116,15 +126,18 @@ async fn decrypt_worker(
 ) -> io::Result<()> {
     let mut dst = vec![0u8; BUFFER_SIZE];
     let mut coalescer = Coalescer::default();
-    while let Some(CipherBatch { buf, received }) = jobs.recv().await {
-        let from = unmapped(received.from);
-        for datagram in received.datagrams(&buf) {
-            handle_datagram(&shared, datagram, from, &mut dst, &mut coalescer).await;
+    while let Some(mut batch) = jobs.recv().await {
+        for received in &batch.messages {
+            let from = unmapped(received.from);
+            for datagram in received.datagrams(&batch.buf) {
+                handle_datagram(&shared, datagram, from, &mut dst, &mut coalescer).await;
+            }
+            // What one sender's message held for the interface is written
+            // now, coalesced where the device takes super-packets.
+            coalescer.finish(&mut |hdr: &VnetHdr, p: &[u8]| shared.write_tun(hdr, p));
         }
-        // One batch comes from one sender: what it held for the interface
-        // is written now, coalesced where the device takes super-packets.
-        coalescer.finish(&mut |hdr: &VnetHdr, p: &[u8]| shared.write_tun(hdr, p));
-        pool.buffers.put(buf);
+        batch.messages.clear();
+        pool.buffers.put(batch);
     }
     Ok(())
 }
