@@ -4,8 +4,9 @@
 //! shorter) goes out as one `sendmsg` with `UDP_SEGMENT` (UDP GSO, Linux ≥
 //! 4.18): the kernel splits it, so one syscall carries up to 64 datagrams.
 //! Where GSO is missing or refused (`EIO`/`EINVAL`, e.g. an egress device
-//! without checksum offload), it is switched off for the socket and runs go
-//! out with one `sendmmsg` each instead.
+//! without checksum offload; `EMSGSIZE`, datagrams above the path MTU that
+//! only IP fragmentation can carry), it is switched off for the socket and
+//! runs go out with one `sendmmsg` each instead.
 //!
 //! Receiving: with `UDP_GRO` (Linux ≥ 5.0) one `recvmsg` returns up to 64 KB
 //! of back-to-back datagrams from one sender with their segment size in a
@@ -125,7 +126,7 @@ impl BatchSocket {
                 Err(e)
                     if matches!(
                         Errno::from_raw(e.raw_os_error().unwrap_or(0)),
-                        Errno::EIO | Errno::EINVAL | Errno::ENOPROTOOPT
+                        Errno::EIO | Errno::EINVAL | Errno::EMSGSIZE | Errno::ENOPROTOOPT
                     ) =>
                 {
                     tracing::info!(error = %e, "UDP GSO refused; sending datagram batches without it");

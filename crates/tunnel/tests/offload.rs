@@ -73,3 +73,37 @@ async fn mtu_edges_mixed_traffic_both_directions() {
     pair.rt_a.run(async move { drop(server) }).await;
     pair.rt_b.run(async move { drop(client) }).await;
 }
+
+/// Datagrams larger than the underlay's MTU (tunnel MTU 1420 over a veth of
+/// 1400): the kernel refuses UDP GSO for them, the socket falls back to
+/// `sendmmsg` and IP fragmentation, and every byte still arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datagrams_above_the_underlay_mtu_fall_back_cleanly() {
+    if !require_root("datagrams_above_the_underlay_mtu_fall_back_cleanly") {
+        return;
+    }
+    let pair = pair();
+    pair.a
+        .ip(&["link", "set", "veth-a", "mtu", "1400"])
+        .unwrap();
+    pair.b
+        .ip(&["link", "set", "veth-b", "mtu", "1400"])
+        .unwrap();
+    let Configs { server, client } = configs(None);
+    let server = pair.rt_a.run(Tunnel::start(server)).await.expect("server");
+    let client = pair.rt_b.run(Tunnel::start(client)).await.expect("client");
+    let (up, down) = tokio::join!(
+        tcp_echo(&pair.rt_a, "10.200.0.1", &pair.rt_b, 2 << 20),
+        tcp_echo(&pair.rt_b, "10.200.0.2", &pair.rt_a, 2 << 20),
+    );
+    up.expect("TCP b→a");
+    down.expect("TCP a→b");
+    assert!(ping(&pair.b, "10.200.0.1", 1420), "ping at the tunnel MTU");
+    assert!(
+        !client.stats().offloads.udp_gso && !server.stats().offloads.udp_gso,
+        "GSO switched off after the kernel refused it: {:?}",
+        client.stats().offloads
+    );
+    pair.rt_a.run(async move { drop(server) }).await;
+    pair.rt_b.run(async move { drop(client) }).await;
+}
