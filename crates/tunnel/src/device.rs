@@ -42,7 +42,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::TunnelConfig;
 use crate::keys::PublicKey;
-use crate::offload::VnetHdr;
+use crate::offload::{GSO_NONE, VnetHdr};
 use crate::udp::BatchSocket;
 
 mod inbound;
@@ -250,6 +250,9 @@ struct Shared {
     tun: AsyncFd<File>,
     /// TUN packets carry a `virtio_net_hdr` (offloads, see [`crate::offload`]).
     vnet_hdr: bool,
+    /// Decrypted TCP segments are coalesced before TUN writes (until the
+    /// kernel refuses a coalesced write).
+    coalesce: AtomicBool,
     udp4: BatchSocket,
     udp6: Option<BatchSocket>,
     static_private: boringtun::x25519::StaticSecret,
@@ -338,8 +341,28 @@ impl Shared {
         } else {
             self.tun.get_ref().write(packet)
         };
-        if let Err(e) = result {
-            tracing::trace!(tunnel = %self.name, error = %e, "TUN write dropped");
+        match result {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && hdr.gso_type != GSO_NONE => {
+                self.refuse_coalescing(hdr, packet)
+            }
+            Err(e) => tracing::trace!(tunnel = %self.name, error = %e, "TUN write dropped"),
+            Ok(_) => {}
+        }
+    }
+
+    /// The kernel refused a coalesced super-packet: stop coalescing for
+    /// this tunnel and write this one's segments one by one.
+    fn refuse_coalescing(&self, hdr: &VnetHdr, packet: &[u8]) {
+        if self.coalesce.swap(false, Ordering::Relaxed) {
+            tracing::info!(tunnel = %self.name, "the kernel refused a coalesced TUN write; writing packets one by one");
+        }
+        let mut packet = packet.to_vec();
+        let mut segments = Vec::new();
+        let _ = crate::offload::gso::segments(hdr, &mut packet, &mut Vec::new(), |p| {
+            segments.push(p.to_vec())
+        });
+        for segment in segments {
+            self.write_tun(&VnetHdr::data_valid(), &segment);
         }
     }
 }
@@ -486,6 +509,7 @@ impl Tunnel {
             listen_port,
             tun,
             vnet_hdr,
+            coalesce: AtomicBool::new(vnet_hdr),
             udp4: BatchSocket::new(udp4),
             udp6: udp6.map(BatchSocket::new),
             static_private,

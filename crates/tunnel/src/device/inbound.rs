@@ -217,7 +217,7 @@ async fn handle_datagram(
                 peer.rx_packets.fetch_add(1, Ordering::Relaxed);
                 let packet = &dst[offset..offset + len];
                 let mut write = |hdr: &VnetHdr, p: &[u8]| shared.write_tun(hdr, p);
-                if shared.vnet_hdr {
+                if shared.coalesce.load(Ordering::Relaxed) {
                     coalescer.push(packet, &mut write);
                 } else {
                     write(&VnetHdr::data_valid(), packet);
