@@ -107,3 +107,55 @@ async fn datagrams_above_the_underlay_mtu_fall_back_cleanly() {
     pair.rt_a.run(async move { drop(server) }).await;
     pair.rt_b.run(async move { drop(client) }).await;
 }
+
+/// IPv6 inside the tunnel: TSO6 super-packets split on the way out, TCP/IPv6
+/// segments coalesced on the way in, both directions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_tcp_inside_the_tunnel_both_directions() {
+    if !require_root("ipv6_tcp_inside_the_tunnel_both_directions") {
+        return;
+    }
+    let pair = pair();
+    for ns in [&pair.a, &pair.b] {
+        // No duplicate address detection: the addresses are usable at once.
+        let out = ns
+            .exec(
+                "sysctl",
+                &[
+                    "-qw",
+                    "net.ipv6.conf.default.accept_dad=0",
+                    "net.ipv6.conf.all.accept_dad=0",
+                ],
+            )
+            .expect("sysctl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let Configs {
+        mut server,
+        mut client,
+    } = configs(None);
+    server.addresses.push("fd00:200::1/64".parse().unwrap());
+    server.peers[0]
+        .allowed_ips
+        .push("fd00:200::2/128".parse().unwrap());
+    client.addresses.push("fd00:200::2/128".parse().unwrap());
+    client.routes.push("fd00:200::/64".parse().unwrap());
+    client.peers[0]
+        .allowed_ips
+        .push("fd00:200::/64".parse().unwrap());
+    let server = pair.rt_a.run(Tunnel::start(server)).await.expect("server");
+    let client = pair.rt_b.run(Tunnel::start(client)).await.expect("client");
+    let (up, down) = tokio::join!(
+        tcp_echo(&pair.rt_a, "fd00:200::1", &pair.rt_b, 8 << 20),
+        tcp_echo(&pair.rt_b, "fd00:200::2", &pair.rt_a, 8 << 20),
+    );
+    up.expect("TCP/IPv6 b→a");
+    down.expect("TCP/IPv6 a→b");
+    assert_eq!(server.stats().source_drops, 0);
+    pair.rt_a.run(async move { drop(server) }).await;
+    pair.rt_b.run(async move { drop(client) }).await;
+}
