@@ -95,11 +95,12 @@ pub struct ExternalConfig {
     pub endpoint: Option<SocketAddr>,
 }
 
-/// A running external implementation; killed (and so its interface
-/// removed) on drop.
+/// A running external implementation; stopped (SIGTERM, SIGKILL after
+/// 2 s), with its interface and UAPI socket removed, on drop.
 #[derive(Debug)]
 pub struct External {
     child: Child,
+    socket: PathBuf,
 }
 
 impl External {
@@ -125,7 +126,10 @@ impl External {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| fail(format!("spawn {}: {e}", program.display())))?;
-        let external = External { child };
+        let external = External {
+            child,
+            socket: uapi_socket(&config.interface),
+        };
         configure(netns, config).map_err(fail)?;
         Ok(external)
     }
@@ -138,15 +142,28 @@ impl External {
 
 impl Drop for External {
     fn drop(&mut self) {
+        // `ip netns exec` execs the program, so this is its pid. SIGTERM
+        // lets it remove its socket and interface itself.
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
     }
+}
+
+fn uapi_socket(interface: &str) -> PathBuf {
+    PathBuf::from(format!("/var/run/wireguard/{interface}.sock"))
 }
 
 /// Waits for the UAPI socket, then sets key, port, peer, address, MTU, up.
 fn configure(netns: &NamedNetns, config: &ExternalConfig) -> Result<(), String> {
     let interface = config.interface.as_str();
-    let socket = PathBuf::from(format!("/var/run/wireguard/{interface}.sock"));
+    let socket = uapi_socket(interface);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !socket.exists() {
         if Instant::now() > deadline {

@@ -107,6 +107,12 @@ impl Drop for Running {
     fn drop(&mut self) {
         if let Ends::Ours(server, client) = &mut self.ends {
             for child in [server, client] {
+                // Closing stdin stops the child cleanly; kill after 2 s.
+                drop(child.stdin.take());
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+                while std::time::Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
                 let _ = child.kill();
                 let _ = child.wait();
             }
