@@ -1,5 +1,9 @@
 //! The running tunnel: a TUN interface, a UDP socket and one
-//! `boringtun::noise::Tunn` per peer, driven by three tokio tasks.
+//! `boringtun::noise::Tunn` per peer, driven by tokio tasks: a TUN reader
+//! and a UDP reader that only make (batched) system calls, crypto workers
+//! (`device/pool.rs`) that encrypt or decrypt and write, and the timers.
+//! The packet paths are in `device/outbound.rs` (interface → network) and
+//! `device/inbound.rs` (network → interface).
 //!
 //! # Why not `boringtun::device::DeviceHandle`
 //!
