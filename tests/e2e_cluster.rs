@@ -226,7 +226,10 @@ async fn scenario_controller_identity(cluster: &Cluster) {
     };
     assert!(can("watch", "maskproviders.vpn.beebs.dev"));
     assert!(can("create", "pods"));
-    assert!(!can("list", "nodes"), "the controller may list nodes");
+    // Nodes are read (a MaskGateway gives each node a slice of its network), never changed.
+    assert!(can("list", "nodes"));
+    assert!(!can("update", "nodes"), "the controller may update nodes");
+    assert!(!can("delete", "nodes"), "the controller may delete nodes");
     assert!(
         !can("create", "clusterroles"),
         "the controller may create ClusterRoles"

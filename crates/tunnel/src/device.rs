@@ -1,5 +1,9 @@
 //! The running tunnel: a TUN interface, a UDP socket and one
-//! `boringtun::noise::Tunn` per peer, driven by three tokio tasks.
+//! `boringtun::noise::Tunn` per peer, driven by tokio tasks: a TUN reader
+//! and a UDP reader that only make (batched) system calls, crypto workers
+//! (`device/pool.rs`) that encrypt or decrypt and write, and the timers.
+//! The packet paths are in `device/outbound.rs` (interface → network) and
+//! `device/inbound.rs` (network → interface).
 //!
 //! # Why not `boringtun::device::DeviceHandle`
 //!
@@ -26,14 +30,13 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Read as _, Write as _};
+use std::io::{self, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use boringtun::noise::handshake::parse_handshake_anon;
-use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::noise::{Tunn, TunnResult};
 use futures::TryStreamExt as _;
 use ipnet::IpNet;
 use tokio::io::unix::AsyncFd;
@@ -43,6 +46,15 @@ use tokio::task::JoinHandle;
 
 use crate::config::TunnelConfig;
 use crate::keys::PublicKey;
+use crate::offload::{GSO_NONE, VnetHdr};
+use crate::udp::BatchSocket;
+
+mod inbound;
+mod outbound;
+mod pool;
+
+use inbound::network_to_tun;
+use outbound::tun_to_network;
 
 /// Largest IP packet we read from the TUN device or accept from the network.
 const MAX_PACKET: usize = 65_535;
@@ -134,6 +146,21 @@ pub struct TunnelStats {
     /// Decrypted packets dropped because their source address is not in the
     /// sending peer's allowed IPs.
     pub source_drops: u64,
+    /// Which kernel offloads the tunnel uses.
+    pub offloads: Offloads,
+}
+
+/// The kernel offloads a tunnel got (each falls back to plain per-packet
+/// I/O where the kernel lacks it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offloads {
+    /// The TUN device carries `virtio_net_hdr`s: TCP super-packets (TSO)
+    /// and partial checksums both ways.
+    pub tun_vnet_hdr: bool,
+    /// Datagram runs go out as UDP GSO sends (`UDP_SEGMENT`).
+    pub udp_gso: bool,
+    /// Datagrams come in as UDP GRO batches (`UDP_GRO`).
+    pub udp_gro: bool,
 }
 
 struct PeerState {
@@ -225,8 +252,13 @@ struct Shared {
     name: String,
     listen_port: u16,
     tun: AsyncFd<File>,
-    udp4: UdpSocket,
-    udp6: Option<UdpSocket>,
+    /// TUN packets carry a `virtio_net_hdr` (offloads, see [`crate::offload`]).
+    vnet_hdr: bool,
+    /// Decrypted TCP segments are coalesced before TUN writes (until the
+    /// kernel refuses a coalesced write).
+    coalesce: AtomicBool,
+    udp4: BatchSocket,
+    udp6: Option<BatchSocket>,
     static_private: boringtun::x25519::StaticSecret,
     static_public: boringtun::x25519::PublicKey,
     peers: Vec<PeerState>,
@@ -239,11 +271,18 @@ struct Shared {
 }
 
 impl Shared {
-    fn route(&self, dst: IpAddr) -> Option<&PeerState> {
+    fn route_index(&self, dst: IpAddr) -> Option<usize> {
         self.routes
             .iter()
             .find(|(net, _)| net.contains(&dst))
-            .map(|(_, i)| &self.peers[*i])
+            .map(|(_, i)| *i)
+    }
+
+    fn socket_for(&self, endpoint: SocketAddr) -> &BatchSocket {
+        match (endpoint, &self.udp6) {
+            (SocketAddr::V6(_), Some(udp6)) => udp6,
+            _ => &self.udp4,
+        }
     }
 
     async fn send(&self, peer: &PeerState, datagram: &[u8]) {
@@ -253,10 +292,7 @@ impl Shared {
         let Some(endpoint) = peer.endpoint() else {
             return;
         };
-        let socket = match (endpoint, &self.udp6) {
-            (SocketAddr::V6(_), Some(udp6)) => udp6,
-            _ => &self.udp4,
-        };
+        let socket = self.socket_for(endpoint).socket();
         // Fast path without the async machinery; wait only when the socket
         // buffer is full.
         let result = match socket.try_send_to(datagram, endpoint) {
@@ -275,11 +311,62 @@ impl Shared {
         }
     }
 
-    fn write_tun(&self, packet: &[u8]) {
+    /// Sends a batch of datagrams to one peer, in order, in as few system
+    /// calls as the kernel allows (see [`crate::udp`]).
+    async fn send_batch(&self, peer: &PeerState, datagrams: &[&[u8]]) {
+        if peer.blocked.load(Ordering::Relaxed) || datagrams.is_empty() {
+            return;
+        }
+        let Some(endpoint) = peer.endpoint() else {
+            return;
+        };
+        match self
+            .socket_for(endpoint)
+            .send_all(endpoint, datagrams)
+            .await
+        {
+            Ok(sent) => {
+                peer.tx_packets.fetch_add(sent as u64, Ordering::Relaxed);
+            }
+            Err(e) => tracing::debug!(tunnel = %self.name, %endpoint, error = %e, "send failed"),
+        }
+    }
+
+    /// Writes one packet (with its `virtio_net_hdr` when the device has
+    /// one) to the interface.
+    fn write_tun(&self, hdr: &VnetHdr, packet: &[u8]) {
         // A TUN write either takes the packet or fails at once; drop on
         // back-pressure rather than stall the network side.
-        if let Err(e) = self.tun.get_ref().write(packet) {
-            tracing::trace!(tunnel = %self.name, error = %e, "TUN write dropped");
+        let result = if self.vnet_hdr {
+            let hdr = hdr.encode();
+            self.tun
+                .get_ref()
+                .write_vectored(&[io::IoSlice::new(&hdr), io::IoSlice::new(packet)])
+        } else {
+            self.tun.get_ref().write(packet)
+        };
+        match result {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && hdr.gso_type != GSO_NONE => {
+                self.refuse_coalescing(hdr, packet)
+            }
+            Err(e) => tracing::trace!(tunnel = %self.name, error = %e, "TUN write dropped"),
+            Ok(_) => {}
+        }
+    }
+
+    /// The kernel refused a coalesced super-packet: stop coalescing for
+    /// this tunnel and write this one's segments one by one.
+    fn refuse_coalescing(&self, hdr: &VnetHdr, packet: &[u8]) {
+        if self.coalesce.swap(false, Ordering::Relaxed) {
+            tracing::info!(tunnel = %self.name, "the kernel refused a coalesced TUN write; writing packets one by one");
+        }
+        let mut packet = packet.to_vec();
+        let mut segments = Vec::new();
+        let _ = crate::offload::gso::segments(hdr, &mut packet, &mut Vec::new(), |p| {
+            segments.push(p.to_vec())
+        });
+        for segment in segments {
+            self.write_tun(&VnetHdr::data_valid(), &segment);
         }
     }
 }
@@ -342,7 +429,10 @@ impl Tunnel {
         validate(&config)?;
         let name = config.interface_name.clone();
         // --- Everything namespace-bound is created before the first await.
-        let tun = crate::tun::open_tun(&name).map_err(|source| TunnelError::CreateTun {
+        let crate::tun::OpenTun {
+            file: tun,
+            vnet_hdr,
+        } = crate::tun::open_tun(&name).map_err(|source| TunnelError::CreateTun {
             name: name.clone(),
             source,
         })?;
@@ -422,8 +512,10 @@ impl Tunnel {
             name: name.clone(),
             listen_port,
             tun,
-            udp4,
-            udp6,
+            vnet_hdr,
+            coalesce: AtomicBool::new(vnet_hdr),
+            udp4: BatchSocket::new(udp4),
+            udp6: udp6.map(BatchSocket::new),
             static_private,
             static_public,
             peers,
@@ -448,27 +540,44 @@ impl Tunnel {
                     }
                 })
             };
+        let workers = pool::worker_count();
+        let (outbound_pool, encrypters) = outbound::start(&shared, workers);
+        let (inbound_pool, decrypters) = inbound::start(&shared, workers);
         let mut tasks = vec![
             supervise(
                 "interface reader",
-                Box::pin(tun_to_network(Arc::clone(&shared))),
+                Box::pin(tun_to_network(Arc::clone(&shared), outbound_pool)),
             ),
             supervise(
                 "udp reader",
-                Box::pin(network_to_tun(Arc::clone(&shared), false)),
+                Box::pin(network_to_tun(
+                    Arc::clone(&shared),
+                    Arc::clone(&inbound_pool),
+                    false,
+                )),
             ),
             supervise("timers", Box::pin(timers(Arc::clone(&shared)))),
         ];
         if shared.udp6.is_some() {
             tasks.push(supervise(
                 "udp6 reader",
-                Box::pin(network_to_tun(Arc::clone(&shared), true)),
+                Box::pin(network_to_tun(Arc::clone(&shared), inbound_pool, true)),
             ));
+        }
+        for worker in encrypters {
+            tasks.push(supervise("encrypting worker", Box::pin(worker)));
+        }
+        for worker in decrypters {
+            tasks.push(supervise("decrypting worker", Box::pin(worker)));
         }
         tracing::info!(
             tunnel = %name,
             listen_port,
             peers = shared.peers.len(),
+            crypto_workers = workers,
+            tun_offloads = shared.vnet_hdr,
+            udp_gso = shared.udp4.gso(),
+            udp_gro = shared.udp4.gro(),
             "WireGuard tunnel up"
         );
         Ok(Tunnel {
@@ -525,6 +634,11 @@ impl Tunnel {
                 .collect(),
             no_route_drops: self.shared.no_route_drops.load(Ordering::Relaxed),
             source_drops: self.shared.source_drops.load(Ordering::Relaxed),
+            offloads: Offloads {
+                tun_vnet_hdr: self.shared.vnet_hdr,
+                udp_gso: self.shared.udp4.gso(),
+                udp_gro: self.shared.udp4.gro(),
+            },
         }
     }
 
@@ -651,161 +765,6 @@ async fn configure_link(
             .map_err(|e| err(&format!("add route {route}"), e))?;
     }
     Ok(index)
-}
-
-/// Interface → network: encrypt each packet for the peer its destination
-/// routes to.
-async fn tun_to_network(shared: Arc<Shared>) -> io::Result<()> {
-    let mut src = vec![0u8; MAX_PACKET];
-    let mut dst = vec![0u8; BUFFER_SIZE];
-    loop {
-        let mut guard = shared.tun.readable().await?;
-        // Drain the device while it has packets (at most BATCH), then wait
-        // again.
-        let mut exhausted = true;
-        for _ in 0..BATCH {
-            let n = match guard.try_io(|tun| tun.get_ref().read(&mut src)) {
-                Ok(result) => result?,
-                Err(_would_block) => {
-                    exhausted = false;
-                    break;
-                }
-            };
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "TUN device closed",
-                ));
-            }
-            let packet = &src[..n];
-            let Some(peer) = Tunn::dst_address(packet).and_then(|dst_ip| shared.route(dst_ip))
-            else {
-                shared.no_route_drops.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            let out = match peer.tunn().encapsulate(packet, &mut dst) {
-                TunnResult::WriteToNetwork(out) => out.len(),
-                TunnResult::Err(e) => {
-                    tracing::debug!(tunnel = %shared.name, error = ?e, "encapsulate failed");
-                    continue;
-                }
-                _ => continue,
-            };
-            shared.send(peer, &dst[..out]).await;
-        }
-        drop(guard);
-        if exhausted {
-            tokio::task::yield_now().await;
-        }
-    }
-}
-
-enum Decapsulated {
-    Reply(usize, usize),
-    ToTun(usize, usize, IpAddr),
-    Nothing,
-}
-
-/// Network → interface: authenticate and decrypt, hand replies (handshake
-/// responses, cookies, queued packets) back to the sender.
-async fn network_to_tun(shared: Arc<Shared>, v6: bool) -> io::Result<()> {
-    let socket = if v6 {
-        shared
-            .udp6
-            .as_ref()
-            .expect("udp6 task only started with a v6 socket")
-    } else {
-        &shared.udp4
-    };
-    let mut src = vec![0u8; BUFFER_SIZE];
-    let mut dst = vec![0u8; BUFFER_SIZE];
-    let mut handled: u32 = 0;
-    loop {
-        handled += 1;
-        if handled.is_multiple_of(BATCH) {
-            tokio::task::yield_now().await;
-        }
-        // Fast path: take what is queued; wait only when nothing is.
-        let received = match socket.try_recv_from(&mut src) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => socket.recv_from(&mut src).await,
-            other => other,
-        };
-        let (n, from) = match received {
-            Ok(r) => r,
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
-            Err(e) => return Err(e),
-        };
-        let from = match from {
-            SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-                Some(v4) => SocketAddr::from((v4, v6.port())),
-                None => from,
-            },
-            v4 => v4,
-        };
-        let datagram = &src[..n];
-        let peer_index = match Tunn::parse_incoming_packet(datagram) {
-            Ok(Packet::HandshakeInit(init)) => {
-                parse_handshake_anon(&shared.static_private, &shared.static_public, &init)
-                    .ok()
-                    .and_then(|half| shared.by_key.get(&half.peer_static_public).copied())
-            }
-            Ok(Packet::HandshakeResponse(p)) => {
-                shared.by_index.get(&(p.receiver_idx >> 8)).copied()
-            }
-            Ok(Packet::PacketCookieReply(p)) => {
-                shared.by_index.get(&(p.receiver_idx >> 8)).copied()
-            }
-            Ok(Packet::PacketData(p)) => shared.by_index.get(&(p.receiver_idx >> 8)).copied(),
-            Err(_) => None,
-        };
-        let Some(peer) = peer_index.map(|i| &shared.peers[i]) else {
-            continue;
-        };
-        if peer.blocked.load(Ordering::Relaxed) {
-            continue;
-        }
-        let base = dst.as_ptr() as usize;
-        let action = match peer.tunn().decapsulate(Some(from.ip()), datagram, &mut dst) {
-            TunnResult::WriteToNetwork(out) => Decapsulated::Reply(offset_in(base, out), out.len()),
-            TunnResult::WriteToTunnelV4(out, ip) => {
-                Decapsulated::ToTun(offset_in(base, out), out.len(), IpAddr::V4(ip))
-            }
-            TunnResult::WriteToTunnelV6(out, ip) => {
-                Decapsulated::ToTun(offset_in(base, out), out.len(), IpAddr::V6(ip))
-            }
-            TunnResult::Done => Decapsulated::Nothing,
-            TunnResult::Err(e) => {
-                tracing::trace!(tunnel = %shared.name, %from, error = ?e, "datagram rejected");
-                continue;
-            }
-        };
-        // Authenticated: this is where the peer is now (WireGuard roaming),
-        // unless its configured endpoint is pinned.
-        peer.authenticated_from(from, &shared.name);
-        match action {
-            Decapsulated::Reply(offset, len) => {
-                shared.send(peer, &dst[offset..offset + len]).await;
-                // Packets queued while the handshake was pending.
-                loop {
-                    let next = match peer.tunn().decapsulate(None, &[], &mut dst) {
-                        TunnResult::WriteToNetwork(out) => Some((offset_in(base, out), out.len())),
-                        _ => None,
-                    };
-                    let Some((offset, len)) = next else { break };
-                    shared.send(peer, &dst[offset..offset + len]).await;
-                }
-            }
-            Decapsulated::ToTun(offset, len, source) => {
-                if peer.source_allowed(source) {
-                    peer.rx_packets.fetch_add(1, Ordering::Relaxed);
-                    shared.write_tun(&dst[offset..offset + len]);
-                } else {
-                    shared.source_drops.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            Decapsulated::Nothing => {}
-        }
-    }
 }
 
 /// Handshake initiation at start, then boringtun's timers: rekeying,

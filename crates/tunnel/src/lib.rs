@@ -23,13 +23,16 @@
 
 mod config;
 mod device;
+pub mod external;
 mod keys;
 pub mod netns;
+mod offload;
 mod tun;
+mod udp;
 
 pub use config::{
     DEFAULT_CLIENT_KEEPALIVE_SECS, DEFAULT_MTU, GluetunEnvError, GluetunWireguard, PeerConfig,
     TunnelConfig, is_slot_variable, slot_env, slot_variable,
 };
-pub use device::{PeerStats, Tunnel, TunnelError, TunnelStats, run_tunnel_until};
+pub use device::{Offloads, PeerStats, Tunnel, TunnelError, TunnelStats, run_tunnel_until};
 pub use keys::{KeyError, Keypair, PresharedKey, PrivateKey, PublicKey};

@@ -1,5 +1,6 @@
 //! The Linux TUN device: the only place in this crate that needs `unsafe`
-//! (one `ioctl(TUNSETIFF)`; everything else goes through `std::fs::File`).
+//! (the `ioctl`s `TUNSETIFF`, `TUNSETOFFLOAD` and `TUNGETIFF`; everything
+//! else goes through `std::fs::File`).
 #![allow(unsafe_code)]
 
 use std::fs::{File, OpenOptions};
@@ -8,6 +9,22 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+/// `_IOW('T', 208, unsigned int)`.
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// Prefix every packet with a `virtio_net_hdr` (see [`crate::offload`]).
+const IFF_VNET_HDR: libc::c_int = 0x4000;
+/// `TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6`: the kernel may hand us packets
+/// with partial checksums and TCP super-packets, and we may hand it the
+/// same. Not `TUN_F_TSO_ECN` or UDP segmentation: the kernel segments those
+/// itself before they reach us.
+const OFFLOADS: libc::c_ulong = 0x01 | 0x02 | 0x04;
+
+/// An open TUN device and whether its packets carry a `virtio_net_hdr`
+/// (with TSO and checksum offload switched on).
+pub(crate) struct OpenTun {
+    pub file: File,
+    pub vnet_hdr: bool,
+}
 
 /// `struct ifreq` with the flags member of its union; padded to the kernel's
 /// 40 bytes.
@@ -19,10 +36,36 @@ struct IfReqFlags {
 }
 
 /// Opens `/dev/net/tun` and attaches it to a new (or existing, unused) TUN
-/// interface named `name` in the calling thread's network namespace. The
-/// interface is non-persistent: it disappears when the returned file (and
-/// every duplicate of it) is closed. The file is non-blocking.
-pub(crate) fn open_tun(name: &str) -> io::Result<File> {
+/// interface named `name` in the calling thread's network namespace, with
+/// `IFF_VNET_HDR` and TSO/checksum offloads where the kernel takes them
+/// (else plain packets). The interface is non-persistent: it disappears
+/// when the returned file (and every duplicate of it) is closed. The file is
+/// non-blocking.
+pub(crate) fn open_tun(name: &str) -> io::Result<OpenTun> {
+    match open_with(name, IFF_VNET_HDR) {
+        Ok(file) => {
+            // SAFETY: TUNSETOFFLOAD takes its argument by value; the fd is
+            // open and owned by `file`.
+            let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETOFFLOAD as _, OFFLOADS) };
+            if rc < 0 {
+                // The header still works without offloads: packets are then
+                // plain, with complete checksums.
+                tracing::debug!(interface = name, error = %io::Error::last_os_error(), "TUN offloads refused");
+            }
+            Ok(OpenTun {
+                file,
+                vnet_hdr: true,
+            })
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(OpenTun {
+            file: open_with(name, 0)?,
+            vnet_hdr: false,
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+fn open_with(name: &str, extra_flags: libc::c_int) -> io::Result<File> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', ' ', '\0']) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -36,7 +79,7 @@ pub(crate) fn open_tun(name: &str) -> io::Result<File> {
         .open("/dev/net/tun")?;
     let mut req = IfReqFlags {
         name: [0; libc::IFNAMSIZ],
-        flags: (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short,
+        flags: (libc::IFF_TUN | libc::IFF_NO_PI | extra_flags) as libc::c_short,
         _pad: [0; 22],
     };
     req.name[..name.len()].copy_from_slice(name.as_bytes());

@@ -3,73 +3,14 @@
 //! same-named tunnels in different namespaces do not collide).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vpno_tunnel::netns::{NamedNetns, NetnsRuntime, require_root};
 use vpno_tunnel::{Keypair, PeerConfig, PresharedKey, Tunnel, TunnelConfig};
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// Two namespaces `a` (server, 198.51.100.1) and `b` (client, 198.51.100.2)
-/// on a veth pair. Field order matters: runtimes drop before namespaces.
-struct Pair {
-    rt_a: NetnsRuntime,
-    rt_b: NetnsRuntime,
-    a: NamedNetns,
-    #[allow(dead_code)] // held so that the namespace is deleted on drop
-    b: NamedNetns,
-}
-
-fn pair() -> Pair {
-    let id = format!(
-        "{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
-    let a = NamedNetns::create(format!("vpno-tun-a-{id}")).unwrap();
-    let b = NamedNetns::create(format!("vpno-tun-b-{id}")).unwrap();
-    a.link_veth(
-        ("veth-a", "198.51.100.1/30"),
-        &b,
-        ("veth-b", "198.51.100.2/30"),
-    )
-    .unwrap();
-    Pair {
-        rt_a: a.runtime().unwrap(),
-        rt_b: b.runtime().unwrap(),
-        a,
-        b,
-    }
-}
-
-struct Configs {
-    server: TunnelConfig,
-    client: TunnelConfig,
-}
-
-fn configs(psk: Option<PresharedKey>) -> Configs {
-    let server_keys = Keypair::generate();
-    let client_keys = Keypair::generate();
-    let mut server = TunnelConfig::new("wg0", server_keys.private.clone());
-    server.listen_port = Some(51820);
-    server.addresses = vec!["10.200.0.1/24".parse().unwrap()];
-    let mut client_peer = PeerConfig::new(client_keys.public);
-    client_peer.allowed_ips = vec!["10.200.0.2/32".parse().unwrap()];
-    client_peer.preshared_key = psk.clone();
-    server.peers.push(client_peer);
-
-    let mut client = TunnelConfig::new("wg0", client_keys.private.clone());
-    client.addresses = vec!["10.200.0.2/32".parse().unwrap()];
-    client.routes = vec!["10.200.0.0/24".parse().unwrap()];
-    let mut server_peer = PeerConfig::new(server_keys.public);
-    server_peer.endpoint = Some("198.51.100.1:51820".parse().unwrap());
-    server_peer.allowed_ips = vec!["10.200.0.0/24".parse().unwrap()];
-    server_peer.preshared_key = psk;
-    client.peers.push(server_peer);
-    Configs { server, client }
-}
+mod common;
+use common::{Configs, configs, pair, unique};
 
 /// Whether a TCP connection from `from` to `to` completes within a second
 /// (a listener must exist there, or the peer must answer with a reset).
@@ -286,12 +227,7 @@ async fn server_with_two_peers_and_per_peer_block() {
         return;
     }
     let pair = pair();
-    let id = format!(
-        "{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
-    let c = NamedNetns::create(format!("vpno-tun-c-{id}")).unwrap();
+    let c = NamedNetns::create(unique("vpno-tun-c-")).unwrap();
     pair.a
         .link_veth(
             ("veth-ac", "198.51.100.5/30"),
