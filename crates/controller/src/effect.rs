@@ -87,8 +87,12 @@ pub(crate) enum NewObject {
     /// A provider's verification Mask, or a MaskGateway's replica Mask.
     Mask(Box<Mask>),
     /// A credentials copy; one that exists already is made to match (data,
-    /// owner, label), with an Event on its owning consumer.
-    Credentials(Box<Secret>),
+    /// owner, label), with an Event on its owning consumer. With the provider
+    /// Secret's resourceVersion, the copy is remembered as in step with it.
+    Credentials {
+        copy: Box<Secret>,
+        source_version: Option<String>,
+    },
     Pod(Box<Pod>),
     ServiceAccount(Box<ServiceAccount>),
     Role(Box<Role>),
@@ -156,7 +160,10 @@ pub(crate) enum Effect {
         propagation: Propagation,
     },
     /// Replace a credentials copy (read moments ago) with this version.
-    UpdateCredentials(Box<Secret>),
+    UpdateCredentials {
+        copy: Box<Secret>,
+        source_version: Option<String>,
+    },
     /// Write the status; a deleted object (404) counts as done.
     PatchStatus { target: Target, status: StatusWrite },
     /// Replace the finalizers if they still are `current`.

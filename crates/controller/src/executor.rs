@@ -82,7 +82,10 @@ impl Executor for Ctx {
     async fn apply(&self, effect: Effect) -> Result<(), ControllerError> {
         match effect {
             Effect::Create(new) => self.create_new(new).await,
-            Effect::UpdateCredentials(s) => self.replace_credentials(&s).await,
+            Effect::UpdateCredentials {
+                copy,
+                source_version,
+            } => self.replace_credentials(&copy, source_version).await,
             Effect::DeleteIf {
                 target,
                 uid,
@@ -269,7 +272,10 @@ impl Ctx {
         }
         match new {
             NewObject::MaskConsumer(c) => create!("MaskConsumer", c),
-            NewObject::Credentials(s) => self.create_credentials(*s).await,
+            NewObject::Credentials {
+                copy,
+                source_version,
+            } => self.create_credentials(*copy, source_version).await,
             NewObject::Mask(m) => create!("Mask", m),
             NewObject::Pod(p) => create!("Pod", p),
             NewObject::ServiceAccount(sa) => create!("ServiceAccount", sa),
@@ -424,7 +430,11 @@ impl Ctx {
 
     /// Creates a credentials copy; one that exists (left over, or made by
     /// another replica) is made to match.
-    async fn create_credentials(&self, desired: Secret) -> Result<(), ControllerError> {
+    async fn create_credentials(
+        &self,
+        desired: Secret,
+        source_version: Option<String>,
+    ) -> Result<(), ControllerError> {
         let ns = desired.namespace().unwrap_or_default();
         let name = desired.name_any();
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
@@ -433,14 +443,20 @@ impl Ctx {
             .write("Secret", api.create(&PostParams::default(), &desired))
             .await
         {
-            Ok(_) => Ok(()),
+            Ok(created) => {
+                self.note_in_step(&created, source_version);
+                Ok(())
+            }
             Err(e) if is_status(&e, 409) => {
                 let Some(existing) = self.get_opt(&api, "Secret", &name).await? else {
                     return Ok(());
                 };
                 match credentials_update(&existing, &desired) {
-                    Some(updated) => self.replace_credentials(&updated).await,
-                    None => Ok(()),
+                    Some(updated) => self.replace_credentials(&updated, source_version).await,
+                    None => {
+                        self.note_in_step(&existing, source_version);
+                        Ok(())
+                    }
                 }
             }
             Err(e) => Err(ControllerError::kube(
@@ -451,14 +467,20 @@ impl Ctx {
     }
 
     /// Replaces a credentials copy and says so on its consumer.
-    async fn replace_credentials(&self, s: &Secret) -> Result<(), ControllerError> {
+    async fn replace_credentials(
+        &self,
+        s: &Secret,
+        source_version: Option<String>,
+    ) -> Result<(), ControllerError> {
         let ns = s.namespace().unwrap_or_default();
         let name = s.name_any();
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
-        self.metrics()
+        let replaced = self
+            .metrics()
             .write("Secret", api.replace(&name, &PostParams::default(), s))
             .await
             .map_err(|e| ControllerError::kube(format!("updating Secret {ns}/{name}"), e))?;
+        self.note_in_step(&replaced, source_version);
         self.metrics().action("update_credentials");
         if let Some(owner) = s.owner_references().first() {
             let regarding = ObjectReference {
@@ -479,6 +501,19 @@ impl Ctx {
             .await;
         }
         Ok(())
+    }
+
+    /// Remembers `copy` (as the API server just returned it) in step with
+    /// the provider Secret at `source_version`.
+    fn note_in_step(&self, copy: &Secret, source_version: Option<String>) {
+        if let (Some(source), Some(version)) = (source_version, copy.resource_version()) {
+            let versions = crate::context::Versions {
+                source,
+                copy: version,
+            };
+            let ns = copy.namespace().unwrap_or_default();
+            self.copies_in_step.record(&ns, &copy.name_any(), versions);
+        }
     }
 
     /// Publishes an Event; failures are logged, never fatal.

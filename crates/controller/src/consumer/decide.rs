@@ -177,11 +177,17 @@ fn keep(o: &Observed, held: &Held) -> Decided {
         let desired = desired_copy(source, &o.namespace, &a.secret, owner, &a.uid);
         match copy {
             None => effects.extend([
-                Effect::Create(NewObject::Credentials(Box::new(desired))),
+                Effect::Create(NewObject::Credentials {
+                    copy: Box::new(desired),
+                    source_version: source.metadata.resource_version.clone(),
+                }),
                 Effect::Count("copy_credentials"),
             ]),
             Some(existing) => match credentials_update(existing, &desired) {
-                Some(s) => effects.push(Effect::UpdateCredentials(Box::new(s))),
+                Some(s) => effects.push(Effect::UpdateCredentials {
+                    copy: Box::new(s),
+                    source_version: source.metadata.resource_version.clone(),
+                }),
                 None => effects.extend(in_step(&o.namespace, &a.secret, source, existing)),
             },
         }
@@ -332,7 +338,10 @@ pub(crate) fn complete(o: &Observed, c: &Completion) -> Decided {
     let mut effects = Vec::new();
     if let Some(owner) = controller_ref(consumer) {
         let copy = desired_copy(source, &o.namespace, &secret, owner, &p_uid);
-        effects.push(Effect::Create(NewObject::Credentials(Box::new(copy))));
+        effects.push(Effect::Create(NewObject::Credentials {
+            copy: Box::new(copy),
+            source_version: source.metadata.resource_version.clone(),
+        }));
         effects.push(Effect::Count("copy_credentials"));
     }
     let assigned = AssignedProvider {

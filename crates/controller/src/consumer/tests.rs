@@ -130,7 +130,7 @@ async fn a_free_slot_is_reserved_then_recorded_on_the_fresh_version_with_the_cop
     let copy = effects
         .iter()
         .find_map(|e| match e {
-            Effect::Create(NewObject::Credentials(s)) => Some(s.clone()),
+            Effect::Create(NewObject::Credentials { copy, .. }) => Some(copy.clone()),
             _ => None,
         })
         .expect("a credentials copy");
@@ -355,7 +355,7 @@ async fn a_held_slot_keeps_the_copy_equal_to_the_provider_secret() {
         .await
         .unwrap();
     assert!(matches!(ex.taken().as_slice(),
-        [Effect::UpdateCredentials(s)] if s.data == up_to_date.data));
+        [Effect::UpdateCredentials { copy, .. }] if copy.data == up_to_date.data));
     // The copy is gone: made again.
     let ex = Recording::default();
     let missing = Credentials::Read {
@@ -368,7 +368,7 @@ async fn a_held_slot_keeps_the_copy_equal_to_the_provider_secret() {
     assert!(matches!(
         ex.taken().as_slice(),
         [
-            Effect::Create(NewObject::Credentials(_)),
+            Effect::Create(NewObject::Credentials { .. }),
             Effect::Count("copy_credentials")
         ]
     ));
