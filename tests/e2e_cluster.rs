@@ -690,14 +690,16 @@ const SCHEMATHESIS_MAX_EXAMPLES: u32 = 15;
 const SCHEMATHESIS_PHASES: &[&str] = &[
     "--phases",
     "examples,fuzzing,stateful",
-    // Every warning but `missing_test_data`: the alias `POST /destroy/{id}` gets no real id
-    // from a link here (its proxies get no slot in this scenario), so schemathesis only sees
-    // 404s for random ids and warns — a gap in its test data, not in the API. The in-process
-    // run (crates/server/tests/schemathesis.rs) keeps every warning.
+    // Every warning but `missing_test_data` and `low_valid_rate`: the alias
+    // `POST /destroy/{id}` gets no real id from a link here (its proxies get no slot in this
+    // scenario), and fuzzed `DELETE /proxies/{id}` calls mostly carry random ids, so
+    // schemathesis sees 404s and warns (how many depends on the order two workers run in) —
+    // a gap in its test data, not in the API. The in-process run
+    // (crates/server/tests/schemathesis.rs) keeps every warning.
     "--warnings",
     "missing_auth,base_url_mismatch,validation_mismatch,missing_deserializer,unused_openapi_auth,\
 unsupported_regex,method_not_allowed,constants_extraction,unmatched_filter,unresolvable_reference,\
-low_valid_rate,rate_limited,dictionary_mismatch,timeout_units",
+rate_limited,dictionary_mismatch,timeout_units",
 ];
 /// Operations of the API's document: 4 meta and catalog, 4 proxies, 5 aliases.
 const API_OPERATIONS: usize = 13;
