@@ -276,15 +276,8 @@ pub(crate) struct Shared {
 
 /// Forwarding is switched on after the kill switch and off before clean-up,
 /// never restored to what it was: a gateway must not forward unprotected.
-/// A value already in place is not written again: in an unprivileged Pod
-/// `/proc/sys` is read-only, and the CNI plugin has switched forwarding on
-/// in the Pod's namespace before the agent starts.
 fn write_sysctl(path: &str, value: &str) -> Result<(), GatewayError> {
-    let path = std::path::Path::new(path);
-    if vpno_sys::sysctl::read(path).is_ok_and(|v| v.trim() == value) {
-        return Ok(());
-    }
-    Ok(vpno_sys::sysctl::write(path, value)?)
+    Ok(vpno_sys::sysctl::write(std::path::Path::new(path), value)?)
 }
 
 fn forwarding_sysctl(net: &IpNet) -> &'static str {

@@ -66,8 +66,14 @@ pub fn read(path: &Path) -> Result<String, SysctlError> {
     ProcSys.read(path).map_err(error(path))
 }
 
-/// Writes a sysctl, without remembering the old value.
+/// Writes a sysctl, without remembering the old value. A value already in
+/// place is not written again: in an unprivileged Pod `/proc/sys` is
+/// read-only, and what the agents need there (e.g. forwarding, which the
+/// CNI plugin switches on) may already be set.
 pub fn write(path: &Path, value: &str) -> Result<(), SysctlError> {
+    if ProcSys.read(path).is_ok_and(|v| v == value.trim()) {
+        return Ok(());
+    }
     ProcSys.write(path, value).map_err(error(path))
 }
 
